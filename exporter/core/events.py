@@ -1,0 +1,79 @@
+"""Lifecycle events: the node-local event names of the public contract (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class PodEventKind(StrEnum):
+    """Values of the `event` label of `tailwatch_pod_events_total` (contract)."""
+
+    SCHEDULED = "scheduled"
+    READY = "ready"
+    NOT_READY = "not_ready"
+    CONTAINER_RESTART = "container_restart"
+    CRASH_LOOP = "crash_loop"
+    TERMINATING = "terminating"
+    EVICTED = "evicted"
+    DELETED = "deleted"
+    ROLLOUT = "rollout"
+    # A kernel OOM kill seen in a container's cgroup (memory.events oom_kill); it is
+    # counted even when the container did not restart. Not a pod_events_total value:
+    # it is exported as tailwatch_container_oom_kills_total.
+    OOM_KILL = "oom_kill"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The controller a pod belongs to (DESIGN.md §2); kind "Pod" when it has none."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    """One lifecycle change of one pod (or one of its containers), seen at `at`.
+
+    `count` is how many times it happened since the agent last looked (a restart count
+    that grew by two across a watch gap is one event with count=2). `duration_seconds` is
+    set on the first `ready` after `scheduled` (startup time) and on `deleted` after
+    `terminating` (termination time), measured with the agent's clock.
+    """
+
+    kind: PodEventKind
+    at: float
+    namespace: str
+    pod: str
+    uid: str
+    workload: Workload
+    node: str = ""
+    revision: str = ""
+    reason: str = ""
+    container: str = ""
+    count: int = 1
+    duration_seconds: float | None = None
+
+    def as_log_fields(self) -> dict[str, object]:
+        """The fields of the structured log line for this event."""
+        fields: dict[str, object] = {
+            "event": self.kind.value,
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "workload_kind": self.workload.kind,
+            "workload": self.workload.name,
+        }
+        for key, value in (
+            ("node", self.node),
+            ("revision", self.revision),
+            ("reason", self.reason),
+            ("container", self.container),
+        ):
+            if value:
+                fields[key] = value
+        if self.count != 1:
+            fields["count"] = self.count
+        if self.duration_seconds is not None:
+            fields["duration_seconds"] = round(self.duration_seconds, 6)
+        return fields

@@ -1,0 +1,205 @@
+"""Pod snapshots: the few fields of a Pod object that lifecycle detection and cgroup mapping need.
+
+`parse_pod` turns a raw Pod (the JSON body of the API, a dict) into a `PodSnapshot`, or
+raises `MalformedObject` with a short reason when a field it cannot do without is missing
+or of the wrong type. Fields that may legitimately be absent (status of a pod not yet
+started, conditions, container statuses) default to "unknown" instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.core.events import Workload
+
+REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")
+
+
+class MalformedObject(ValueError):
+    """A Kubernetes object that lacks a field we need; `reason` is a short stable slug."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSnapshot:
+    """State of one container as reported in the pod status."""
+
+    name: str
+    restart_count: int = 0
+    ready: bool = False
+    container_id: str = ""  # "containerd://<id>", "cri-o://<id>", "docker://<id>" or ""
+    state: str = "unknown"  # waiting | running | terminated | unknown
+    waiting_reason: str = ""
+    last_terminated_reason: str = ""
+    init: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PodSnapshot:
+    """What the agent keeps of one pod."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    workload: Workload
+    revision: str
+    phase: str = "Unknown"
+    status_reason: str = ""
+    ready: bool | None = None  # None: the Ready condition is not reported yet
+    deleting: bool = False
+    disruption_reason: str = ""  # reason of a DisruptionTarget condition that is True
+    qos_class: str = ""
+    containers: tuple[ContainerSnapshot, ...] = field(default_factory=tuple)
+
+    @property
+    def key(self) -> str:
+        return self.uid
+
+    def container(self, name: str) -> ContainerSnapshot | None:
+        for c in self.containers:
+            if c.name == name:
+                return c
+        return None
+
+
+def _get(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind):
+        raise MalformedObject("missing_field", f"{where}.{key} is missing or not a {kind.__name__}")
+    return value
+
+
+def _opt_mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedObject("bad_field", f"{where}.{key} is not an object")
+    return value
+
+
+def _opt_list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedObject("bad_field", f"{where}.{key} is not a list")
+    return value
+
+
+def workload_of(metadata: Mapping[str, Any], labels: Mapping[str, str]) -> Workload:
+    """The controller owner of a pod (DESIGN.md §2), with ReplicaSets mapped to Deployments."""
+    for ref in metadata.get("ownerReferences") or []:
+        if not isinstance(ref, Mapping) or not ref.get("controller"):
+            continue
+        kind = str(ref.get("kind") or "")
+        name = str(ref.get("name") or "")
+        if not kind or not name:
+            continue
+        if kind == "ReplicaSet":
+            template_hash = labels.get("pod-template-hash", "")
+            suffix = f"-{template_hash}"
+            if template_hash and name.endswith(suffix) and len(name) > len(suffix):
+                return Workload("Deployment", name[: -len(suffix)])
+        return Workload(kind, name)
+    return Workload("Pod", str(metadata.get("name") or ""))
+
+
+def _container(status: Mapping[str, Any], init: bool) -> ContainerSnapshot:
+    name = status.get("name")
+    if not isinstance(name, str) or not name:
+        raise MalformedObject("missing_field", "containerStatuses[].name is missing")
+    restart_count = status.get("restartCount", 0)
+    if not isinstance(restart_count, int) or isinstance(restart_count, bool) or restart_count < 0:
+        raise MalformedObject("bad_field", f"container {name}: restartCount is not a count")
+    state_obj = status.get("state") or {}
+    if not isinstance(state_obj, Mapping):
+        raise MalformedObject("bad_field", f"container {name}: state is not an object")
+    state = "unknown"
+    waiting_reason = ""
+    for candidate in ("running", "waiting", "terminated"):
+        if candidate in state_obj:
+            state = candidate
+            break
+    if state == "waiting":
+        waiting = state_obj.get("waiting") or {}
+        if isinstance(waiting, Mapping):
+            waiting_reason = str(waiting.get("reason") or "")
+    last = status.get("lastState") or {}
+    last_reason = ""
+    if isinstance(last, Mapping):
+        terminated = last.get("terminated") or {}
+        if isinstance(terminated, Mapping):
+            last_reason = str(terminated.get("reason") or "")
+    return ContainerSnapshot(
+        name=name,
+        restart_count=restart_count,
+        ready=bool(status.get("ready", False)),
+        container_id=str(status.get("containerID") or ""),
+        state=state,
+        waiting_reason=waiting_reason,
+        last_terminated_reason=last_reason,
+        init=init,
+    )
+
+
+def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
+    """Extract a `PodSnapshot` from a Pod body; raises `MalformedObject`."""
+    if not isinstance(obj, Mapping):
+        raise MalformedObject("not_an_object", "pod is not a JSON object")
+    metadata = _get(obj, "metadata", Mapping, "pod")
+    uid = _get(metadata, "uid", str, "metadata")
+    name = _get(metadata, "name", str, "metadata")
+    namespace = _get(metadata, "namespace", str, "metadata")
+    raw_labels = _opt_mapping(metadata, "labels", "metadata")
+    labels = {str(k): str(v) for k, v in raw_labels.items()}
+    spec = _opt_mapping(obj, "spec", "pod")
+    status = _opt_mapping(obj, "status", "pod")
+
+    ready: bool | None = None
+    disruption_reason = ""
+    for cond in _opt_list(status, "conditions", "status"):
+        if not isinstance(cond, Mapping):
+            raise MalformedObject("bad_field", "status.conditions[] is not an object")
+        ctype = cond.get("type")
+        cstatus = cond.get("status")
+        if ctype == "Ready":
+            ready = cstatus == "True"
+        elif ctype == "DisruptionTarget" and cstatus == "True":
+            disruption_reason = str(cond.get("reason") or "")
+
+    containers: list[ContainerSnapshot] = []
+    for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
+        for cs in _opt_list(status, key, "status"):
+            if not isinstance(cs, Mapping):
+                raise MalformedObject("bad_field", f"status.{key}[] is not an object")
+            containers.append(_container(cs, init))
+
+    revision = ""
+    for label in REVISION_LABELS:
+        if labels.get(label):
+            revision = labels[label]
+            break
+
+    return PodSnapshot(
+        uid=uid,
+        namespace=namespace,
+        name=name,
+        node=str(spec.get("nodeName") or ""),
+        workload=workload_of(metadata, labels),
+        revision=revision,
+        phase=str(status.get("phase") or "Unknown"),
+        status_reason=str(status.get("reason") or ""),
+        ready=ready,
+        deleting=metadata.get("deletionTimestamp") is not None,
+        disruption_reason=disruption_reason,
+        qos_class=str(status.get("qosClass") or ""),
+        containers=tuple(containers),
+    )
