@@ -1,0 +1,87 @@
+"""The `tailwatch` command: `run` (the agent) and `demo` (simulated cluster, real agent)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from exporter import __version__
+from exporter.settings import OPTIONS, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from exporter.kube.config import KubeConnection
+
+EXIT_CONFIG = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tailwatch",
+        description="Ties tail latency of Kubernetes Services to pod lifecycle events.",
+    )
+    parser.add_argument("--version", action="version", version=f"tailwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the node agent",
+        description="Run the node agent. Each flag can also be set with TAILWATCH_<FLAG> "
+        "in the environment or in the --config YAML file; flags win, then env, then the file.",
+    )
+    run.add_argument("--config", default=None, help="YAML file of option: value")
+    for option in OPTIONS:
+        default = f" (default: {option.default})" if option.default else ""
+        run.add_argument(f"--{option.name}", default=None, help=option.help + default)
+
+    demo = sub.add_parser("demo", help="simulated cluster + the real agent, events shown live")
+    demo.add_argument("--duration", type=float, default=None, help="seconds to run the scenario")
+    demo.add_argument("--listen", default="127.0.0.1:9808", help="agent address")
+    demo.add_argument("--seed", type=int, default=1, help="random seed of the scenario")
+    demo.add_argument(
+        "--hold", action="store_true", help="keep serving after the scenario until Ctrl-C"
+    )
+    return parser
+
+
+async def _run_agent(settings: Settings, connection: KubeConnection) -> None:
+    from exporter.agent import Agent  # noqa: PLC0415 (keeps `tailwatch --help` fast)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(settings, connection=connection).run(stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "demo":
+        from exporter.demo import run_demo  # noqa: PLC0415
+
+        return run_demo(
+            duration=args.duration, listen=args.listen, seed=args.seed, hold=args.hold
+        )
+
+    from exporter.kube.config import KubeConfigError, load_connection  # noqa: PLC0415
+    from exporter.logs import configure_logging  # noqa: PLC0415
+
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = load_settings(flags, os.environ)
+        # Fail fast on a kubeconfig that cannot be used: that is configuration, not an outage.
+        connection = load_connection(settings.kubeconfig)
+    except (ConfigError, KubeConfigError) as exc:
+        print(f"tailwatch: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(_run_agent(settings, connection))
+    except OSError as exc:
+        print(f"tailwatch: error: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Adapters to the Kubernetes API: connection settings and the list+watch stack."""

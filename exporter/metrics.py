@@ -1,0 +1,259 @@
+"""Every metric family the agent exports, declared in one place, and the state behind them.
+
+Counters and histograms that the agent updates live in `AgentMetrics` as plain dicts keyed
+by label values, so series of pods that are gone can be removed. `AgentCollector` renders
+them, together with snapshot metrics read from the agent's state (pods on the node, watch
+health, dropped input), at scrape time, as prometheus_client's custom collectors do.
+"""
+
+from __future__ import annotations
+
+import bisect
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.pods import PodSnapshot
+from exporter.kube.watching import WatchHealth
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # without the _total suffix for counters, as prometheus_client wants it
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+WORKLOAD = ("namespace", "workload_kind", "workload")
+
+POD_EVENTS = Family(
+    "tailwatch_pod_events",
+    "counter",
+    "Node-local pod lifecycle events seen by this agent.",
+    (*WORKLOAD, "event", "reason"),
+)
+CONTAINER_RESTARTS = Family(
+    "tailwatch_container_restarts",
+    "counter",
+    "Container restarts seen by this agent, by the reason of the last termination.",
+    ("namespace", "pod", "container", "reason"),
+)
+POD_STARTUP = Family(
+    "tailwatch_pod_startup_seconds",
+    "histogram",
+    "Time from a pod's arrival on this node to its first Ready.",
+    WORKLOAD,
+    (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+POD_TERMINATION = Family(
+    "tailwatch_pod_termination_seconds",
+    "histogram",
+    "Time from a pod's deletionTimestamp being set to the pod being gone.",
+    WORKLOAD,
+    (1, 2, 5, 10, 20, 30, 45, 60, 120, 300, 600),
+)
+POD_INFO = Family(
+    "tailwatch_pod_info",
+    "gauge",
+    "Pods on this node (value 1), with their workload and revision.",
+    ("namespace", "pod", "workload_kind", "workload", "revision"),
+)
+WATCH_EVENTS = Family(
+    "tailwatch_watch_events",
+    "counter",
+    "Kubernetes API watch events handled, bookmarks included.",
+    ("resource", "type"),
+)
+WATCH_RESTARTS = Family(
+    "tailwatch_watch_restarts",
+    "counter",
+    "Watch reconnections by reason (closed, gone, connection_error, inactivity_timeout, ...).",
+    ("resource", "reason"),
+)
+WATCH_LAST_EVENT_AGE = Family(
+    "tailwatch_watch_last_event_age_seconds",
+    "gauge",
+    "Seconds since the last list, event or bookmark of each watch.",
+    ("resource",),
+)
+DROPPED = Family(
+    "tailwatch_dropped",
+    "counter",
+    "Input dropped because it was malformed or over a limit, by reason.",
+    ("reason",),
+)
+BUILD_INFO = Family(
+    "tailwatch_build_info", "gauge", "Build information (value 1).", ("version", "python")
+)
+
+FAMILIES: tuple[Family, ...] = (
+    POD_EVENTS,
+    CONTAINER_RESTARTS,
+    POD_STARTUP,
+    POD_TERMINATION,
+    POD_INFO,
+    WATCH_EVENTS,
+    WATCH_RESTARTS,
+    WATCH_LAST_EVENT_AGE,
+    DROPPED,
+    BUILD_INFO,
+)
+
+
+@dataclass
+class HistogramSeries:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.buckets) + 1)
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        counts = self.counts or [0] * (len(self.buckets) + 1)
+        for bound, n in zip((*self.buckets, float("inf")), counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+class AgentMetrics:
+    """The agent's counters and histograms, keyed by label values."""
+
+    def __init__(self) -> None:
+        self.pod_events: dict[tuple[str, ...], float] = {}
+        self.restarts: dict[tuple[str, ...], float] = {}
+        self.startup: dict[tuple[str, ...], HistogramSeries] = {}
+        self.termination: dict[tuple[str, ...], HistogramSeries] = {}
+        self.dropped: dict[str, int] = {}
+
+    def count_dropped(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def record(self, event: LifecycleEvent) -> None:
+        if event.kind is PodEventKind.OOM_KILL:
+            return  # exported by the cgroup collector as tailwatch_container_oom_kills_total
+        workload = (event.namespace, event.workload.kind, event.workload.name)
+        key = (*workload, event.kind.value, event.reason)
+        self.pod_events[key] = self.pod_events.get(key, 0) + event.count
+        if event.kind is PodEventKind.CONTAINER_RESTART:
+            rkey = (event.namespace, event.pod, event.container, event.reason)
+            self.restarts[rkey] = self.restarts.get(rkey, 0) + event.count
+        if event.duration_seconds is not None:
+            if event.kind is PodEventKind.READY:
+                table, buckets = self.startup, POD_STARTUP.buckets
+            elif event.kind is PodEventKind.DELETED:
+                table, buckets = self.termination, POD_TERMINATION.buckets
+            else:
+                return
+            table.setdefault(workload, HistogramSeries(buckets)).observe(event.duration_seconds)
+
+    def forget_pod(self, namespace: str, pod: str) -> None:
+        """Drop the per-pod series of a pod that left the node."""
+        for key in [k for k in self.restarts if k[0] == namespace and k[1] == pod]:
+            del self.restarts[key]
+
+
+def _family(f: Family) -> Metric:
+    if f.kind == "counter":
+        return CounterMetricFamily(f.name, f.help, labels=f.labels)
+    if f.kind == "gauge":
+        return GaugeMetricFamily(f.name, f.help, labels=f.labels)
+    return HistogramMetricFamily(f.name, f.help, labels=f.labels)
+
+
+def _counter(f: Family, values: Mapping[tuple[str, ...], float]) -> Metric:
+    metric = _family(f)
+    assert isinstance(metric, CounterMetricFamily)
+    for labels, value in sorted(values.items()):
+        metric.add_metric(list(labels), value)
+    return metric
+
+
+def _histogram(f: Family, series: Mapping[tuple[str, ...], HistogramSeries]) -> Metric:
+    metric = _family(f)
+    assert isinstance(metric, HistogramMetricFamily)
+    for labels, h in sorted(series.items()):
+        metric.add_metric(list(labels), h.cumulative(), h.total)
+    return metric
+
+
+class AgentCollector(Collector):
+    """Renders the agent's state at scrape time."""
+
+    def __init__(
+        self,
+        metrics: AgentMetrics,
+        pods: Callable[[], Iterable[PodSnapshot]],
+        watches: Callable[[], Iterable[WatchHealth]],
+        extra_dropped: Iterable[Callable[[], Mapping[str, int]]] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics = metrics
+        self.pods = pods
+        self.watches = watches
+        self.extra_dropped = list(extra_dropped)
+        self.clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield _counter(POD_EVENTS, m.pod_events)
+        yield _counter(CONTAINER_RESTARTS, m.restarts)
+        yield _histogram(POD_STARTUP, m.startup)
+        yield _histogram(POD_TERMINATION, m.termination)
+
+        info = _family(POD_INFO)
+        assert isinstance(info, GaugeMetricFamily)
+        for pod in sorted(self.pods(), key=lambda p: (p.namespace, p.name)):
+            info.add_metric(
+                [pod.namespace, pod.name, pod.workload.kind, pod.workload.name, pod.revision], 1
+            )
+        yield info
+
+        events: dict[tuple[str, ...], float] = {}
+        restarts: dict[tuple[str, ...], float] = {}
+        age = _family(WATCH_LAST_EVENT_AGE)
+        assert isinstance(age, GaugeMetricFamily)
+        dropped: dict[tuple[str, ...], float] = {(r,): n for r, n in m.dropped.items()}
+        now = self.clock()
+        for health in self.watches():
+            for etype, n in health.events.items():
+                events[(health.resource, etype)] = n
+            for reason, n in health.restarts.items():
+                restarts[(health.resource, reason)] = n
+            if health.last_event_at is not None:
+                age.add_metric([health.resource], max(0.0, now - health.last_event_at))
+            for reason, n in health.dropped.items():
+                dropped[(reason,)] = dropped.get((reason,), 0) + n
+        for source in self.extra_dropped:
+            for reason, n in source().items():
+                dropped[(reason,)] = dropped.get((reason,), 0) + n
+        yield _counter(WATCH_EVENTS, events)
+        yield _counter(WATCH_RESTARTS, restarts)
+        yield age
+        yield _counter(DROPPED, dropped)
+
+        build = _family(BUILD_INFO)
+        assert isinstance(build, GaugeMetricFamily)
+        build.add_metric([__version__, platform.python_version()], 1)
+        yield build

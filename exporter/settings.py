@@ -1,0 +1,214 @@
+"""The agent's configuration: one table of options read from flags, env and a YAML file.
+
+Precedence (DESIGN.md §7): a command-line flag wins over `TAILWATCH_<FLAG>` in the
+environment, which wins over the `--config` YAML file, which wins over the default.
+Every value is validated here; `ConfigError` carries the one-line reason the CLI prints
+before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str  # "" means every interface
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Go-style duration ("1s", "250ms", "1m30s") or a plain number of seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{text!r} is not a duration (e.g. 1s, 500ms, 2m)")
+    return total
+
+
+def parse_positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be a positive duration")
+    return seconds
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """`:9808`, `0.0.0.0:9808`, `127.0.0.1:9808`, `[::1]:9808` or `localhost:9808`."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not host:port (e.g. :9808)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write IPv6 hosts in brackets, e.g. [::1]:9808")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r}: port must be a number from 1 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+def parse_optional_listen(text: str) -> ListenAddress | None:
+    return parse_listen(text) if text.strip() else None
+
+
+def parse_node_name(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("is empty: set --node-name or NODE_NAME (downward API spec.nodeName)")
+    if len(text) > 253 or not _DNS_SUBDOMAIN.match(text):
+        raise ValueError(f"{text!r} is not a valid Kubernetes node name")
+    return text
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ValueError(f"{text!r} is not one of debug, info, warning, error")
+    return level
+
+
+def parse_optional_path(text: str) -> str | None:
+    return text.strip() or None
+
+
+def parse_directory(text: str) -> Path:
+    path = Path(text.strip())
+    if not path.is_dir():
+        raise ValueError(f"{text!r} is not a directory")
+    return path
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag (`--name`), env var (`TAILWATCH_NAME`), YAML key (`name`)."""
+
+    name: str
+    help: str
+    parse: Callable[[str], Any]
+    default: str | None = None
+    env_fallback: str | None = None  # a second env var read when TAILWATCH_<NAME> is unset
+
+    @property
+    def attr(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return "TAILWATCH_" + self.attr.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "node-name",
+        "the node this agent watches (default: env NODE_NAME)",
+        parse_node_name,
+        env_fallback="NODE_NAME",
+    ),
+    Option(
+        "kubeconfig",
+        "kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)",
+        parse_optional_path,
+        default="",
+    ),
+    Option(
+        "cgroup-root", "root of the host's cgroup filesystem", parse_directory, "/sys/fs/cgroup"
+    ),
+    Option("listen", "address for /metrics, health and the JSON API", parse_listen, ":9808"),
+    Option(
+        "otlp-listen",
+        "address of the OTLP/HTTP receiver (empty disables it)",
+        parse_optional_listen,
+        ":4318",
+    ),
+    Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
+    Option("log-level", "debug, info, warning or error", parse_log_level, "info"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str
+    kubeconfig: str | None
+    cgroup_root: Path
+    listen: ListenAddress
+    otlp_listen: ListenAddress | None
+    sample_interval: float
+    log_level: str
+
+
+def read_config_file(path: str) -> dict[str, str]:
+    """The YAML config file: a mapping of option names (dashes or underscores) to scalars."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of option: value")
+    known = {o.attr: o for o in OPTIONS}
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        attr = str(key).replace("-", "_")
+        if attr not in known:
+            raise ConfigError(f"config file {path}: unknown option {key!r}")
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config file {path}: {key} must be a single value")
+        values[attr] = "" if value is None else str(value)
+    return values
+
+
+def load_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -> Settings:
+    """Resolve every option; `flags` maps option attrs to the flag's value or None if not given."""
+    config_path = flags.get("config") or environ.get("TAILWATCH_CONFIG")
+    from_file = read_config_file(config_path) if config_path else {}
+    resolved: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = flags.get(option.attr)
+        source = f"--{option.name}"
+        if raw is None and option.env in environ:
+            raw, source = environ[option.env], option.env
+        if raw is None and option.env_fallback and option.env_fallback in environ:
+            raw, source = environ[option.env_fallback], option.env_fallback
+        if raw is None and option.attr in from_file:
+            raw, source = from_file[option.attr], f"{option.name} in {config_path}"
+        if raw is None:
+            raw, source = option.default or "", f"--{option.name}"
+        try:
+            resolved[option.attr] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    return Settings(**resolved)

@@ -1,0 +1,174 @@
+"""Configuration precedence and validation: flags > TAILWATCH_* env > YAML file > defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.settings import (
+    ConfigError,
+    ListenAddress,
+    load_settings,
+    parse_duration,
+    parse_listen,
+)
+
+
+def flags(**values: str | None) -> dict[str, str | None]:
+    return dict(values)
+
+
+@pytest.fixture
+def cgroup_root(tmp_path: Path) -> str:
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    return str(root)
+
+
+def test_defaults_with_node_name_from_downward_api_env(cgroup_root: str) -> None:
+    s = load_settings(flags(cgroup_root=cgroup_root), {"NODE_NAME": "node-a"})
+    assert s.node_name == "node-a"
+    assert s.listen == ListenAddress("", 9808)
+    assert s.otlp_listen == ListenAddress("", 4318)
+    assert s.sample_interval == 1.0
+    assert s.kubeconfig is None
+    assert s.log_level == "info"
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path, cgroup_root: str) -> None:
+    cfg = tmp_path / "tailwatch.yaml"
+    cfg.write_text(
+        "node-name: from-file\nlisten: ':7000'\nsample_interval: 5s\nlog-level: debug\n"
+        f"cgroup-root: {cgroup_root}\n"
+    )
+    env = {"TAILWATCH_LISTEN": "127.0.0.1:7001", "NODE_NAME": "from-downward-api"}
+    s = load_settings(flags(config=str(cfg), listen="[::1]:7002"), env)
+    assert s.listen == ListenAddress("::1", 7002)  # flag
+    assert s.node_name == "from-downward-api"  # NODE_NAME env beats the file
+    assert s.sample_interval == 5.0  # file
+    assert s.log_level == "debug"  # file
+    s = load_settings(flags(config=str(cfg)), env)
+    assert s.listen == ListenAddress("127.0.0.1", 7001)  # env
+
+
+def test_tailwatch_env_beats_node_name_env(cgroup_root: str) -> None:
+    env = {"TAILWATCH_NODE_NAME": "explicit", "NODE_NAME": "downward"}
+    assert load_settings(flags(cgroup_root=cgroup_root), env).node_name == "explicit"
+
+
+def test_empty_otlp_listen_disables_the_receiver(cgroup_root: str) -> None:
+    s = load_settings(flags(cgroup_root=cgroup_root, otlp_listen=""), {"NODE_NAME": "n"})
+    assert s.otlp_listen is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, "--node-name: is empty"),
+        ({"node_name": "Node_A"}, "not a valid Kubernetes node name"),
+        ({"node_name": "a", "listen": "9808"}, "--listen: '9808' is not host:port"),
+        ({"node_name": "a", "listen": ":99999"}, "port must be a number from 1 to 65535"),
+        ({"node_name": "a", "listen": "::1:80"}, "write IPv6 hosts in brackets"),
+        ({"node_name": "a", "sample_interval": "0s"}, "must be a positive duration"),
+        ({"node_name": "a", "sample_interval": "fast"}, "is not a duration"),
+        ({"node_name": "a", "log_level": "loud"}, "is not one of debug"),
+        ({"node_name": "a", "cgroup_root": "/does/not/exist"}, "is not a directory"),
+    ],
+)
+def test_invalid_values_name_the_option(
+    overrides: dict[str, str], message: str, cgroup_root: str
+) -> None:
+    values: dict[str, str | None] = {"cgroup_root": cgroup_root, **overrides}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+        load_settings(values, {})
+    assert "\n" not in str(info.value)
+
+
+def test_env_value_errors_name_the_variable(cgroup_root: str) -> None:
+    env = {"NODE_NAME": "a", "TAILWATCH_SAMPLE_INTERVAL": "-1s"}
+    with pytest.raises(ConfigError, match=r"^TAILWATCH_SAMPLE_INTERVAL: "):
+        load_settings(flags(cgroup_root=cgroup_root), env)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("nodename: a\n", "unknown option 'nodename'"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("listen: [1, 2]\n", "listen must be a single value"),
+        ("listen: ':80\n", "is not valid YAML"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(flags(config=str(cfg)), {"NODE_NAME": "a"})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(flags(config=str(tmp_path / "nope.yaml")), {"NODE_NAME": "a"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("250ms", 0.25), ("1m30s", 90.0), ("2h", 7200.0), ("0.5", 0.5), ("3", 3.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "s1", "1s garbage", "1 s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_listen_round_trips() -> None:
+    assert str(parse_listen("[::]:9808")) == "[::]:9808"
+    assert str(parse_listen(":9808")) == ":9808"
+    assert parse_listen("localhost:1") == ListenAddress("localhost", 1)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+    )
+
+
+def test_invalid_configuration_exits_2_with_one_line(cgroup_root: str) -> None:
+    result = run_cli("run", "--node-name", "n", "--listen", "nope", "--cgroup-root", cgroup_root)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tailwatch: error: --listen: 'nope' is not host:port (e.g. :9808)"
+    ]
+
+
+def test_unusable_kubeconfig_exits_2(tmp_path: Path, cgroup_root: str) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
+    result = run_cli(
+        "run", "--node-name", "n", "--kubeconfig", str(bad), "--cgroup-root", cgroup_root
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("tailwatch: error: cannot load Kubernetes configuration")
+
+
+def test_no_api_configured_exits_2(tmp_path: Path, cgroup_root: str) -> None:
+    result = run_cli(
+        "run", "--node-name", "n", "--cgroup-root", cgroup_root, env={"HOME": str(tmp_path)}
+    )
+    assert result.returncode == 2
+    assert "no API server configured" in result.stderr
+    assert "pass --kubeconfig" in result.stderr
