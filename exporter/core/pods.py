@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from exporter.core.events import Workload
@@ -57,6 +58,7 @@ class PodSnapshot:
     disruption_reason: str = ""  # reason of a DisruptionTarget condition that is True
     qos_class: str = ""
     containers: tuple[ContainerSnapshot, ...] = field(default_factory=tuple)
+    created_at: float | None = None  # metadata.creationTimestamp; None if absent or unreadable
 
     @property
     def key(self) -> str:
@@ -74,6 +76,38 @@ def _get(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind):
         raise MalformedObject("missing_field", f"{where}.{key} is missing or not a {kind.__name__}")
     return value
+
+
+def _name(obj: Mapping[str, Any], key: str) -> str:
+    """A non-empty string field of metadata (uid, name, namespace)."""
+    value = _get(obj, key, str, "metadata")
+    if not value:
+        raise MalformedObject("missing_field", f"metadata.{key} is empty")
+    return str(value)
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp as the API writes it, or None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None  # the API always writes UTC with a Z; anything else is not a timestamp of ours
+    return parsed.timestamp()
+
+
+def uid_of(obj: object) -> str | None:
+    """metadata.uid of a body if it can be read at all, even from an otherwise malformed one."""
+    if not isinstance(obj, Mapping):
+        return None
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    uid = metadata.get("uid")
+    return uid if isinstance(uid, str) and uid else None
 
 
 def _opt_mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -95,9 +129,18 @@ def _opt_list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
 
 
 def workload_of(metadata: Mapping[str, Any], labels: Mapping[str, str]) -> Workload:
-    """The controller owner of a pod (DESIGN.md §2), with ReplicaSets mapped to Deployments."""
-    for ref in metadata.get("ownerReferences") or []:
-        if not isinstance(ref, Mapping) or not ref.get("controller"):
+    """The controller owner of a pod (DESIGN.md §2), with ReplicaSets mapped to Deployments.
+
+    A ReplicaSet becomes its Deployment only when its name is `<deployment>-<pod-template-hash>`;
+    one made by hand (no hash label, or a name that does not end in it) stays a ReplicaSet.
+    """
+    refs = metadata.get("ownerReferences")
+    if refs is None:
+        refs = []
+    if not isinstance(refs, list):
+        raise MalformedObject("bad_field", "metadata.ownerReferences is not a list")
+    for ref in refs:
+        if not isinstance(ref, Mapping) or ref.get("controller") is not True:
             continue
         kind = str(ref.get("kind") or "")
         name = str(ref.get("name") or "")
@@ -138,10 +181,13 @@ def _container(status: Mapping[str, Any], init: bool) -> ContainerSnapshot:
         terminated = last.get("terminated") or {}
         if isinstance(terminated, Mapping):
             last_reason = str(terminated.get("reason") or "")
+    ready = status.get("ready", False)
+    if not isinstance(ready, bool):
+        raise MalformedObject("bad_field", f"container {name}: ready is not a boolean")
     return ContainerSnapshot(
         name=name,
         restart_count=restart_count,
-        ready=bool(status.get("ready", False)),
+        ready=ready,
         container_id=str(status.get("containerID") or ""),
         state=state,
         waiting_reason=waiting_reason,
@@ -155,9 +201,9 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     if not isinstance(obj, Mapping):
         raise MalformedObject("not_an_object", "pod is not a JSON object")
     metadata = _get(obj, "metadata", Mapping, "pod")
-    uid = _get(metadata, "uid", str, "metadata")
-    name = _get(metadata, "name", str, "metadata")
-    namespace = _get(metadata, "namespace", str, "metadata")
+    uid = _name(metadata, "uid")
+    name = _name(metadata, "name")
+    namespace = _name(metadata, "namespace")
     raw_labels = _opt_mapping(metadata, "labels", "metadata")
     labels = {str(k): str(v) for k, v in raw_labels.items()}
     spec = _opt_mapping(obj, "spec", "pod")
@@ -202,4 +248,5 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         disruption_reason=disruption_reason,
         qos_class=str(status.get("qosClass") or ""),
         containers=tuple(containers),
+        created_at=parse_time(metadata.get("creationTimestamp")),
     )
