@@ -63,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from exporter.demo import run_demo  # noqa: PLC0415
 
-        return run_demo(
-            duration=args.duration, listen=args.listen, seed=args.seed, hold=args.hold
-        )
+        return run_demo(duration=args.duration, listen=args.listen, seed=args.seed, hold=args.hold)
 
     from exporter.kube.config import KubeConfigError, load_connection  # noqa: PLC0415
     from exporter.logs import configure_logging  # noqa: PLC0415

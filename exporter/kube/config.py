@@ -37,15 +37,18 @@ class KubeConnection:
         cfg = self._configuration
         if cfg is None:
             return {}
-        # get_api_key_with_prefix calls the loader's refresh hook: in-cluster it re-reads the
+        # auth_settings() calls the loader's refresh hook: in-cluster it re-reads the
         # projected token once a minute; for exec plugins it re-runs the plugin on expiry.
         # Both can block, so keep them off the event loop.
-        token = await asyncio.to_thread(cfg.get_api_key_with_prefix, "authorization")
-        if token:
-            return {"Authorization": str(token)}
-        if cfg.username or cfg.password:
-            return {"Authorization": str(cfg.get_basic_auth_token())}
-        return {}
+        settings = await asyncio.to_thread(cfg.auth_settings)
+        headers = {
+            str(s["key"]): str(s["value"])
+            for s in settings.values()
+            if s.get("in") == "header" and s.get("value")
+        }
+        if "authorization" not in {k.lower() for k in headers} and (cfg.username or cfg.password):
+            headers["Authorization"] = str(cfg.get_basic_auth_token())
+        return headers
 
 
 def _ssl_context(cfg: Any) -> ssl.SSLContext | None:

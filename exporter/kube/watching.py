@@ -387,7 +387,7 @@ class Reflector:
         low = self.api.timing.min_watch_timeout
         return max(1, int(low + self._rng.random() * low))
 
-    async def _list(self) -> str:
+    async def _list(self) -> None:
         items, rv = await list_objects(self.api, self.resource)
         self.health.last_event_at = self._clock()
         try:
@@ -398,12 +398,17 @@ class Reflector:
         self.health.synced = True
         self.health.failing_since = None
         self.health.resource_version = rv
-        return rv
 
-    async def _watch(self, rv: str) -> str:
+    async def _watch(self) -> None:
+        """One watch from `health.resource_version`, which advances with every event and
+        bookmark as it arrives, so a watch that breaks resumes from the last one seen."""
         started = self._clock()
         seen = 0
-        async for etype, obj in stream_watch(self.api, self.resource, rv, self._watch_timeout()):
+        health = self.health
+        timeout = self._watch_timeout()
+        async for etype, obj in stream_watch(
+            self.api, self.resource, health.resource_version, timeout
+        ):
             seen += 1
             self.health.last_event_at = self._clock()
             self.health.failing_since = None
@@ -412,8 +417,7 @@ class Reflector:
             if etype == "BOOKMARK":
                 # The watch cache keeps ~75 s of history: advance or a reconnect hits 410.
                 if new_rv:
-                    rv = new_rv
-                    self.health.resource_version = rv
+                    health.resource_version = new_rv
                 continue
             if etype not in WATCH_EVENT_TYPES:
                 self.health.count_dropped("watch_unknown_type")
@@ -424,22 +428,19 @@ class Reflector:
                 log.exception("handler failed on a %s event of %s", etype, self.resource.name)
                 self.health.count_dropped("handler_error")
             if new_rv:
-                rv = new_rv
-                self.health.resource_version = rv
+                health.resource_version = new_rv
         if seen == 0 and self._clock() - started < self.api.timing.short_watch:
             raise ShortWatch(f"watch of {self.resource.name} ended at once with no event")
-        return rv
 
     async def run(self) -> None:
         """Run until cancelled; never raises on API trouble."""
-        rv = ""
         need_list = True
         while True:
             try:
                 if need_list:
-                    rv = await self._list()
+                    await self._list()
                     need_list = False
-                rv = await self._watch(rv)
+                await self._watch()
                 # A clean end at the server's timeoutSeconds: resume from where we are.
                 self.health.count_restart("closed")
                 self._failures_in_a_row = 0
