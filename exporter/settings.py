@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from exporter.core.units import parse_duration
+
 
 class ConfigError(ValueError):
     """Invalid configuration; the message is the one line shown to the user."""
@@ -31,28 +33,7 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a Go-style duration ("1s", "250ms", "1m30s") or a plain number of seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or not text:
-        raise ValueError(f"{text!r} is not a duration (e.g. 1s, 500ms, 2m)")
-    return total
 
 
 def parse_positive_duration(text: str) -> float:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from exporter.core.units import parse_duration
 from exporter.settings import (
     ConfigError,
     ListenAddress,
     load_settings,
-    parse_duration,
     parse_listen,
 )
 
