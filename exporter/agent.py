@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.catalog import ServiceCatalog
 from exporter.core.lifecycle import PodLifecycleTracker
-from exporter.core.pods import MalformedObject
+from exporter.core.services import PROBE_LABEL
 from exporter.kube.config import KubeConnection, load_connection
 from exporter.kube.watching import (
     ApiSession,
@@ -21,63 +21,18 @@ from exporter.kube.watching import (
     WatchHealth,
     WatchTiming,
 )
-from exporter.logs import LogOnce
 from exporter.metrics import AgentCollector, AgentMetrics
 from exporter.server import build_app, start_server
 from exporter.settings import Settings
+from exporter.watches import (
+    EndpointListener,
+    EndpointSliceWatch,
+    EventListener,
+    PodWatch,
+    ServiceWatch,
+)
 
 log = logging.getLogger("tailwatch.agent")
-event_log = logging.getLogger("tailwatch.events")
-
-EventListener = Callable[[LifecycleEvent], None]
-
-
-class PodWatch:
-    """Feeds the pod watch into the lifecycle tracker and records what it detects."""
-
-    def __init__(
-        self,
-        tracker: PodLifecycleTracker,
-        metrics: AgentMetrics,
-        listeners: list[EventListener],
-        clock: Callable[[], float],
-    ) -> None:
-        self.tracker = tracker
-        self.metrics = metrics
-        self.listeners = listeners
-        self.clock = clock
-        self._bad_input = LogOnce(log)
-
-    def _malformed(self, exc: MalformedObject) -> None:
-        self.metrics.count_dropped(f"malformed_pod_{exc.reason}")
-        self._bad_input.warning(exc.reason, "dropped a malformed pod object: %s", exc)
-
-    def _emit(self, event: LifecycleEvent) -> None:
-        self.metrics.record(event)
-        if event.kind is PodEventKind.DELETED:
-            self.metrics.forget_pod(event.namespace, event.pod)
-        event_log.info("lifecycle event", extra=event.as_log_fields())
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:
-                log.exception("event listener failed")
-
-    def on_list(self, items: list[Mapping[str, Any]]) -> None:
-        result = self.tracker.sync(items, self.clock())
-        for exc in result.malformed:
-            self._malformed(exc)
-        for event in result.events:
-            self._emit(event)
-
-    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        try:
-            events = self.tracker.apply(event_type, obj, self.clock())
-        except MalformedObject as exc:
-            self._malformed(exc)
-            return
-        for event in events:
-            self._emit(event)
 
 
 class Agent:
@@ -99,19 +54,70 @@ class Agent:
         self.monotonic = monotonic
         self.metrics = AgentMetrics()
         self.tracker = PodLifecycleTracker(node=settings.node_name)
+        self.catalog = ServiceCatalog(node=settings.node_name)
         self.listeners: list[EventListener] = []
+        self.endpoint_listeners: list[EndpointListener] = []
         self.pods_health = WatchHealth("pods")
-        self.healths = [self.pods_health]
+        self.services_health = WatchHealth("services")
+        self.slices_health = WatchHealth("endpointslices")
+        self.healths = [self.pods_health, self.services_health, self.slices_health]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             AgentCollector(
                 self.metrics,
                 pods=self.tracker.pods,
                 watches=lambda: self.healths,
+                endpoints=self._endpoint_counts,
                 clock=monotonic,
             )
         )
         self.started = asyncio.Event()
+        self._known_services: set[Any] = set()
+
+    def _endpoint_counts(self) -> dict[Any, Any]:
+        opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
+        return {ref: c for ref, c in self.catalog.endpoints.counts().items() if ref in opted_in}
+
+    def _services_changed(self) -> None:
+        """Services or endpoints changed: drop the series of Services no longer opted in."""
+        current = set(self.catalog.specs) | set(self.catalog.skipped)
+        for gone in self._known_services - current:
+            self.metrics.forget_service(gone)
+        self._known_services = current
+
+    def targets(self) -> dict[str, Any]:
+        """The JSON of /api/v1/targets."""
+        services = [
+            {
+                "namespace": spec.ref.namespace,
+                "service": spec.ref.name,
+                "state": "probed",
+                "protocol": spec.protocol,
+                "port": spec.port.port,
+                "path": spec.path if spec.protocol == "http" else None,
+                "interval_seconds": spec.interval,
+                "slo_seconds": spec.slo,
+            }
+            for spec in sorted(self.catalog.specs.values(), key=lambda s: str(s.ref))
+        ]
+        services += [
+            {"namespace": ref.namespace, "service": ref.name, "state": "skipped", "reason": why}
+            for ref, why in sorted(self.catalog.skipped.items(), key=lambda i: str(i[0]))
+        ]
+        targets = [
+            {
+                "namespace": t.service.namespace,
+                "service": t.service.name,
+                "target": t.target,
+                "pod": t.pod,
+                "address": f"{t.address}:{t.port}",
+                "protocol": t.protocol,
+                "interval_seconds": t.interval,
+                "slo_seconds": t.slo,
+            }
+            for t in self.catalog.targets()
+        ]
+        return {"node": self.settings.node_name, "services": services, "targets": targets}
 
     def readiness(self) -> tuple[bool, str]:
         now = self.monotonic()
@@ -126,7 +132,8 @@ class Agent:
         """Serve until `stop` is set (or forever); raises OSError if --listen cannot be bound."""
         stop = stop or asyncio.Event()
         connection = self.connection or load_connection(self.settings.kubeconfig)
-        runner = await start_server(build_app(self.registry, self.readiness), self.settings.listen)
+        app = build_app(self.registry, self.readiness, self.targets)
+        runner = await start_server(app, self.settings.listen)
         log.info(
             "tailwatch agent started",
             extra={
@@ -136,14 +143,46 @@ class Agent:
                 "api_config": connection.source,
             },
         )
-        pods = ResourceSpec(
-            "pods", "/api/v1/pods", field_selector=f"spec.nodeName={self.settings.node_name}"
-        )
+        node = self.settings.node_name
+        opted_in = f"{PROBE_LABEL}=true"
         try:
             async with ApiSession(connection, self.timing) as api:
-                handler = PodWatch(self.tracker, self.metrics, self.listeners, self.clock)
-                reflector = Reflector(api, pods, handler, self.pods_health, clock=self.monotonic)
-                tasks = [asyncio.create_task(reflector.run(), name="watch-pods")]
+
+                def reflector(spec: ResourceSpec, handler: Any, health: WatchHealth) -> Reflector:
+                    return Reflector(api, spec, handler, health, clock=self.monotonic)
+
+                reflectors = [
+                    reflector(
+                        ResourceSpec("pods", "/api/v1/pods", f"spec.nodeName={node}"),
+                        PodWatch(self.tracker, self.metrics, self.listeners, self.clock),
+                        self.pods_health,
+                    ),
+                    reflector(
+                        ResourceSpec("services", "/api/v1/services", label_selector=opted_in),
+                        ServiceWatch(self.catalog, self.metrics, self._services_changed),
+                        self.services_health,
+                    ),
+                    # EndpointSlices carry their Service's labels: the same selector applies.
+                    reflector(
+                        ResourceSpec(
+                            "endpointslices",
+                            "/apis/discovery.k8s.io/v1/endpointslices",
+                            label_selector=opted_in,
+                        ),
+                        EndpointSliceWatch(
+                            self.catalog,
+                            self.metrics,
+                            self.endpoint_listeners,
+                            self._services_changed,
+                            self.clock,
+                        ),
+                        self.slices_health,
+                    ),
+                ]
+                tasks = [
+                    asyncio.create_task(r.run(), name=f"watch-{r.resource.name}")
+                    for r in reflectors
+                ]
                 self.started.set()
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -23,8 +23,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.core.endpoints import EndpointCounts, EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.pods import PodSnapshot
+from exporter.core.services import ServiceRef
 from exporter.kube.watching import WatchHealth
 
 
@@ -89,6 +91,18 @@ WATCH_LAST_EVENT_AGE = Family(
     "Seconds since the last list, event or bookmark of each watch.",
     ("resource",),
 )
+ENDPOINT_EVENTS = Family(
+    "tailwatch_endpoint_events",
+    "counter",
+    "Endpoint changes of opted-in Services (cluster view, from EndpointSlices).",
+    ("namespace", "service", "event"),
+)
+SERVICE_ENDPOINTS = Family(
+    "tailwatch_service_endpoints",
+    "gauge",
+    "Endpoints of each opted-in Service by condition (ready, serving, terminating).",
+    ("namespace", "service", "condition"),
+)
 DROPPED = Family(
     "tailwatch_dropped",
     "counter",
@@ -105,6 +119,8 @@ FAMILIES: tuple[Family, ...] = (
     POD_STARTUP,
     POD_TERMINATION,
     POD_INFO,
+    ENDPOINT_EVENTS,
+    SERVICE_ENDPOINTS,
     WATCH_EVENTS,
     WATCH_RESTARTS,
     WATCH_LAST_EVENT_AGE,
@@ -145,7 +161,17 @@ class AgentMetrics:
         self.restarts: dict[tuple[str, ...], float] = {}
         self.startup: dict[tuple[str, ...], HistogramSeries] = {}
         self.termination: dict[tuple[str, ...], HistogramSeries] = {}
+        self.endpoint_events: dict[tuple[str, ...], float] = {}
         self.dropped: dict[str, int] = {}
+
+    def record_endpoint(self, event: EndpointEvent) -> None:
+        key = (event.service.namespace, event.service.name, event.kind.value)
+        self.endpoint_events[key] = self.endpoint_events.get(key, 0) + 1
+
+    def forget_service(self, service: ServiceRef) -> None:
+        """Drop the series of a Service that is no longer opted in."""
+        for key in [k for k in self.endpoint_events if k[:2] == (service.namespace, service.name)]:
+            del self.endpoint_events[key]
 
     def count_dropped(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -204,14 +230,17 @@ class AgentCollector(Collector):
     def __init__(
         self,
         metrics: AgentMetrics,
+        *,
         pods: Callable[[], Iterable[PodSnapshot]],
         watches: Callable[[], Iterable[WatchHealth]],
+        endpoints: Callable[[], Mapping[ServiceRef, EndpointCounts]] = dict,
         extra_dropped: Iterable[Callable[[], Mapping[str, int]]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
         self.pods = pods
         self.watches = watches
+        self.endpoints = endpoints
         self.extra_dropped = list(extra_dropped)
         self.clock = clock
 
@@ -229,6 +258,15 @@ class AgentCollector(Collector):
                 [pod.namespace, pod.name, pod.workload.kind, pod.workload.name, pod.revision], 1
             )
         yield info
+
+        yield _counter(ENDPOINT_EVENTS, m.endpoint_events)
+        counts = _family(SERVICE_ENDPOINTS)
+        assert isinstance(counts, GaugeMetricFamily)
+        for ref, c in sorted(self.endpoints().items(), key=lambda item: str(item[0])):
+            for condition, n in (("ready", c.ready), ("serving", c.serving),
+                                 ("terminating", c.terminating)):  # fmt: skip
+                counts.add_metric([ref.namespace, ref.name, condition], n)
+        yield counts
 
         events: dict[tuple[str, ...], float] = {}
         restarts: dict[tuple[str, ...], float] = {}

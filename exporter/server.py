@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -12,9 +13,12 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.settings import ListenAddress
 
 Readiness = Callable[[], tuple[bool, str]]
+JsonView = Callable[[], Any]
 
 
-def build_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+def build_app(
+    registry: CollectorRegistry, readiness: Readiness, targets: JsonView | None = None
+) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         body = encoder(registry)
@@ -32,10 +36,14 @@ def build_app(registry: CollectorRegistry, readiness: Readiness) -> web.Applicat
         ready, detail = readiness()
         return web.Response(text=detail + "\n", status=200 if ready else 503)
 
+    async def api_targets(_: web.Request) -> web.Response:
+        return web.json_response(targets() if targets else {})
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/targets", api_targets)
     return app
 
 

@@ -3,42 +3,12 @@ and undecodable watch lines, every lifecycle change is counted exactly once."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import aiohttp
-import pytest
 
 from exporter.agent import Agent
-from exporter.kube.config import load_connection
-from exporter.settings import ListenAddress, Settings
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.cluster import Cluster
-from tests.conftest import free_port, wait_for
-from tests.kube.test_reflector import FAST
-
-
-@pytest.fixture
-async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
-    settings = Settings(
-        node_name="node-a",
-        kubeconfig=str(kubeconfig),
-        cgroup_root=tmp_path,
-        listen=ListenAddress("127.0.0.1", free_port()),
-        otlp_listen=None,
-        sample_interval=1.0,
-        log_level="info",
-    )
-    agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await wait_for(lambda: agent.readiness()[0], "the agent to sync")
-    try:
-        yield agent
-    finally:
-        stop.set()
-        await task
+from tests.conftest import wait_for
 
 
 def restarts(agent: Agent) -> dict[tuple[str, ...], float]:
@@ -71,7 +41,7 @@ async def test_each_change_is_counted_once_through_faults(
     api.faults.expire_watches()
     # 3. garbage on the stream, then one more restart.
     await wait_for(lambda: agent.pods_health.restarts.get("gone", 0) >= 1, "the 410 relist")
-    api.faults.inject_raw_line(b"\x00not json")
+    api.faults.inject_raw_line(b"\x00not json", resource="pods")
     cluster.restart("default", "p0", "app", "Error")
 
     def bare(event: str, reason: str = "", pod: str = "") -> tuple[str, ...]:

@@ -1,0 +1,159 @@
+"""Watch handlers: each feeds one resource's lists and events into its tracker, and records,
+logs and announces what the tracker detects. Bad objects are counted and logged once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from exporter.core.catalog import ServiceCatalog
+from exporter.core.endpoints import EndpointEvent
+from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.pods import MalformedObject
+from exporter.logs import LogOnce
+from exporter.metrics import AgentMetrics
+
+log = logging.getLogger("tailwatch.agent")
+event_log = logging.getLogger("tailwatch.events")
+
+EventListener = Callable[[LifecycleEvent], None]
+EndpointListener = Callable[[EndpointEvent], None]
+
+
+class _Handler:
+    """Shared by the handlers: counting and logging what cannot be used."""
+
+    kind = "object"
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+        self._bad_input = LogOnce(log)
+
+    def malformed(self, exc: MalformedObject) -> None:
+        self.metrics.count_dropped(f"malformed_{self.kind}_{exc.reason}")
+        self._bad_input.warning(
+            f"{self.kind}:{exc.reason}", "dropped a malformed %s object: %s", self.kind, exc
+        )
+
+
+E = TypeVar("E")
+
+
+def _notify(listeners: list[Callable[[E], None]], event: E) -> None:
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            log.exception("event listener failed")
+
+
+class PodWatch(_Handler):
+    """Feeds the pod watch into the lifecycle tracker and records what it detects."""
+
+    kind = "pod"
+
+    def __init__(
+        self,
+        tracker: PodLifecycleTracker,
+        metrics: AgentMetrics,
+        listeners: list[EventListener],
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(metrics)
+        self.tracker = tracker
+        self.listeners = listeners
+        self.clock = clock
+
+    def _emit(self, event: LifecycleEvent) -> None:
+        self.metrics.record(event)
+        if event.kind is PodEventKind.DELETED:
+            self.metrics.forget_pod(event.namespace, event.pod)
+        event_log.info("lifecycle event", extra=event.as_log_fields())
+        _notify(self.listeners, event)
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        result = self.tracker.sync(items, self.clock())
+        for exc in result.malformed:
+            self.malformed(exc)
+        for event in result.events:
+            self._emit(event)
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            events = self.tracker.apply(event_type, obj, self.clock())
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        for event in events:
+            self._emit(event)
+
+
+class ServiceWatch(_Handler):
+    """Feeds the opted-in Services into the catalog; `changed` runs after every update."""
+
+    kind = "service"
+
+    def __init__(
+        self, catalog: ServiceCatalog, metrics: AgentMetrics, changed: Callable[[], None]
+    ) -> None:
+        super().__init__(metrics)
+        self.catalog = catalog
+        self.changed = changed
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        for exc in self.catalog.sync_services(items):
+            self.malformed(exc)
+        self.changed()
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            self.catalog.apply_service(event_type, obj)
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        self.changed()
+
+
+class EndpointSliceWatch(_Handler):
+    """Feeds the opted-in Services' EndpointSlices into the endpoint tracker."""
+
+    kind = "endpointslice"
+
+    def __init__(
+        self,
+        catalog: ServiceCatalog,
+        metrics: AgentMetrics,
+        listeners: list[EndpointListener],
+        changed: Callable[[], None],
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(metrics)
+        self.catalog = catalog
+        self.listeners = listeners
+        self.changed = changed
+        self.clock = clock
+
+    def _emit(self, event: EndpointEvent) -> None:
+        self.metrics.record_endpoint(event)
+        event_log.info("endpoint event", extra=event.as_log_fields())
+        _notify(self.listeners, event)
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        result = self.catalog.endpoints.sync(items, self.clock())
+        for exc in result.malformed:
+            self.malformed(exc)
+        for event in result.events:
+            self._emit(event)
+        self.changed()
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            events = self.catalog.endpoints.apply(event_type, obj, self.clock())
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        for event in events:
+            self._emit(event)
+        self.changed()
