@@ -53,8 +53,7 @@ def endpoint_of_pod(pod: Mapping[str, Any]) -> Obj:
     serving = Ready, terminating = deletionTimestamp set."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
     ready_condition = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions", [])
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
     )
     terminating = meta.get("deletionTimestamp") is not None
     return {
