@@ -1,0 +1,320 @@
+"""Reading a container's cgroup files: which files each signal needs, and keeping them open.
+
+A container's files are opened once and re-read with `pread(fd, n, 0)`: on cgroupfs one
+pread costs about a sixth of an open/read/close and needs no path lookup. Open descriptors
+are bounded by an `FdBudget`; past it, files are opened and closed on every read. Errors
+are sorted into the three cases the sampler treats differently: the cgroup is gone, this
+file is not provided (a controller or PSI not enabled), or the file could not be read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from exporter.cgroups.layout import CgroupMode, Hierarchies
+
+
+class CgroupFile(StrEnum):
+    """The files the sampler reads, by what they are for."""
+
+    CPU_STAT = "cpu_stat"  # v2 cpu.stat | v1 cpu/cpu.stat
+    CPUACCT_USAGE = "cpuacct_usage"  # v1 cpuacct/cpuacct.usage
+    MEMORY_USAGE = "memory_usage"  # v2 memory.current | v1 memory.usage_in_bytes
+    MEMORY_STAT = "memory_stat"  # memory.stat
+    MEMORY_LIMIT = "memory_limit"  # v2 memory.max | v1 memory.limit_in_bytes
+    MEMORY_OOM = "memory_oom"  # v2 memory.events | v1 memory.oom_control
+    PRESSURE_CPU = "pressure_cpu"  # v2 (or hybrid unified/) cpu.pressure
+    PRESSURE_MEMORY = "pressure_memory"
+    PRESSURE_IO = "pressure_io"
+
+
+PRESSURE_FILES = {
+    CgroupFile.PRESSURE_CPU: "cpu",
+    CgroupFile.PRESSURE_MEMORY: "memory",
+    CgroupFile.PRESSURE_IO: "io",
+}
+
+_V2_NAMES = {
+    CgroupFile.CPU_STAT: "cpu.stat",
+    CgroupFile.MEMORY_USAGE: "memory.current",
+    CgroupFile.MEMORY_STAT: "memory.stat",
+    CgroupFile.MEMORY_LIMIT: "memory.max",
+    CgroupFile.MEMORY_OOM: "memory.events",
+}
+_PSI_NAMES = {
+    CgroupFile.PRESSURE_CPU: "cpu.pressure",
+    CgroupFile.PRESSURE_MEMORY: "memory.pressure",
+    CgroupFile.PRESSURE_IO: "io.pressure",
+}
+_V1_NAMES = {
+    CgroupFile.CPU_STAT: ("cpu", "cpu.stat"),
+    CgroupFile.CPUACCT_USAGE: ("cpuacct", "cpuacct.usage"),
+    CgroupFile.MEMORY_USAGE: ("memory", "memory.usage_in_bytes"),
+    CgroupFile.MEMORY_STAT: ("memory", "memory.stat"),
+    CgroupFile.MEMORY_LIMIT: ("memory", "memory.limit_in_bytes"),
+    CgroupFile.MEMORY_OOM: ("memory", "memory.oom_control"),
+}
+
+
+def files_of(h: Hierarchies, relpath: str) -> dict[CgroupFile, Path]:
+    """The files to read for the container cgroup at `relpath`, in every hierarchy present.
+
+    A v1 controller that is not mounted contributes nothing: its signals are simply absent.
+    """
+    out: dict[CgroupFile, Path] = {}
+    if h.mode is CgroupMode.V2:
+        assert h.unified is not None
+        base = h.unified / relpath
+        for key, name in _V2_NAMES.items():
+            out[key] = base / name
+    elif h.mode in (CgroupMode.V1, CgroupMode.HYBRID):
+        roots = {"cpu": h.cpu, "cpuacct": h.cpuacct, "memory": h.memory}
+        for key, (controller, name) in _V1_NAMES.items():
+            root = roots[controller]
+            if root is not None:
+                out[key] = root / relpath / name
+    if h.unified is not None and h.mode is not CgroupMode.NONE:
+        base = h.unified / relpath
+        for key, name in _PSI_NAMES.items():
+            out[key] = base / name
+    return out
+
+
+class FdBudget:
+    """How many cgroup files may stay open at once.
+
+    Defaults to half of what RLIMIT_NOFILE leaves after a reserve for sockets and the rest
+    of the agent; 330 containers need about 2,600 descriptors on v1 or hybrid, so an agent
+    under a 1,024 soft limit should raise it (`raise_open_files_limit`).
+    """
+
+    RESERVE = 256
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            limit = 1 << 20 if soft == resource.RLIM_INFINITY else max(0, soft - self.RESERVE) // 2
+        self.limit = limit
+        self.in_use = 0
+
+    def take(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def give_back(self) -> None:
+        self.in_use -= 1
+
+
+def raise_open_files_limit(wanted: int = 65536) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (as Go's runtime does at start)
+    so the sampler can keep every cgroup file open; returns the soft limit now in effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Outcome(StrEnum):
+    """What went wrong reading one file."""
+
+    VANISHED = "vanished"  # the cgroup directory is gone: the container exited
+    ABSENT = "absent"  # the directory is there, the file is not: not provided here
+    UNREADABLE = "unreadable"  # any other error (permission, I/O, not supported)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFailure:
+    key: CgroupFile
+    outcome: Outcome
+    error: str
+
+
+# cgroupfs answers ENODEV on a descriptor whose cgroup was removed, ENOENT on a path.
+_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESTALE, errno.ENOTDIR})
+_FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
+
+# Large enough for every file read here (a memory.stat is 1.4 to 2 KiB) and cheaper to
+# allocate than a larger one; a read that fills the buffer is repeated with a larger one.
+_BUFSIZE = 4096
+
+
+class ContainerFiles:
+    """The files of one container cgroup, kept open and re-read in place on every pass.
+
+    `read_all` re-reads every file and reports which ones changed since the last pass, so
+    the sampler parses only those (a limit, memory.events or an idle PSI file rarely do).
+    """
+
+    __slots__ = (
+        "_budget",
+        "_complete",
+        "_fds",
+        "_index",
+        "_ok",
+        "_paths",
+        "_plan",
+        "_plan_skip",
+        "data",
+        "keys",
+    )
+
+    def __init__(self, paths: Mapping[CgroupFile, Path], budget: FdBudget) -> None:
+        self._budget = budget
+        self.keys: list[CgroupFile] = list(paths)
+        self._paths: list[Path] = [paths[k] for k in self.keys]
+        self._fds: list[int] = [-1] * len(self.keys)
+        self._ok: list[bool] = [False] * len(self.keys)  # read successfully at least once
+        self.data: list[bytes | None] = [None] * len(self.keys)  # last content read
+        self._index = {k: i for i, k in enumerate(self.keys)}
+        # Which indexes read_all reads for a given `skip` (kept while `skip` is the same
+        # object); every file is read on the first call.
+        self._plan_skip: frozenset[CgroupFile] | None = None
+        self._plan: tuple[int, ...] = ()
+        self._complete = False
+
+    def get(self, key: CgroupFile) -> bytes | None:
+        """The last content read of `key`, None if not read (or not read any more)."""
+        i = self._index.get(key)
+        return None if i is None else self.data[i]
+
+    def read_all(
+        self, skip: frozenset[CgroupFile] = frozenset()
+    ) -> tuple[list[CgroupFile], list[tuple[CgroupFile, OSError]]]:
+        """Re-read every file but those in `skip` that were read before: (files whose
+        content changed, files that failed)."""
+        changed: list[CgroupFile] = []
+        failed: list[tuple[CgroupFile, OSError]] = []
+        fds, data, keys, ok, pread = self._fds, self.data, self.keys, self._ok, os.pread
+        if skip is not self._plan_skip:
+            self._plan_skip = skip
+            self._plan = tuple(i for i, k in enumerate(keys) if k not in skip)
+        plan = self._plan if self._complete else range(len(keys))
+        for i in plan:
+            fd = fds[i]
+            try:
+                if fd >= 0:
+                    new = pread(fd, _BUFSIZE, 0)
+                    if len(new) == _BUFSIZE:
+                        new = _read_whole(fd)
+                else:
+                    new = self._open_and_read(i)
+            except OSError as exc:
+                failed.append((keys[i], exc))
+                continue
+            if new != data[i]:
+                data[i] = new
+                changed.append(keys[i])
+                ok[i] = True
+        self._complete = True
+        return changed, failed
+
+    def read_one(self, key: CgroupFile) -> tuple[bool, OSError | None]:
+        """Re-read one file: (whether its content changed, the error if it failed)."""
+        i = self._index.get(key)
+        if i is None:
+            return False, None
+        try:
+            fd = self._fds[i]
+            if fd >= 0:
+                new = os.pread(fd, _BUFSIZE, 0)
+                if len(new) == _BUFSIZE:
+                    new = _read_whole(fd)
+            else:
+                new = self._open_and_read(i)
+        except OSError as exc:
+            return False, exc
+        if new == self.data[i]:
+            return False, None
+        self.data[i] = new
+        self._ok[i] = True
+        return True, None
+
+    def _open_and_read(self, i: int) -> bytes:
+        path = self._paths[i]
+        if not self._budget.take():
+            return _read_once(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._budget.give_back()
+            if exc.errno in _FD_EXHAUSTED:
+                self._budget.limit = self._budget.in_use  # learn the real limit
+                return _read_once(path)
+            raise
+        self._fds[i] = fd
+        data = os.pread(fd, _BUFSIZE, 0)
+        return _read_whole(fd) if len(data) == _BUFSIZE else data
+
+    def was_read(self, key: CgroupFile) -> bool:
+        i = self._index.get(key)
+        return i is not None and self._ok[i]
+
+    def classify(self, key: CgroupFile, exc: OSError) -> Outcome:
+        """Why reading `key` failed. Checks whether the directory still exists only on
+        this error path, so a healthy pass makes no extra system calls."""
+        if exc.errno in _GONE:
+            if not self._paths[self._index[key]].parent.is_dir():
+                return Outcome.VANISHED
+            return Outcome.ABSENT
+        return Outcome.UNREADABLE
+
+    def drop(self, key: CgroupFile) -> None:
+        """Stop reading one file of this container (not provided, or failing)."""
+        i = self._index.get(key)
+        if i is None:
+            return
+        self._close_fd(i)
+        for column in (self.keys, self._paths, self._fds, self._ok, self.data):
+            del column[i]
+        self._index = {k: j for j, k in enumerate(self.keys)}
+        self._plan_skip = None
+
+    def _close_fd(self, i: int) -> None:
+        fd = self._fds[i]
+        if fd >= 0:
+            self._fds[i] = -1
+            self._budget.give_back()
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        for i in range(len(self._fds)):
+            self._close_fd(i)
+
+    @property
+    def open_files(self) -> int:
+        return sum(1 for fd in self._fds if fd >= 0)
+
+
+def _read_once(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _BUFSIZE)
+        if len(data) == _BUFSIZE:
+            data = _read_whole(fd)
+        return data
+    finally:
+        os.close(fd)
+
+
+def _read_whole(fd: int) -> bytes:
+    size = _BUFSIZE
+    while True:
+        size *= 4
+        data = os.pread(fd, size, 0)
+        if len(data) < size:
+            return data
