@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.cgroups import CgroupCollector, CgroupSampler, raise_open_files_limit
 from exporter.core.catalog import ServiceCatalog
+from exporter.core.events import LifecycleEvent
 from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.pods import PodSnapshot
 from exporter.core.services import PROBE_LABEL
 from exporter.kube.config import KubeConnection, load_connection
 from exporter.kube.watching import (
@@ -30,6 +35,7 @@ from exporter.watches import (
     EventListener,
     PodWatch,
     ServiceWatch,
+    notify,
 )
 
 log = logging.getLogger("tailwatch.agent")
@@ -61,6 +67,9 @@ class Agent:
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
         self.healths = [self.pods_health, self.services_health, self.slices_health]
+        # The sampler runs in its own thread; it reads this snapshot, swapped on the loop.
+        self._cgroup_pods: tuple[PodSnapshot, ...] = ()
+        self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             AgentCollector(
@@ -68,11 +77,41 @@ class Agent:
                 pods=self.tracker.pods,
                 watches=lambda: self.healths,
                 endpoints=self._endpoint_counts,
+                extra_dropped=[self.cgroups.dropped],
                 clock=monotonic,
             )
         )
+        self.registry.register(CgroupCollector(self.cgroups))
         self.started = asyncio.Event()
         self._known_services: set[Any] = set()
+
+    async def _sample_cgroups(self, stop: asyncio.Event) -> None:
+        """Sample cgroups every --sample-interval in one dedicated thread: a pass is a few
+        thousand blocking reads, which must not stall the watches and the prober. Missed
+        ticks are skipped, never piled up."""
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgroups")
+        interval = self.settings.sample_interval
+        next_at = self.monotonic()
+        try:
+            while not stop.is_set():
+                self._cgroup_pods = tuple(self.tracker.pods())
+                result = await loop.run_in_executor(executor, self.cgroups.sample, self.clock())
+                for event in result.events:
+                    self._emit_oom_kill(event)
+                next_at += interval
+                if next_at < self.monotonic():
+                    next_at = self.monotonic() + interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next_at - self.monotonic())
+        finally:
+            executor.shutdown(wait=True)
+            self.cgroups.close()
+
+    def _emit_oom_kill(self, event: LifecycleEvent) -> None:
+        """A kernel OOM kill seen in a cgroup: its counter is the cgroup collector's."""
+        logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
+        notify(self.listeners, event)
 
     def _endpoint_counts(self) -> dict[Any, Any]:
         opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
@@ -132,6 +171,7 @@ class Agent:
         """Serve until `stop` is set (or forever); raises OSError if --listen cannot be bound."""
         stop = stop or asyncio.Event()
         connection = self.connection or load_connection(self.settings.kubeconfig)
+        raise_open_files_limit()  # the sampler keeps a few thousand cgroup files open
         app = build_app(self.registry, self.readiness, self.targets)
         runner = await start_server(app, self.settings.listen)
         log.info(
@@ -183,6 +223,7 @@ class Agent:
                     asyncio.create_task(r.run(), name=f"watch-{r.resource.name}")
                     for r in reflectors
                 ]
+                tasks.append(asyncio.create_task(self._sample_cgroups(stop), name="cgroups"))
                 self.started.set()
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

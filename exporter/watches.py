@@ -41,7 +41,7 @@ class _Handler:
 E = TypeVar("E")
 
 
-def _notify(listeners: list[Callable[[E], None]], event: E) -> None:
+def notify(listeners: list[Callable[[E], None]], event: E) -> None:
     for listener in listeners:
         try:
             listener(event)
@@ -71,7 +71,7 @@ class PodWatch(_Handler):
         if event.kind is PodEventKind.DELETED:
             self.metrics.forget_pod(event.namespace, event.pod)
         event_log.info("lifecycle event", extra=event.as_log_fields())
-        _notify(self.listeners, event)
+        notify(self.listeners, event)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.tracker.sync(items, self.clock())
@@ -138,7 +138,7 @@ class EndpointSliceWatch(_Handler):
     def _emit(self, event: EndpointEvent) -> None:
         self.metrics.record_endpoint(event)
         event_log.info("endpoint event", extra=event.as_log_fields())
-        _notify(self.listeners, event)
+        notify(self.listeners, event)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.catalog.endpoints.sync(items, self.clock())
