@@ -1,0 +1,28 @@
+"""OTLP/HTTP receiver of client latency histograms (DESIGN.md §4): clients' own view of an
+opted-in Service's latency, turned into per-Service deltas for the latency histograms."""
+
+from exporter.otlp.collector import OtlpCollector
+from exporter.otlp.decode import DEFAULT_MAX_BODY_BYTES
+from exporter.otlp.points import (
+    DEFAULT_METRICS,
+    Bucket,
+    IngestLimits,
+    LatencyDelta,
+    Outcome,
+    Resolver,
+)
+from exporter.otlp.receiver import OtlpReceiver, ReceiverLimits, Sink
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_METRICS",
+    "Bucket",
+    "IngestLimits",
+    "LatencyDelta",
+    "OtlpCollector",
+    "OtlpReceiver",
+    "Outcome",
+    "ReceiverLimits",
+    "Resolver",
+    "Sink",
+]

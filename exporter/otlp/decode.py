@@ -1,0 +1,196 @@
+"""The OTLP/HTTP wire format of metrics: request bodies (protobuf or JSON, maybe gzip) to
+`ExportMetricsServiceRequest`, and the response and `google.rpc.Status` bodies back. Pure.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from enum import Enum
+
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsPartialSuccess,
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+MiB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 20 * MiB  # the OpenTelemetry Collector's default (DESIGN.md §4)
+_INFLATE_CHUNK = 1 * MiB  # output produced per decompression step: the memory overshoot
+
+
+class Encoding(Enum):
+    """How a request body, and so its response, is serialized."""
+
+    PROTOBUF = "application/x-protobuf"
+    JSON = "application/json"
+
+
+class BodyRejected(ValueError):
+    """A request refused as a whole; `status` is the HTTP status the OTLP spec asks for."""
+
+    status = 400
+    reason = "otlp_decode_error"  # the tailwatch_dropped_total reason
+
+
+class BodyTooLarge(BodyRejected):
+    status = 413
+    reason = "otlp_body_too_large"
+
+
+class UnsupportedMediaType(BodyRejected):
+    status = 415
+    reason = "otlp_unsupported_media_type"
+
+
+class MalformedBody(BodyRejected):
+    pass
+
+
+# Content types receivers see in the wild: the spec's two, and `application/protobuf`, which
+# some clients send and the Collector accepts too.
+_ENCODINGS = {
+    "application/x-protobuf": Encoding.PROTOBUF,
+    "application/protobuf": Encoding.PROTOBUF,
+    "application/json": Encoding.JSON,
+}
+
+
+def request_encoding(content_type: str | None) -> Encoding:
+    """The encoding named by a Content-Type header (parameters such as charset ignored)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    try:
+        return _ENCODINGS[media]
+    except KeyError:
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {media or '(none)'!r}: send application/x-protobuf "
+            "or application/json"
+        ) from None
+
+
+def check_content_encoding(content_encoding: str | None) -> bool:
+    """True if the body is compressed (gzip, or zlib's deflate); raises for anything else."""
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return False
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return True
+    raise UnsupportedMediaType(f"unsupported Content-Encoding {coding!r}: send gzip or none")
+
+
+def inflate(body: bytes | bytearray, max_bytes: int) -> bytearray:
+    """Decompress a gzip or zlib body, refusing as soon as the output passes `max_bytes`.
+
+    The output grows by at most `_INFLATE_CHUNK` per step, so a gzip bomb costs at most
+    `max_bytes` plus one chunk of memory and the time to inflate `max_bytes`, never its full
+    size. Concatenated gzip members (which `gzip` itself writes for appended files) are read
+    one after the other.
+    """
+    out = bytearray()
+    data = body
+    while data:
+        # wbits 32 + 15: detect a gzip or a zlib header, with the largest window.
+        inflater = zlib.decompressobj(wbits=47)
+        try:
+            while data:
+                out += inflater.decompress(data, _INFLATE_CHUNK)
+                if len(out) > max_bytes:
+                    raise BodyTooLarge(
+                        f"decompressed body is larger than the limit of {max_bytes} bytes"
+                    )
+                data = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            if not inflater.eof:
+                out += inflater.flush()
+                if not inflater.eof:
+                    raise MalformedBody("compressed body is truncated")
+        except zlib.error as exc:
+            raise MalformedBody(f"body is not valid gzip: {exc}") from None
+        data = inflater.unused_data
+        if len(out) > max_bytes:
+            raise BodyTooLarge(f"decompressed body is larger than the limit of {max_bytes} bytes")
+    return out  # not copied to bytes: both parsers read a bytearray
+
+
+def decode_request(
+    body: bytes | bytearray,
+    encoding: Encoding,
+    *,
+    compressed: bool = False,
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> ExportMetricsServiceRequest:
+    """An `ExportMetricsServiceRequest` from a request body; raises `BodyRejected`."""
+    if len(body) > max_bytes:
+        raise BodyTooLarge(f"body is larger than the limit of {max_bytes} bytes")
+    if compressed:
+        body = inflate(body, max_bytes)
+    request = ExportMetricsServiceRequest()
+    try:
+        if encoding is Encoding.PROTOBUF:
+            request.ParseFromString(body)
+        else:
+            # OTLP/JSON is proto3's JSON mapping with lowerCamelCase keys and enums as
+            # integers, both of which json_format reads; unknown fields are skipped, as the
+            # spec asks of receivers, so newer clients keep working.
+            json_format.Parse(body, request, ignore_unknown_fields=True)
+    except Exception as exc:  # the parsers raise more than DecodeError (RecursionError, ...)
+        kind = "protobuf" if encoding is Encoding.PROTOBUF else "OTLP/JSON"
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise MalformedBody(
+            f"body is not a valid {kind} ExportMetricsServiceRequest: {detail}"
+        ) from None
+    return request
+
+
+def _status_class() -> type[Message]:
+    """google.rpc.Status, the error body OTLP/HTTP asks for, built from its descriptor in a
+    private pool so the agent needs no googleapis package and cannot clash with one a
+    client library loaded. `details` (field 3) is left out: tailwatch sends none."""
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="tailwatch/google_rpc_status.proto", package="google.rpc", syntax="proto3"
+    )
+    status = proto.message_type.add(name="Status")
+    status.field.add(name="code", number=1, type=5, label=1, json_name="code")  # int32
+    status.field.add(name="message", number=2, type=9, label=1, json_name="message")  # string
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    cls: type[Message] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("google.rpc.Status")
+    )
+    return cls
+
+
+_Status = _status_class()
+INVALID_ARGUMENT = 3  # google.rpc.Code: none of our errors is worth a retry
+
+
+@dataclass(frozen=True)
+class EncodedBody:
+    body: bytes
+    content_type: str
+
+
+def _encode(msg: Message, encoding: Encoding) -> EncodedBody:
+    if encoding is Encoding.PROTOBUF:
+        return EncodedBody(msg.SerializeToString(), encoding.value)
+    text = json_format.MessageToJson(msg, indent=None, preserving_proto_field_name=False)
+    return EncodedBody(text.encode(), encoding.value)
+
+
+def encode_status(message: str, encoding: Encoding) -> EncodedBody:
+    """The body of a 4xx response: a google.rpc.Status in the request's encoding."""
+    return _encode(_Status(code=INVALID_ARGUMENT, message=message), encoding)
+
+
+def encode_response(rejected: int, error_message: str, encoding: Encoding) -> EncodedBody:
+    """The body of a 200: an ExportMetricsServiceResponse, with `partial_success` set only
+    when points were rejected, as the spec asks."""
+    response = ExportMetricsServiceResponse()
+    if rejected:
+        response.partial_success.CopyFrom(
+            ExportMetricsPartialSuccess(rejected_data_points=rejected, error_message=error_message)
+        )
+    return _encode(response, encoding)

@@ -1,0 +1,729 @@
+"""Client latency from OTLP metrics: which histogram points tailwatch uses, the checks they
+pass, cumulative-to-delta per stream, and the opted-in Service each stream talks to.
+
+Pure: the Service resolver, the wall-clock start and `now` are passed in. See docs/otlp.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    DataPointFlags,
+    ExponentialHistogramDataPoint,
+    HistogramDataPoint,
+    Metric,
+)
+
+from exporter.core.services import ServiceRef
+from exporter.otlp.address import (
+    ADDRESS_KEYS,
+    CLIENT_NAMESPACE_KEY,
+    PORT_KEYS,
+    canonical_host,
+    parse_port,
+    split_host_port,
+)
+
+DEFAULT_METRICS = frozenset(
+    {"http.client.request.duration", "db.client.operation.duration", "rpc.client.duration"}
+)
+# Seconds per unit. Semantic conventions define these metrics in "s"; a missing unit is
+# read as seconds (the SDKs drop it when the instrument was created without one).
+UNIT_SECONDS = {"s": 1.0, "": 1.0, "ms": 1e-3}
+MIN_SCALE, MAX_SCALE = -10, 20  # what OTLP exponential histograms use in practice
+MAX_EXPONENTIAL_BUCKETS = 4096  # SDK default is 160; anything far past it is an attack
+MAX_ADDRESS_LENGTH = 260  # a DNS name has at most 253 characters, plus a port
+MAX_EXPONENT = 1000  # |index * 2**-scale|: base**index stays a finite, non-zero double
+_DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+_CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+Bucket = tuple[float, float, int]  # (lower seconds, upper seconds, count): (lower, upper]
+Resolver = Callable[[str, int | None], ServiceRef | None]
+Target = tuple[str, int | None]  # server.address and server.port as the client sent them
+
+
+class Outcome(StrEnum):
+    """The `outcome` label of tailwatch_otlp_datapoints_total."""
+
+    ACCEPTED = "accepted"
+    UNMAPPED = "unmapped"
+    MALFORMED = "malformed"
+    OVER_LIMIT = "over_limit"
+
+
+@dataclass(slots=True)  # not frozen: one is made per point, and frozen ones init slower
+class LatencyDelta:
+    """What one client stream observed since its previous point, against one Service."""
+
+    service: ServiceRef
+    metric: str
+    buckets: tuple[Bucket, ...]  # non-empty buckets only, ascending
+    sum_seconds: float
+    count: int
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_points_per_request: int = 10_000
+    max_streams_per_service: int = 1_000
+    max_streams: int = 100_000  # all Services together; the least recently used goes first
+    stream_idle_seconds: float = 900.0  # a stream not seen for this long is forgotten
+
+
+@dataclass
+class IngestResult:
+    """What one request brought: deltas for the sink, points by outcome, and the first
+    message of each kind of problem (for the response and the log)."""
+
+    deltas: list[LatencyDelta] = field(default_factory=list)
+    outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
+    problems: dict[str, tuple[Outcome, int, str]] = field(default_factory=dict)
+    ignored: int = 0  # points of metrics that are not tailwatch's (not counted as outcomes)
+
+    @property
+    def rejected(self) -> int:
+        return sum(n for outcome, n in self.outcomes.items() if outcome is not Outcome.ACCEPTED)
+
+    def reject(self, outcome: Outcome, kind: str, message: str, n: int = 1) -> None:
+        self.outcomes[outcome] += n
+        _, seen, first = self.problems.get(kind, (outcome, 0, message))
+        self.problems[kind] = (outcome, seen + n, first)
+
+    def error_message(self, limit: int = 5) -> str:
+        """A one-line summary for `partial_success.error_message` and 400 bodies."""
+        parts = [
+            f"{n} {outcome.value} ({message})"
+            for outcome, n, message in sorted(self.problems.values(), key=lambda p: -p[1])
+        ]
+        more = f"; and {len(parts) - limit} more kinds" if len(parts) > limit else ""
+        return f"{self.rejected} data points rejected: " + "; ".join(parts[:limit]) + more
+
+
+class PointRejected(Exception):
+    def __init__(self, outcome: Outcome, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.kind = kind
+        self.message = message
+
+
+def _malformed(kind: str, message: str) -> PointRejected:
+    return PointRejected(Outcome.MALFORMED, kind, message)
+
+
+@dataclass(slots=True)
+class Explicit:
+    """An explicit-bucket distribution: bucket i is (bounds[i-1], bounds[i]], in the
+    client's unit; the first starts at 0 (a duration), the last is open above."""
+
+    bounds: tuple[float, ...]
+    counts: list[int]
+
+
+@dataclass(slots=True)
+class Exponential:
+    """An exponential distribution: bucket `offset + k` is (base**i, base**(i+1)] with
+    base = 2**(2**-scale), in the client's unit; the zero bucket is [0, zero_threshold]."""
+
+    scale: int
+    zero_threshold: float
+    zero_count: int
+    offset: int
+    counts: list[int]
+
+
+Distribution = Explicit | Exponential
+
+
+# (resource attributes, scope, metric name), then the point's attributes, serialized.
+StreamKey = tuple[tuple[bytes, tuple[str, str], str], tuple[bytes, ...]]
+
+
+@dataclass(slots=True)
+class Stream:
+    """The last point of one client stream, kept to turn cumulative points into deltas."""
+
+    service: ServiceRef
+    target: Target  # its server.address and port, as the client wrote them
+    start_time: int
+    time: int
+    seen: float  # agent monotonic time of the last point, for idle expiry
+    count: int
+    total: float
+    dist: Distribution | None  # None: a delta stream, tracked only for the limits
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def _check_sum(dp: HistogramDataPoint | ExponentialHistogramDataPoint) -> float:
+    if not dp.HasField("sum"):
+        if dp.count:
+            raise _malformed("no_sum", "histogram point without a sum: tailwatch needs it")
+        return 0.0
+    total = dp.sum
+    if not math.isfinite(total) or total < 0:
+        raise _malformed("bad_sum", f"sum {total} is not a finite non-negative duration")
+    return total
+
+
+def check_bounds(bounds: Sequence[float]) -> None:
+    """Explicit bounds of a duration: finite, non-negative, strictly increasing."""
+    previous = -1.0
+    for bound in bounds:
+        if not math.isfinite(bound) or bound < 0:
+            raise _malformed("bad_bounds", f"bound {bound} is not a finite non-negative duration")
+        if bound <= previous:
+            raise _malformed("bad_bounds", "explicit_bounds are not strictly increasing")
+        previous = bound
+
+
+def check_explicit(dp: HistogramDataPoint, checked: dict[tuple[float, ...], bool]) -> Explicit:
+    """A histogram point's distribution, after the checks of the OTLP spec; raises
+    `PointRejected`. `checked` caches bounds already found good: streams share them."""
+    # Slices: protobuf's containers copy out twice as fast that way as through list().
+    counts = dp.bucket_counts[:]
+    bounds = tuple(dp.explicit_bounds[:])
+    if not counts:
+        raise _malformed("no_buckets", "histogram point without buckets: tailwatch needs them")
+    if len(counts) != len(bounds) + 1:
+        raise _malformed(
+            "bucket_count_mismatch",
+            f"{len(counts)} bucket_counts for {len(bounds)} explicit_bounds (need bounds + 1)",
+        )
+    if bounds not in checked:
+        check_bounds(bounds)
+        if len(checked) >= 256:  # clients with ever-changing bounds must not grow this
+            checked.clear()
+        checked[bounds] = True
+    if sum(counts) != dp.count:
+        raise _malformed("count_mismatch", f"bucket counts add up to {sum(counts)}, not {dp.count}")
+    return Explicit(bounds, counts)
+
+
+def check_exponential(dp: ExponentialHistogramDataPoint) -> Exponential:
+    """An exponential histogram point's distribution, checked; raises `PointRejected`."""
+    scale = dp.scale
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise _malformed("bad_scale", f"scale {scale} is outside [{MIN_SCALE}, {MAX_SCALE}]")
+    if any(dp.negative.bucket_counts):
+        raise _malformed("negative_values", "negative buckets hold values: not a duration")
+    counts = dp.positive.bucket_counts[:]
+    offset = dp.positive.offset
+    if len(counts) > MAX_EXPONENTIAL_BUCKETS:
+        raise _malformed(
+            "too_many_buckets", f"{len(counts)} buckets, more than {MAX_EXPONENTIAL_BUCKETS}"
+        )
+    width = 2.0**-scale
+    if counts and max(abs(offset), abs(offset + len(counts))) * width > MAX_EXPONENT:
+        raise _malformed("bad_offset", f"bucket offset {offset} is out of any duration's range")
+    threshold = dp.zero_threshold
+    if not math.isfinite(threshold) or threshold < 0:
+        raise _malformed("bad_zero_threshold", f"zero_threshold {threshold} is not a duration")
+    if dp.zero_count + sum(counts) != dp.count:
+        raise _malformed(
+            "count_mismatch",
+            f"zero_count and buckets add up to {dp.zero_count + sum(counts)}, not {dp.count}",
+        )
+    return Exponential(scale, threshold, dp.zero_count, offset, counts)
+
+
+# -- deltas ------------------------------------------------------------------------------
+
+
+def _downscale(offset: int, counts: list[int], shift: int) -> tuple[int, list[int]]:
+    """Merge buckets 2**shift at a time: what scale - shift makes of them."""
+    if shift == 0 or not counts:
+        return offset, counts
+    new_offset = offset >> shift
+    out = [0] * (((offset + len(counts) - 1) >> shift) - new_offset + 1)
+    for k, c in enumerate(counts):
+        out[((offset + k) >> shift) - new_offset] += c
+    return new_offset, out
+
+
+def _padded(offset: int, counts: list[int], low: int, high: int) -> list[int]:
+    """Counts from bucket index `low` to `high` (exclusive), zero where there are none."""
+    if offset == low and offset + len(counts) == high:
+        return counts
+    return [0] * (offset - low) + counts + [0] * (high - offset - len(counts))
+
+
+def subtract(current: Distribution, previous: Distribution) -> Distribution | None:
+    """current - previous when both are the same layout and no count went down; None if the
+    layouts cannot be compared or a count decreased (the stream was reset)."""
+    if isinstance(current, Explicit) and isinstance(previous, Explicit):
+        if current.bounds != previous.bounds:
+            return None
+        counts = list(map(operator.sub, current.counts, previous.counts))
+        return None if min(counts) < 0 else Explicit(current.bounds, counts)
+    if isinstance(current, Exponential) and isinstance(previous, Exponential):
+        # SDKs lower the scale of a cumulative stream as its range grows: compare the two
+        # at the coarser scale.
+        scale = min(current.scale, previous.scale)
+        c_off, c_counts = _downscale(current.offset, current.counts, current.scale - scale)
+        p_off, p_counts = _downscale(previous.offset, previous.counts, previous.scale - scale)
+        zero = current.zero_count - previous.zero_count
+        if zero < 0:
+            return None
+        if not p_counts:
+            return Exponential(scale, current.zero_threshold, zero, c_off, list(c_counts))
+        if not c_counts:
+            return None if any(p_counts) else Exponential(scale, 0.0, zero, 0, [])
+        low = min(c_off, p_off)
+        high = max(c_off + len(c_counts), p_off + len(p_counts))
+        out = list(map(operator.sub, _padded(c_off, c_counts, low, high),
+                       _padded(p_off, p_counts, low, high)))  # fmt: skip
+        if min(out) < 0:
+            return None
+        return Exponential(scale, current.zero_threshold, zero, low, out)
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _edges(bounds: tuple[float, ...], seconds: float) -> tuple[tuple[float, float], ...]:
+    """(lower, upper) in seconds of every finite explicit bucket: streams share bounds."""
+    lows = (0.0, *bounds)
+    return tuple((low * seconds, high * seconds) for low, high in zip(lows, bounds, strict=False))
+
+
+@functools.lru_cache(maxsize=1024)
+def _exponential_edges(
+    scale: int, offset: int, size: int, seconds: float
+) -> tuple[tuple[float, float], ...]:
+    """(lower, upper] in seconds of `size` exponential buckets from index `offset`."""
+    width = 2.0**-scale
+    powers = [2.0 ** (index * width) * seconds for index in range(offset, offset + size + 1)]
+    return tuple(itertools.pairwise(powers))
+
+
+def buckets_of(
+    dist: Distribution, seconds: float, minimum: float | None, maximum: float | None
+) -> tuple[Bucket, ...]:
+    """The non-empty buckets of a distribution in seconds, each narrowed to the point's
+    [min, max] when the client sent them (a valid bound for every value in the window).
+
+    The explicit overflow bucket (last bound, +inf) ends at the point's max when known,
+    else at its lower bound: its values are then recorded at the last finite bound, which
+    understates them and never invents a tail.
+    """
+    out: list[Bucket]
+    if isinstance(dist, Explicit):
+        bounds = dist.bounds
+        # zip stops at the finite buckets; the overflow bucket is the one after them.
+        edges = _edges(bounds, seconds)
+        out = [(low, high, n) for (low, high), n in zip(edges, dist.counts, strict=False) if n]
+        overflow = dist.counts[-1]
+        if overflow:
+            low = bounds[-1] * seconds if bounds else 0.0
+            high = maximum if maximum is not None and maximum > low else low
+            out.append((low, high, overflow))
+    else:
+        out = []
+        if dist.zero_count:
+            out.append((0.0, dist.zero_threshold * seconds, dist.zero_count))
+        edges = _exponential_edges(dist.scale, dist.offset, len(dist.counts), seconds)
+        out += [(low, high, n) for (low, high), n in zip(edges, dist.counts, strict=True) if n]
+    if out and minimum is not None and maximum is not None:
+        # Only the lowest bucket can hold the min and only the highest the max: the
+        # buckets between lie inside [min, max] already.
+        low, high, n = out[0]
+        if low < minimum <= high:
+            out[0] = (minimum, high, n)
+        low, high, n = out[-1]
+        if low <= maximum < high:
+            out[-1] = (low, maximum, n)
+    return tuple(out)
+
+
+def _min_max(
+    dp: HistogramDataPoint | ExponentialHistogramDataPoint, seconds: float
+) -> tuple[float | None, float | None]:
+    """The point's min and max in seconds, or (None, None) unless both are present and
+    consistent: they only ever narrow buckets, so doubtful ones are ignored, not rejected."""
+    if not (dp.HasField("min") and dp.HasField("max")):
+        return None, None
+    low, high = dp.min, dp.max
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        return None, None
+    return low * seconds, high * seconds
+
+
+# -- the ingest --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Client:
+    """The resource of a ResourceMetrics: part of each stream's identity."""
+
+    resource: bytes  # its attributes, serialized
+    namespace: str | None  # k8s.namespace.name, for bare Service names
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What every point of one metric shares."""
+
+    metric: str
+    exponential: bool
+    seconds: float  # per unit of the metric
+    cumulative: bool
+    stream_prefix: tuple[bytes, tuple[str, str], str]  # resource, scope, metric name
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One request being ingested."""
+
+    result: IngestResult
+    now: float
+    budget: int  # data points this request may still bring
+    resolved: dict[tuple[str, int | None, str | None], ServiceRef | None] = field(
+        default_factory=dict
+    )
+
+
+class HistogramIngest:
+    """Turns OTLP requests into `LatencyDelta`s, keeping the per-stream state that
+    cumulative temporality needs, within the limits.
+
+    A stream is (resource attributes, scope, metric name, point attributes). Cumulative
+    points become deltas against the stream's previous point; a reset (new start time, or
+    a count that went down) makes the current point the delta since the reset. The first
+    point of a cumulative stream counts in full only if the stream started after the
+    *horizon*: the agent's start, moved forward whenever the agent forgets a stream it had
+    counted (idle, or evicted by a limit). Otherwise the first point only sets the
+    baseline, so a point is never counted twice (docs/otlp.md, "Temporality").
+    """
+
+    def __init__(
+        self,
+        resolve: Resolver,
+        *,
+        started_unix_nano: int,
+        metrics: Iterable[str] = DEFAULT_METRICS,
+        limits: IngestLimits | None = None,
+    ) -> None:
+        self.resolve = resolve
+        self.metrics = frozenset(metrics)
+        self.limits = limits or IngestLimits()
+        self.horizon = started_unix_nano
+        self.streams: OrderedDict[StreamKey, Stream] = OrderedDict()
+        self.per_service: dict[ServiceRef, int] = {}
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.ignored = 0
+        self._checked_bounds: dict[tuple[float, ...], bool] = {}
+
+    # -- stream table ----------------------------------------------------------------
+
+    def _forget(self, key: StreamKey) -> None:
+        stream = self.streams.pop(key)
+        left = self.per_service[stream.service] - 1
+        if left:
+            self.per_service[stream.service] = left
+        else:
+            del self.per_service[stream.service]
+        if stream.dist is not None:
+            # Its counted history is gone: a point of it seen again must not count in full.
+            self.horizon = max(self.horizon, stream.time)
+
+    def expire(self, now: float) -> None:
+        """Forget streams idle for longer than the limit (oldest first: the table is LRU)."""
+        cutoff = now - self.limits.stream_idle_seconds
+        while self.streams:
+            key, stream = next(iter(self.streams.items()))
+            if stream.seen >= cutoff:
+                break
+            self._forget(key)
+
+    def _admit(self, service: ServiceRef) -> bool:
+        """Room for a new stream of `service`? Evicts the least recently used stream when
+        the table is full; refuses when the Service has all the streams it may have."""
+        if self.per_service.get(service, 0) >= self.limits.max_streams_per_service:
+            return False
+        while len(self.streams) >= self.limits.max_streams:
+            self._forget(next(iter(self.streams)))
+        self.per_service[service] = self.per_service.get(service, 0) + 1
+        return True
+
+    # -- requests --------------------------------------------------------------------
+
+    def ingest(self, request: ExportMetricsServiceRequest, now: float) -> IngestResult:
+        """Every point of tailwatch's metrics in `request`, checked, mapped and turned into
+        deltas; never raises for bad input."""
+        self.expire(now)
+        batch = _Batch(IngestResult(), now, self.limits.max_points_per_request)
+        for rm in request.resource_metrics:
+            client: _Client | None = None
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    if metric.name not in self.metrics:
+                        batch.result.ignored += _point_count(metric, kind)
+                        continue
+                    if client is None:  # only for resources that carry our metrics
+                        client = _Client(
+                            rm.resource.SerializeToString(deterministic=True),
+                            _string_attribute(rm.resource.attributes, CLIENT_NAMESPACE_KEY),
+                        )
+                    self._metric(metric, kind, client, (sm.scope.name, sm.scope.version), batch)
+        for outcome, n in batch.result.outcomes.items():
+            self.outcomes[outcome] += n
+        self.ignored += batch.result.ignored
+        return batch.result
+
+    def _metric(
+        self,
+        metric: Metric,
+        kind: str | None,
+        client: _Client,
+        scope: tuple[str, str],
+        batch: _Batch,
+    ) -> None:
+        result = batch.result
+        total = _point_count(metric, kind)
+        if kind not in ("histogram", "exponential_histogram"):
+            result.reject(
+                Outcome.MALFORMED,
+                "not_a_histogram",
+                f"{metric.name} is a {kind or 'metric without data'}, tailwatch needs a histogram",
+                total,
+            )
+            return
+        seconds = UNIT_SECONDS.get(metric.unit)
+        if seconds is None:
+            result.reject(
+                Outcome.MALFORMED,
+                "bad_unit",
+                f"{metric.name} has unit {metric.unit!r}: tailwatch reads s or ms",
+                total,
+            )
+            return
+        data = metric.histogram if kind == "histogram" else metric.exponential_histogram
+        temporality = data.aggregation_temporality
+        if temporality not in (_DELTA, _CUMULATIVE):
+            result.reject(
+                Outcome.MALFORMED,
+                "bad_temporality",
+                f"{metric.name} has no aggregation temporality (need delta or cumulative)",
+                total,
+            )
+            return
+        if total > batch.budget:
+            result.reject(
+                Outcome.OVER_LIMIT,
+                "points_per_request",
+                f"over the limit of {self.limits.max_points_per_request} data points per request",
+                total - batch.budget,
+            )
+        shape = _Shape(
+            metric.name,
+            kind == "exponential_histogram",
+            seconds,
+            temporality == _CUMULATIVE,
+            (client.resource, scope, metric.name),
+        )
+        points = data.data_points
+        for dp in itertools.islice(points, min(total, batch.budget)):
+            try:
+                delta = self._point(dp, shape, client, batch)
+            except PointRejected as rejected:
+                result.reject(rejected.outcome, rejected.kind, rejected.message)
+                continue
+            result.outcomes[Outcome.ACCEPTED] += 1
+            if delta is not None:
+                result.deltas.append(delta)
+        batch.budget = max(0, batch.budget - total)
+
+    def _service(self, target: Target, client: _Client, batch: _Batch) -> ServiceRef:
+        """The Service a stream's address names, asked once per request and address."""
+        lookup = (*target, client.namespace)
+        if lookup in batch.resolved:
+            service = batch.resolved[lookup]
+        else:
+            canonical, host_port = (
+                _parse_address(target[0], client.namespace)
+                if len(target[0]) <= MAX_ADDRESS_LENGTH
+                else (None, None)
+            )
+            service = self.resolve(canonical, target[1] or host_port) if canonical else None
+            batch.resolved[lookup] = service
+        if service is None:
+            raise PointRejected(
+                Outcome.UNMAPPED,
+                "unknown_service",
+                f"server.address {target[0][:MAX_ADDRESS_LENGTH]!r} is not an opted-in Service, "
+                "its ClusterIP or an endpoint IP",
+            )
+        return service
+
+    def _point(
+        self,
+        dp: HistogramDataPoint | ExponentialHistogramDataPoint,
+        shape: _Shape,
+        client: _Client,
+        batch: _Batch,
+    ) -> LatencyDelta | None:
+        if dp.flags & _NO_RECORDED_VALUE:
+            return None  # an explicit gap in the stream: nothing to count, nothing to check
+        # Reading attributes is the dearest part of a point: serialize each (in C) for the
+        # stream key, and read the address from them only for a stream not seen before.
+        # Sorted: attribute order is not part of a stream's identity.
+        key = (shape.stream_prefix, tuple(sorted(map(_serialize, dp.attributes))))
+        stream = self.streams.get(key)
+        start, end, count = dp.start_time_unix_nano, dp.time_unix_nano, dp.count
+        if (
+            shape.cumulative
+            and stream is not None
+            and stream.dist is not None
+            and start == stream.start_time
+            and count == stream.count
+            and end >= stream.time
+            and self._service(stream.target, client, batch) == stream.service
+        ):
+            # An idle cumulative stream repeats its last point: nothing new to check or
+            # count. Clients export every stream every interval, busy or not.
+            self.streams.move_to_end(key)
+            stream.seen, stream.time = batch.now, end
+            return None
+        if shape.exponential:
+            assert isinstance(dp, ExponentialHistogramDataPoint)
+            dist: Distribution = check_exponential(dp)
+        else:
+            assert isinstance(dp, HistogramDataPoint)
+            dist = check_explicit(dp, self._checked_bounds)
+        total = _check_sum(dp)
+        target = target_of(dp.attributes) if stream is None else stream.target
+        service = self._service(target, client, batch)
+        if stream is not None and stream.service is not service and stream.service != service:
+            self._forget(key)  # its address now names another Service: start over
+            stream = None
+        if stream is None:
+            if not self._admit(service):
+                raise PointRejected(
+                    Outcome.OVER_LIMIT,
+                    "streams_per_service",
+                    f"{service} has {self.limits.max_streams_per_service} streams already "
+                    "(the limit)",
+                )
+            stream = Stream(service, target, start, end, 0, 0, 0.0, None)
+            self.streams[key] = stream
+            first = True
+        else:
+            self.streams.move_to_end(key)
+            first = stream.dist is None  # a delta stream that turned cumulative starts over
+        stream.seen = batch.now
+
+        if shape.cumulative:
+            if not first and start == stream.start_time and end <= stream.time:
+                return None  # a retried or reordered export: counted already, keep the state
+            counted = self._cumulative_delta(stream, start, count, dist, total=total, first=first)
+            stream.dist, stream.count, stream.total = dist, count, total
+            if counted is None:
+                count = 0
+            else:
+                count, total, dist = counted
+        else:
+            stream.dist = None
+        stream.start_time, stream.time = start, end
+        if not count:
+            return None
+        low, high = _min_max(dp, shape.seconds)
+        return LatencyDelta(
+            service, shape.metric, buckets_of(dist, shape.seconds, low, high),
+            total * shape.seconds, count,
+        )  # fmt: skip
+
+    def _cumulative_delta(
+        self,
+        stream: Stream,
+        start: int,
+        count: int,
+        dist: Distribution,
+        *,
+        total: float,
+        first: bool,
+    ) -> tuple[int, float, Distribution] | None:
+        """(count, sum, distribution) to count for a cumulative point; None: nothing."""
+        if first:
+            if start and start > self.horizon:
+                return count, total, dist  # the stream began while the agent listened
+            return None  # history from before the horizon: only the baseline
+        previous = stream.dist
+        assert previous is not None
+        if start != stream.start_time or count < stream.count:
+            return count, total, dist  # a reset: all of it is new
+        delta = subtract(dist, previous)
+        if delta is None:
+            if _layout_changed(dist, previous):
+                return None  # new buckets, same start: only a new baseline
+            return count, total, dist  # a bucket count went down: a reset
+        return count - stream.count, max(0.0, total - stream.total), delta
+
+
+def _layout_changed(current: Distribution, previous: Distribution) -> bool:
+    if isinstance(current, Explicit) and isinstance(previous, Explicit):
+        return current.bounds != previous.bounds
+    return type(current) is not type(previous)
+
+
+# A serialized KeyValue starts with its key (field 1): its tag, its length, its bytes.
+_serialize = KeyValue.SerializeToString
+
+
+def target_of(attributes: Iterable[KeyValue]) -> Target:
+    """server.address and server.port (or the older net.peer.*) of a point; raises
+    `PointRejected` (unmapped) without an address."""
+    found = {kv.key: kv.value for kv in attributes if kv.key in _ADDRESSING}
+    address = next((found[k].string_value for k in ADDRESS_KEYS if k in found), "")
+    if not address:
+        raise PointRejected(
+            Outcome.UNMAPPED,
+            "no_server_address",
+            "point has no server.address (or net.peer.name) attribute",
+        )
+    return address, next((_port_value(found[k]) for k in PORT_KEYS if k in found), None)
+
+
+_ADDRESSING = frozenset(ADDRESS_KEYS + PORT_KEYS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_address(address: str, client_namespace: str | None) -> tuple[str | None, int | None]:
+    """The canonical host and the port in an address: pure, and cached because parsing a
+    name costs more than the rest of a point (clients repeat a few addresses forever)."""
+    host, port = split_host_port(address)
+    return canonical_host(host, client_namespace), port
+
+
+def _port_value(value: AnyValue) -> int | None:
+    return parse_port(
+        value.int_value if value.WhichOneof("value") == "int_value" else value.string_value
+    )
+
+
+def _point_count(metric: Metric, kind: str | None) -> int:
+    if kind is None:
+        return 0
+    return len(getattr(metric, kind).data_points)
+
+
+def _string_attribute(attributes: Iterable[KeyValue], key: str) -> str | None:
+    for kv in attributes:
+        if kv.key == key:
+            return kv.value.string_value or None
+    return None
