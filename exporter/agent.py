@@ -26,8 +26,9 @@ from exporter.kube.watching import (
     WatchHealth,
     WatchTiming,
 )
-from exporter.metrics import AgentCollector, AgentMetrics
-from exporter.server import build_app, start_server
+from exporter.metrics import AgentCollector, AgentMetrics, ClientLatency
+from exporter.otlp import LatencyDelta, OtlpCollector, OtlpReceiver
+from exporter.server import ListenError, build_app, start_server
 from exporter.settings import Settings
 from exporter.watches import (
     EndpointListener,
@@ -70,6 +71,8 @@ class Agent:
         # The sampler runs in its own thread; it reads this snapshot, swapped on the loop.
         self._cgroup_pods: tuple[PodSnapshot, ...] = ()
         self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
+        self.client_latency = ClientLatency(slo_of=self._slo_of)
+        self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             AgentCollector(
@@ -77,11 +80,13 @@ class Agent:
                 pods=self.tracker.pods,
                 watches=lambda: self.healths,
                 endpoints=self._endpoint_counts,
-                extra_dropped=[self.cgroups.dropped],
+                client_latency=self.client_latency,
+                extra_dropped=[self.cgroups.dropped, self.otlp.dropped],
                 clock=monotonic,
             )
         )
         self.registry.register(CgroupCollector(self.cgroups))
+        self.registry.register(OtlpCollector(self.otlp.outcomes))
         self.started = asyncio.Event()
         self._known_services: set[Any] = set()
 
@@ -113,6 +118,13 @@ class Agent:
         logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
         notify(self.listeners, event)
 
+    def _slo_of(self, service: Any) -> float | None:
+        spec = self.catalog.specs.get(service)
+        return spec.slo if spec is not None else None
+
+    def _on_client_delta(self, delta: LatencyDelta) -> None:
+        self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+
     def _endpoint_counts(self) -> dict[Any, Any]:
         opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
         return {ref: c for ref, c in self.catalog.endpoints.counts().items() if ref in opted_in}
@@ -122,6 +134,7 @@ class Agent:
         current = set(self.catalog.specs) | set(self.catalog.skipped)
         for gone in self._known_services - current:
             self.metrics.forget_service(gone)
+            self.client_latency.forget(gone)
         self._known_services = current
 
     def targets(self) -> dict[str, Any]:
@@ -168,17 +181,25 @@ class Agent:
         return True, "ready"
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until `stop` is set (or forever); raises OSError if --listen cannot be bound."""
+        """Serve until `stop` is set (or forever); raises ListenError if an address is taken."""
         stop = stop or asyncio.Event()
         connection = self.connection or load_connection(self.settings.kubeconfig)
         raise_open_files_limit()  # the sampler keeps a few thousand cgroup files open
         app = build_app(self.registry, self.readiness, self.targets)
         runner = await start_server(app, self.settings.listen)
+        otlp_runner = None
+        if self.settings.otlp_listen is not None:
+            try:
+                otlp_runner = await self.otlp.start(self.settings.otlp_listen)
+            except OSError as exc:
+                await runner.cleanup()
+                raise ListenError("--otlp-listen", self.settings.otlp_listen, exc) from exc
         log.info(
             "tailwatch agent started",
             extra={
                 "node": self.settings.node_name,
                 "listen": str(self.settings.listen),
+                "otlp_listen": str(self.settings.otlp_listen or "disabled"),
                 "api": connection.host,
                 "api_config": connection.source,
             },
@@ -234,5 +255,7 @@ class Agent:
                     if task is not stopper and task.exception() is not None:
                         raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
         finally:
+            if otlp_runner is not None:
+                await otlp_runner.cleanup()
             await runner.cleanup()
             log.info("tailwatch agent stopped")

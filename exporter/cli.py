@@ -77,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tailwatch: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
+    from exporter.server import ListenError  # noqa: PLC0415
+
     try:
         asyncio.run(_run_agent(settings, connection))
-    except OSError as exc:
-        print(f"tailwatch: error: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"tailwatch: error: {exc}", file=sys.stderr)
         return 1
     return 0

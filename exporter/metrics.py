@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.core.endpoints import EndpointCounts, EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.histogram import LatencySeries, layout_for
 from exporter.core.pods import PodSnapshot
 from exporter.core.services import ServiceRef
 from exporter.kube.watching import WatchHealth
@@ -103,6 +104,12 @@ SERVICE_ENDPOINTS = Family(
     "Endpoints of each opted-in Service by condition (ready, serving, terminating).",
     ("namespace", "service", "condition"),
 )
+CLIENT_DURATION = Family(
+    "tailwatch_client_request_duration_seconds",
+    "histogram",
+    "Client-observed latency of opted-in Services, from clients' OTLP histograms.",
+    ("namespace", "service", "state"),
+)
 DROPPED = Family(
     "tailwatch_dropped",
     "counter",
@@ -121,6 +128,7 @@ FAMILIES: tuple[Family, ...] = (
     POD_INFO,
     ENDPOINT_EVENTS,
     SERVICE_ENDPOINTS,
+    CLIENT_DURATION,
     WATCH_EVENTS,
     WATCH_RESTARTS,
     WATCH_LAST_EVENT_AGE,
@@ -200,6 +208,36 @@ class AgentMetrics:
             del self.restarts[key]
 
 
+class ClientLatency:
+    """Client-reported latency per Service and state, in the Service's exposition layout
+    (its SLO threshold as an exact boundary) and at fine resolution for quantiles."""
+
+    def __init__(
+        self,
+        slo_of: Callable[[ServiceRef], float | None],
+        state_of: Callable[[str, str], str] = lambda namespace, service: "steady",
+    ) -> None:
+        self.slo_of = slo_of
+        self.state_of = state_of
+        self.series: dict[tuple[str, str, str], LatencySeries] = {}
+
+    def record(
+        self,
+        service: ServiceRef,
+        buckets: Iterable[tuple[float, float, int]],
+        sum_seconds: float,
+    ) -> None:
+        key = (service.namespace, service.name, self.state_of(service.namespace, service.name))
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = LatencySeries(layout_for(self.slo_of(service)))
+        series.record_ranges(buckets, sum_seconds)
+
+    def forget(self, service: ServiceRef) -> None:
+        for key in [k for k in self.series if k[:2] == (service.namespace, service.name)]:
+            del self.series[key]
+
+
 def _family(f: Family) -> Metric:
     if f.kind == "counter":
         return CounterMetricFamily(f.name, f.help, labels=f.labels)
@@ -234,6 +272,7 @@ class AgentCollector(Collector):
         pods: Callable[[], Iterable[PodSnapshot]],
         watches: Callable[[], Iterable[WatchHealth]],
         endpoints: Callable[[], Mapping[ServiceRef, EndpointCounts]] = dict,
+        client_latency: ClientLatency | None = None,
         extra_dropped: Iterable[Callable[[], Mapping[str, int]]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -241,6 +280,7 @@ class AgentCollector(Collector):
         self.pods = pods
         self.watches = watches
         self.endpoints = endpoints
+        self.client_latency = client_latency
         self.extra_dropped = list(extra_dropped)
         self.clock = clock
 
@@ -267,6 +307,13 @@ class AgentCollector(Collector):
                                  ("terminating", c.terminating)):  # fmt: skip
                 counts.add_metric([ref.namespace, ref.name, condition], n)
         yield counts
+
+        client = _family(CLIENT_DURATION)
+        assert isinstance(client, HistogramMetricFamily)
+        if self.client_latency is not None:
+            for labels, series in sorted(self.client_latency.series.items()):
+                client.add_metric(list(labels), series.cumulative_buckets(), series.sum)
+        yield client
 
         events: dict[tuple[str, ...], float] = {}
         restarts: dict[tuple[str, ...], float] = {}

@@ -13,6 +13,15 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.settings import ListenAddress
 
 Readiness = Callable[[], tuple[bool, str]]
+
+
+class ListenError(Exception):
+    """An address the agent was told to listen on cannot be bound."""
+
+    def __init__(self, what: str, listen: ListenAddress, exc: OSError) -> None:
+        super().__init__(f"cannot listen on {listen} ({what}): {exc.strerror or exc}")
+
+
 JsonView = Callable[[], Any]
 
 
@@ -48,13 +57,13 @@ def build_app(
 
 
 async def start_server(app: web.Application, listen: ListenAddress) -> web.AppRunner:
-    """Start serving `app`; raises OSError if the address cannot be bound."""
+    """Start serving `app`; raises ListenError if the address cannot be bound."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host=listen.host or None, port=listen.port)
     try:
         await site.start()
-    except OSError:
+    except OSError as exc:
         await runner.cleanup()
-        raise
+        raise ListenError("--listen", listen, exc) from exc
     return runner

@@ -1,0 +1,96 @@
+"""A real OpenTelemetry client reports a Service's latency to the agent: what it recorded is
+what /metrics shows, in the Service's layout with its SLO as an exact boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.agent import Agent
+from exporter.core.services import ServiceRef
+from exporter.kube.config import load_connection
+from exporter.settings import ListenAddress, Settings
+from exporter.simulator import ApiServer
+from exporter.simulator.services import service
+from tests.conftest import free_port, wait_for
+from tests.kube.test_reflector import FAST
+
+
+@pytest.fixture
+async def otlp_agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
+    settings = Settings(
+        node_name="node-a", kubeconfig=str(kubeconfig), cgroup_root=tmp_path,
+        listen=ListenAddress("127.0.0.1", free_port()),
+        otlp_listen=ListenAddress("127.0.0.1", free_port()),
+        sample_interval=1.0, log_level="info",
+    )  # fmt: skip
+    agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await wait_for(lambda: agent.readiness()[0], "the agent to sync")
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task
+
+
+async def test_sdk_client_latency_on_metrics(api: ApiServer, otlp_agent: Agent) -> None:
+    slo = {"tailwatch.io/slo-latency": "50ms"}
+    api.store.create("services", service("checkout", namespace="shop", annotations=slo))
+    await wait_for(lambda: ServiceRef("shop", "checkout") in otlp_agent.catalog.specs, "Service")
+
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=f"http://{otlp_agent.settings.otlp_listen}/v1/metrics",
+                           timeout=10),
+        export_interval_millis=math.inf,
+    )  # fmt: skip
+    provider = MeterProvider(
+        metric_readers=[reader],
+        resource=Resource.create({"service.name": "frontend"}),
+        shutdown_on_exit=False,
+    )
+    try:
+        # The bounds the HTTP semantic conventions advise (instrumentations pass them); the
+        # SDK's own default bounds are made for milliseconds.
+        semconv = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
+        histogram = provider.get_meter("tests").create_histogram(
+            "http.client.request.duration", unit="s", explicit_bucket_boundaries_advisory=semconv
+        )
+        values = [0.004, 0.012, 0.030, 0.045, 0.2, 0.9]
+        attributes = {"server.address": "checkout.shop.svc.cluster.local", "server.port": 8080}
+        for v in values:
+            histogram.record(v, attributes)
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+        histogram.record(0.02, attributes)  # a second, cumulative export adds only this one
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+
+    url = f"http://{otlp_agent.settings.listen}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    labels = (("namespace", "shop"), ("service", "checkout"), ("state", "steady"))
+    name = "tailwatch_client_request_duration_seconds"
+    assert samples[f"{name}_count", labels] == 7
+    assert samples[f"{name}_sum", labels] == pytest.approx(sum(values) + 0.02)
+    # The SLO threshold is an exact boundary. The SDK's own buckets (…, 0.025, 0.05, …)
+    # also align with it here, so exactly the five values at or under 50 ms are below it.
+    slo_bucket = tuple(sorted((*labels, ("le", "0.05"))))
+    assert samples[f"{name}_bucket", slo_bucket] == 5
+    assert samples["tailwatch_otlp_datapoints_total", (("outcome", "accepted"),)] == 2
