@@ -8,11 +8,10 @@ health, dropped input), at scrape time, as prometheus_client's custom collectors
 
 from __future__ import annotations
 
-import bisect
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.core.buckets import FixedBuckets
 from exporter.core.endpoints import EndpointCounts, EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.histogram import LatencySeries, layout_for
@@ -137,38 +137,14 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-@dataclass
-class HistogramSeries:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.buckets) + 1)
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        counts = self.counts or [0] * (len(self.buckets) + 1)
-        for bound, n in zip((*self.buckets, float("inf")), counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
-
-
 class AgentMetrics:
     """The agent's counters and histograms, keyed by label values."""
 
     def __init__(self) -> None:
         self.pod_events: dict[tuple[str, ...], float] = {}
         self.restarts: dict[tuple[str, ...], float] = {}
-        self.startup: dict[tuple[str, ...], HistogramSeries] = {}
-        self.termination: dict[tuple[str, ...], HistogramSeries] = {}
+        self.startup: dict[tuple[str, ...], FixedBuckets] = {}
+        self.termination: dict[tuple[str, ...], FixedBuckets] = {}
         self.endpoint_events: dict[tuple[str, ...], float] = {}
         self.dropped: dict[str, int] = {}
 
@@ -200,7 +176,8 @@ class AgentMetrics:
                 table, buckets = self.termination, POD_TERMINATION.buckets
             else:
                 return
-            table.setdefault(workload, HistogramSeries(buckets)).observe(event.duration_seconds)
+            held = table.get(workload) or FixedBuckets.empty(buckets)
+            table[workload] = held.observe(event.duration_seconds)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         """Drop the per-pod series of a pod that left the node."""
@@ -254,7 +231,7 @@ def _counter(f: Family, values: Mapping[tuple[str, ...], float]) -> Metric:
     return metric
 
 
-def _histogram(f: Family, series: Mapping[tuple[str, ...], HistogramSeries]) -> Metric:
+def _histogram(f: Family, series: Mapping[tuple[str, ...], FixedBuckets]) -> Metric:
     metric = _family(f)
     assert isinstance(metric, HistogramMetricFamily)
     for labels, h in sorted(series.items()):

@@ -43,6 +43,7 @@ from exporter.cgroups.reader import (
     Outcome,
     files_of,
 )
+from exporter.core.buckets import FixedBuckets
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.pods import ContainerSnapshot, PodSnapshot
 from exporter.logs import LogOnce
@@ -115,36 +116,6 @@ class SamplePass:
     samples: tuple[CgroupSample, ...]
     events: tuple[LifecycleEvent, ...] = ()
     skipped: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class DurationHistogram:
-    """Pass durations, per bucket (not cumulative; the last is +Inf)."""
-
-    buckets: tuple[float, ...]
-    counts: tuple[int, ...]
-    total: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def empty(cls, buckets: tuple[float, ...] = DURATION_BUCKETS) -> DurationHistogram:
-        return cls(buckets, (0,) * (len(buckets) + 1))
-
-    def observe(self, value: float) -> DurationHistogram:
-        i = 0
-        while i < len(self.buckets) and value > self.buckets[i]:
-            i += 1
-        counts = list(self.counts)
-        counts[i] += 1
-        return DurationHistogram(self.buckets, tuple(counts), self.total + value, self.count + 1)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
 
 
 _NO_CPU = CpuCounters(None)
@@ -237,7 +208,7 @@ class CgroupSampler:
         # Published for other threads: replaced whole, never mutated.
         self._latest: SamplePass | None = None
         self._dropped: Mapping[str, int] = {}
-        self._durations = DurationHistogram.empty(duration_buckets)
+        self._durations = FixedBuckets.empty(duration_buckets)
 
     # --- what other threads read ---
 
@@ -247,7 +218,7 @@ class CgroupSampler:
         return self._latest
 
     @property
-    def durations(self) -> DurationHistogram:
+    def durations(self) -> FixedBuckets:
         return self._durations
 
     def dropped(self) -> Mapping[str, int]:
