@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := prometheus
+# The prober accuracy benchmark compares against Debian's blackbox exporter.
+BENCH_APT_PACKAGES := prometheus prometheus-blackbox-exporter
 
-.PHONY: install demo test test-only lint bench generate system-deps clean
+.PHONY: install demo test test-only lint bench bench-deps generate system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -46,8 +48,12 @@ test: $(STAMP) system-deps lint test-only
 test-only: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP) system-deps
-	$(BIN)/python -m pytest tests/bench -m bench -p no:randomly -s
+bench-deps:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-blackbox-exporter >/dev/null 2>&1 || \
+	  $(MAKE) --no-print-directory _apt PKGS="$(BENCH_APT_PACKAGES)"
+
+bench: $(STAMP) bench-deps
+	$(BIN)/python -m pytest tests/bench -m bench -s
 
 generate: $(STAMP)
 	@echo "nothing is generated yet: dashboards and rules arrive with their issue"

@@ -28,6 +28,7 @@ from exporter.kube.watching import (
 )
 from exporter.metrics import AgentCollector, AgentMetrics, ClientLatency
 from exporter.otlp import LatencyDelta, OtlpCollector, OtlpReceiver
+from exporter.probe import ProbeCollector, Prober, ProbeTarget
 from exporter.server import ListenError, build_app, start_server
 from exporter.settings import Settings
 from exporter.watches import (
@@ -72,6 +73,8 @@ class Agent:
         self._cgroup_pods: tuple[PodSnapshot, ...] = ()
         self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
         self.client_latency = ClientLatency(slo_of=self._slo_of)
+        # Phases are spread by node name, so agents do not probe a Service in lockstep.
+        self.prober = Prober(phase_seed=settings.node_name)
         self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -81,12 +84,13 @@ class Agent:
                 watches=lambda: self.healths,
                 endpoints=self._endpoint_counts,
                 client_latency=self.client_latency,
-                extra_dropped=[self.cgroups.dropped, self.otlp.dropped],
+                extra_dropped=[self.cgroups.dropped, self.otlp.dropped, self._probe_dropped],
                 clock=monotonic,
             )
         )
         self.registry.register(CgroupCollector(self.cgroups))
         self.registry.register(OtlpCollector(self.otlp.outcomes))
+        self.registry.register(ProbeCollector(self.prober.ledger))
         self.started = asyncio.Event()
         self._known_services: set[Any] = set()
 
@@ -118,6 +122,9 @@ class Agent:
         logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
         notify(self.listeners, event)
 
+    def _probe_dropped(self) -> dict[str, int]:
+        return dict(self.prober.ledger.dropped)
+
     def _slo_of(self, service: Any) -> float | None:
         spec = self.catalog.specs.get(service)
         return spec.slo if spec is not None else None
@@ -136,6 +143,7 @@ class Agent:
             self.metrics.forget_service(gone)
             self.client_latency.forget(gone)
         self._known_services = current
+        self.prober.set_targets(ProbeTarget.from_spec(t) for t in self.catalog.targets())
 
     def targets(self) -> dict[str, Any]:
         """The JSON of /api/v1/targets."""
@@ -156,19 +164,7 @@ class Agent:
             {"namespace": ref.namespace, "service": ref.name, "state": "skipped", "reason": why}
             for ref, why in sorted(self.catalog.skipped.items(), key=lambda i: str(i[0]))
         ]
-        targets = [
-            {
-                "namespace": t.service.namespace,
-                "service": t.service.name,
-                "target": t.target,
-                "pod": t.pod,
-                "address": f"{t.address}:{t.port}",
-                "protocol": t.protocol,
-                "interval_seconds": t.interval,
-                "slo_seconds": t.slo,
-            }
-            for t in self.catalog.targets()
-        ]
+        targets = self.prober.status()
         return {"node": self.settings.node_name, "services": services, "targets": targets}
 
     def readiness(self) -> tuple[bool, str]:
@@ -245,6 +241,7 @@ class Agent:
                     for r in reflectors
                 ]
                 tasks.append(asyncio.create_task(self._sample_cgroups(stop), name="cgroups"))
+                tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
                 self.started.set()
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
