@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -15,23 +16,38 @@ from tests.conftest import free_port, wait_for
 from tests.kube.test_reflector import FAST
 
 
-@pytest.fixture
-async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
+@asynccontextmanager
+async def running_agent(
+    kubeconfig: Path,
+    cgroup_root: Path,
+    *,
+    otlp: bool = False,
+    sample_interval: float = 1.0,
+    wait_ready: bool = True,
+) -> AsyncIterator[Agent]:
+    """The agent on node-a, in-process, with fast watch timings, stopped on exit."""
     settings = Settings(
         node_name="node-a",
         kubeconfig=str(kubeconfig),
-        cgroup_root=tmp_path,
+        cgroup_root=cgroup_root,
         listen=ListenAddress("127.0.0.1", free_port()),
-        otlp_listen=None,
-        sample_interval=1.0,
+        otlp_listen=ListenAddress("127.0.0.1", free_port()) if otlp else None,
+        sample_interval=sample_interval,
         log_level="info",
     )
     agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
-    await wait_for(lambda: agent.readiness()[0], "the agent to sync")
     try:
+        if wait_ready:
+            await wait_for(lambda: agent.readiness()[0], "the agent to sync")
         yield agent
     finally:
         stop.set()
         await task
+
+
+@pytest.fixture
+async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
+    async with running_agent(kubeconfig, tmp_path) as running:
+        yield running

@@ -3,7 +3,6 @@ container, a kernel OOM kill that is no restart, and series that go with their p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,9 @@ from exporter.cgroups.synthetic import (
     write_usage,
 )
 from exporter.core.events import LifecycleEvent, PodEventKind
-from exporter.kube.config import load_connection
-from exporter.settings import ListenAddress, Settings
 from exporter.simulator import ApiServer, objects
-from tests.conftest import free_port, wait_for
-from tests.kube.test_reflector import FAST
+from tests.agent.conftest import running_agent
+from tests.conftest import wait_for
 
 LAYOUT = TreeLayout(version="v2", driver="systemd", runtime="containerd")
 MiB = 1024 * 1024
@@ -70,19 +67,8 @@ async def world(
     tree = [synthetic(p, cpu_s=10.0 * (i + 1)) for i, p in enumerate(pods)]
     root = tmp_path / "cgroup"
     write_tree(root, LAYOUT, tree)
-    settings = Settings(
-        node_name="node-a", kubeconfig=str(kubeconfig), cgroup_root=root,
-        listen=ListenAddress("127.0.0.1", free_port()), otlp_listen=None,
-        sample_interval=0.05, log_level="info",
-    )  # fmt: skip
-    agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
+    async with running_agent(kubeconfig, root, sample_interval=0.05, wait_ready=False) as agent:
         yield agent, tree, root
-    finally:
-        stop.set()
-        await task
 
 
 def scrape(agent: Agent) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,31 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.core.services import ServiceRef
-from exporter.kube.config import load_connection
-from exporter.settings import ListenAddress, Settings
 from exporter.simulator import ApiServer
 from exporter.simulator.services import service
-from tests.conftest import free_port, wait_for
-from tests.kube.test_reflector import FAST
+from tests.agent.conftest import running_agent
+from tests.conftest import wait_for
 
 
 @pytest.fixture
 async def otlp_agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
-    settings = Settings(
-        node_name="node-a", kubeconfig=str(kubeconfig), cgroup_root=tmp_path,
-        listen=ListenAddress("127.0.0.1", free_port()),
-        otlp_listen=ListenAddress("127.0.0.1", free_port()),
-        sample_interval=1.0, log_level="info",
-    )  # fmt: skip
-    agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await wait_for(lambda: agent.readiness()[0], "the agent to sync")
-    try:
+    async with running_agent(kubeconfig, tmp_path, otlp=True) as agent:
         yield agent
-    finally:
-        stop.set()
-        await task
 
 
 async def test_sdk_client_latency_on_metrics(api: ApiServer, otlp_agent: Agent) -> None:
