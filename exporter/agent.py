@@ -84,14 +84,17 @@ class Agent:
                 watches=lambda: self.healths,
                 endpoints=self._endpoint_counts,
                 client_latency=self.client_latency,
-                extra_dropped=[self.cgroups.dropped, self.otlp.dropped, self._probe_dropped],
+                extra_dropped=[
+                    self.cgroups.dropped,
+                    self.otlp.dropped,
+                    lambda: self.prober.ledger.dropped,
+                ],
                 clock=monotonic,
             )
         )
         self.registry.register(CgroupCollector(self.cgroups))
         self.registry.register(OtlpCollector(self.otlp.outcomes))
         self.registry.register(ProbeCollector(self.prober.ledger))
-        self.started = asyncio.Event()
         self._known_services: set[Any] = set()
 
     async def _sample_cgroups(self, stop: asyncio.Event) -> None:
@@ -121,9 +124,6 @@ class Agent:
         """A kernel OOM kill seen in a cgroup: its counter is the cgroup collector's."""
         logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
         notify(self.listeners, event)
-
-    def _probe_dropped(self) -> dict[str, int]:
-        return dict(self.prober.ledger.dropped)
 
     def _slo_of(self, service: Any) -> float | None:
         spec = self.catalog.specs.get(service)
@@ -242,7 +242,6 @@ class Agent:
                 ]
                 tasks.append(asyncio.create_task(self._sample_cgroups(stop), name="cgroups"))
                 tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
-                self.started.set()
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for task in [*tasks, stopper]:

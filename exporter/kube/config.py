@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SERVICE_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
 
 class KubeConfigError(Exception):
     """The API server cannot be configured (no kubeconfig, bad file, no in-cluster env)."""
