@@ -62,6 +62,23 @@ def parse_optional_listen(text: str) -> ListenAddress | None:
     return parse_listen(text) if text.strip() else None
 
 
+def parse_ratio(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} must be a finite number, 0 or more")
+    return value
+
+
+def parse_spike_ratio(text: str) -> float:
+    value = parse_ratio(text)
+    if value <= 1:
+        raise ValueError(f"{text!r} must be above 1 (a spike is slower than the baseline)")
+    return value
+
+
 def parse_node_name(text: str) -> str:
     text = text.strip()
     if not text:
@@ -133,6 +150,43 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
     Option("log-level", "debug, info, warning or error", parse_log_level, "info"),
+    # Correlation (DESIGN.md §5, docs/correlation.md).
+    Option(
+        "episode-settle",
+        "an episode closes once every endpoint is ready and nothing changed for this long",
+        parse_positive_duration,
+        "30s",
+    ),
+    Option(
+        "baseline-window",
+        "steady latency this long before an episode is its baseline",
+        parse_positive_duration,
+        "5m",
+    ),
+    Option(
+        "recovery-window",
+        "window of the rolling p99 that decides recovery and tail spikes",
+        parse_positive_duration,
+        "30s",
+    ),
+    Option(
+        "recovery-tolerance",
+        "recovered when the rolling p99 is within baseline x (1 + this)",
+        parse_ratio,
+        "0.2",
+    ),
+    Option(
+        "recovery-max",
+        "an episode not recovered this long after it closed is reported as not recovered",
+        parse_positive_duration,
+        "10m",
+    ),
+    Option(
+        "spike-ratio",
+        "a rolling p99 this many times the baseline, with no lifecycle event, is a tail spike",
+        parse_spike_ratio,
+        "2",
+    ),
 )
 
 
@@ -145,6 +199,12 @@ class Settings:
     otlp_listen: ListenAddress | None
     sample_interval: float
     log_level: str
+    episode_settle: float = 30.0
+    baseline_window: float = 300.0
+    recovery_window: float = 30.0
+    recovery_tolerance: float = 0.2
+    recovery_max: float = 600.0
+    spike_ratio: float = 2.0
 
 
 def read_config_file(path: str) -> dict[str, str]:

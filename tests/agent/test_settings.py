@@ -36,6 +36,9 @@ def test_defaults_with_node_name_from_downward_api_env(cgroup_root: str) -> None
     assert s.sample_interval == 1.0
     assert s.kubeconfig is None
     assert s.log_level == "info"
+    # DESIGN.md §5's correlation defaults.
+    assert (s.episode_settle, s.baseline_window, s.recovery_window) == (30.0, 300.0, 30.0)
+    assert (s.recovery_tolerance, s.recovery_max, s.spike_ratio) == (0.2, 600.0, 2.0)
 
 
 def test_flag_beats_env_beats_file(tmp_path: Path, cgroup_root: str) -> None:
@@ -76,6 +79,12 @@ def test_empty_otlp_listen_disables_the_receiver(cgroup_root: str) -> None:
         ({"node_name": "a", "sample_interval": "fast"}, "is not a duration"),
         ({"node_name": "a", "log_level": "loud"}, "is not one of debug"),
         ({"node_name": "a", "cgroup_root": "/does/not/exist"}, "is not a directory"),
+        ({"node_name": "a", "episode_settle": "0s"}, "--episode-settle: '0s' must be a positive"),
+        ({"node_name": "a", "baseline_window": "soon"}, "--baseline-window: 'soon' is not a"),
+        ({"node_name": "a", "recovery_tolerance": "-0.1"}, "must be a finite number, 0 or more"),
+        ({"node_name": "a", "recovery_tolerance": "nan"}, "must be a finite number, 0 or more"),
+        ({"node_name": "a", "spike_ratio": "1"}, "--spike-ratio: '1' must be above 1"),
+        ({"node_name": "a", "spike_ratio": "x2"}, "--spike-ratio: 'x2' is not a number"),
     ],
 )
 def test_invalid_values_name_the_option(
@@ -85,6 +94,15 @@ def test_invalid_values_name_the_option(
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
         load_settings(values, {})
     assert "\n" not in str(info.value)
+
+
+def test_correlation_windows_from_env_and_file(tmp_path: Path, cgroup_root: str) -> None:
+    config = tmp_path / "tailwatch.yaml"
+    config.write_text("episode-settle: 10s\nrecovery_max: 20m\nspike-ratio: 3\n")
+    env = {"NODE_NAME": "a", "TAILWATCH_BASELINE_WINDOW": "10m", "TAILWATCH_SPIKE_RATIO": "4"}
+    s = load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env)
+    assert (s.episode_settle, s.recovery_max, s.baseline_window) == (10.0, 1200.0, 600.0)
+    assert s.spike_ratio == 4.0  # env beats the file
 
 
 def test_env_value_errors_name_the_variable(cgroup_root: str) -> None:
