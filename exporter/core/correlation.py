@@ -433,7 +433,7 @@ class Correlator:
     `on_endpoint_event`, `on_pod_event`, `record_latency`/`record_latency_ranges`,
     `observe_resources`, and `tick` (every `settings.tick_interval` seconds). Each returns
     the `EpisodeChange`s it caused. `state_of` gives the `state` label of a sample.
-    `workload_of(namespace, pod)` names the workload of a pod on this node, if known.
+    `workloads()` maps this node's pods (namespace, name) to their workloads.
     """
 
     def __init__(
@@ -441,11 +441,12 @@ class Correlator:
         settings: CorrelationSettings | None = None,
         *,
         node: str = "",
-        workload_of: Callable[[str, str], Workload | None] = lambda namespace, pod: None,
+        workloads: Callable[[], Mapping[PodKey, Workload]] = dict,
     ) -> None:
         self.settings = settings or CorrelationSettings()
         self.node = node
-        self.workload_of = workload_of
+        self.workloads = workloads
+        self._index_stale = False
         self.services: dict[ServiceRef, _ServiceView] = {}
         self.recent: list[Episode] = []  # finished episodes, newest last
         self.resources = ResourceTracker(self.settings.baseline)
@@ -461,7 +462,7 @@ class Correlator:
         wanted = set(refs)
         for gone in [r for r in self.services if r not in wanted]:
             del self.services[gone]
-            self._rebuild_pod_index()
+            self._index_stale = True
         for ref in wanted:
             if ref not in self.services:
                 self.services[ref] = _ServiceView(ref)
@@ -478,16 +479,27 @@ class Correlator:
         view = self._view(ref)
         if view is None:
             return []
+        if endpoints == view.endpoints:
+            return []
         view.endpoints = dict(endpoints)
         view.local_pods = {
             _pod_key(e) for e in endpoints.values() if e.pod and self.node and e.node == self.node
         }
         if view.episode is not None and view.episode.open:
             view.episode.pods |= view.local_pods
-        self._rebuild_pod_index()
+        self._index_stale = True
         return []
 
+    def _pod_index(self) -> dict[PodKey, set[ServiceRef]]:
+        """The Services each pod backs (rebuilt lazily: endpoints change far more often than
+        pods have events)."""
+        if self._index_stale:
+            self._rebuild_pod_index()
+            self._index_stale = False
+        return self._pod_services
+
     def _rebuild_pod_index(self) -> None:
+        known = self.workloads()
         pods: dict[PodKey, set[ServiceRef]] = {}
         workloads: dict[tuple[str, str, str], set[ServiceRef]] = {}
         for view in self.services.values():
@@ -495,7 +507,7 @@ class Correlator:
                 if e.pod:
                     pods.setdefault(_pod_key(e), set()).add(view.ref)
             for namespace, pod in view.local_pods:
-                w = self.workload_of(namespace, pod)
+                w = known.get((namespace, pod))
                 if w is not None and w.kind != "Pod":
                     workloads.setdefault((namespace, w.kind, w.name), set()).add(view.ref)
         self._pod_services = pods
@@ -559,7 +571,7 @@ class Correlator:
         return changes
 
     def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
-        refs = set(self._pod_services.get((event.namespace, event.pod), ()))
+        refs = set(self._pod_index().get((event.namespace, event.pod), ()))
         w = event.workload
         if w.kind != "Pod":
             refs |= self._workload_services.get((event.namespace, w.kind, w.name), set())

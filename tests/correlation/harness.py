@@ -21,6 +21,7 @@ NODE = "node-1"
 CHECKOUT = ServiceRef("shop", "checkout")
 SEARCH = ServiceRef("shop", "search")
 T0 = 1_800_000_000.0
+CHECKOUT_DEPLOYMENT = Workload("Deployment", "checkout")
 
 
 @dataclass
@@ -54,9 +55,7 @@ class World:
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.c = Correlator(
-            self.settings, node=NODE, workload_of=lambda ns, pod: self.workloads.get((ns, pod))
-        )
+        self.c = Correlator(self.settings, node=NODE, workloads=lambda: self.workloads)
         self.c.set_services(self.services, self.now)
         self.endpoints: dict[ServiceRef, dict[str, Endpoint]] = {s: {} for s in self.services}
 
@@ -128,7 +127,7 @@ class World:
         pod: str,
         *,
         namespace: str = "shop",
-        workload: Workload = Workload("Deployment", "checkout"),
+        workload: Workload = CHECKOUT_DEPLOYMENT,
         reason: str = "",
         container: str = "",
         node: str = NODE,

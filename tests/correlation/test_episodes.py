@@ -236,9 +236,7 @@ def test_no_baseline_is_said_not_invented() -> None:
 
 def test_events_of_pods_not_backing_a_service_are_ignored() -> None:
     w = steady_world()
-    w.pod_event(
-        P.CONTAINER_RESTART, "batch-1", namespace="jobs", workload=Workload("Job", "batch")
-    )
+    w.pod_event(P.CONTAINER_RESTART, "batch-1", namespace="jobs", workload=Workload("Job", "batch"))
     w.pod_event(P.READY, f"{OLD}-aaaaa")  # not disruptive on its own
     w.run(60)
     assert w.changes == []

@@ -7,7 +7,7 @@ import pytest
 from exporter.core.correlation import ChangeKind, CorrelationSettings, Status
 from exporter.core.endpoints import EndpointEventKind as E
 
-from .harness import CHECKOUT, Pressure, Reading, World
+from .harness import Pressure, Reading, World
 
 SIDECARS = {("shop", "checkout-a"): frozenset({"proxy"})}
 
@@ -136,7 +136,7 @@ def test_small_absolute_increase_is_not_a_spike() -> None:
 
 
 def test_a_lifecycle_event_during_a_spike_takes_over_the_cause() -> None:
-    w, node = world()
+    w, _ = world()
     w.run(30, 0.060)
     assert [ch.kind for ch in w.changes] == [ChangeKind.OPENED]
     w.change("checkout-b", [E.NOT_READY], ready=False)
