@@ -1,18 +1,18 @@
-"""The agent's HTTP endpoints: /metrics (text or OpenMetrics, gzip), /healthz and /readyz."""
+"""The agent's HTTP endpoints: /metrics (text or OpenMetrics, gzip), /healthz, /readyz and
+the JSON API routes the agent hands in."""
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
+from exporter.exposition import Exposition
 from exporter.settings import ListenAddress
 
 Readiness = Callable[[], tuple[bool, str]]
+JsonView = Callable[[], Any]
 
 
 class ListenError(Exception):
@@ -22,20 +22,20 @@ class ListenError(Exception):
         super().__init__(f"cannot listen on {listen} ({what}): {exc.strerror or exc}")
 
 
-JsonView = Callable[[], Any]
-
-
 def build_app(
-    registry: CollectorRegistry, readiness: Readiness, targets: JsonView | None = None
+    exposition: Exposition, readiness: Readiness, api: Mapping[str, JsonView] | None = None
 ) -> web.Application:
+    """/metrics from `exposition`, /healthz, /readyz from `readiness`, and one GET route per
+    entry of `api` (path -> a callable returning JSON-able data, e.g. /api/v1/targets)."""
+
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
-        headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
+        answer = exposition.answer(
+            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+        )
+        headers = {"Content-Type": answer.content_type}
+        if answer.gzipped:
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        return web.Response(body=answer.body, headers=headers)
 
     async def healthz(_: web.Request) -> web.Response:
         # Answering at all proves the event loop runs; that is what liveness should mean.
@@ -45,14 +45,18 @@ def build_app(
         ready, detail = readiness()
         return web.Response(text=detail + "\n", status=200 if ready else 503)
 
-    async def api_targets(_: web.Request) -> web.Response:
-        return web.json_response(targets() if targets else {})
+    def json_route(view: JsonView) -> Callable[[web.Request], Any]:
+        async def handle(_: web.Request) -> web.Response:
+            return web.json_response(view())
+
+        return handle
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/api/v1/targets", api_targets)
+    for path, view in (api or {}).items():
+        app.router.add_get(path, json_route(view))
     return app
 
 

@@ -1,0 +1,44 @@
+"""A Prometheus-like scraper in its own process, for the benchmarks: its timings are not
+delayed by whatever else the benchmark's event loop does (building OTLP bodies, writing
+cgroup files). `python -m tests.bench.scraper_process URL INTERVAL_SECONDS`: scrapes URL
+every INTERVAL_SECONDS as Prometheus 2.x does (OpenMetrics, gzip) until stdin closes, and
+prints one JSON line per scrape: {"seconds": answer time, "status", "bytes"}.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def main(url: str, interval: float) -> None:
+    parts = urlsplit(url)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    next_at = time.monotonic()
+    while not stop.is_set():
+        # A new connection per scrape, as Prometheus does after an idle interval.
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        t0 = time.perf_counter()
+        conn.request("GET", parts.path, headers={"Accept": ACCEPT, "Accept-Encoding": "gzip"})
+        resp = conn.getresponse()
+        body = resp.read()
+        seconds = time.perf_counter() - t0
+        conn.close()
+        print(json.dumps({"seconds": seconds, "status": resp.status, "bytes": len(body)}),
+              flush=True)  # fmt: skip
+        next_at += interval
+        stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], float(sys.argv[2]))
