@@ -13,6 +13,7 @@ docs/correlation.md states every rule. Pure: every call takes `now` (epoch secon
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,6 +96,9 @@ class Source(StrEnum):
     CLIENT = "client"
 
 
+#: Non-disruptive events remembered per Service, for the episode they may lead to.
+PRECEDING_EVENTS = 16
+
 # Pod events that disrupt a Service their pod backs, and those that only tell the cause.
 _DISRUPTIVE_POD_EVENTS = frozenset(
     {
@@ -133,6 +137,9 @@ class CorrelationSettings:
     min_samples: int = 5
     #: A spike needs at least this many samples over the threshold (and 1% of them).
     spike_min_slow: int = 3
+    #: Steady samples a baseline needs before a spike is judged against it: a p99 of a
+    #: handful of samples makes every later sample look like a spike.
+    spike_min_baseline: int = 50
     severe_ratio: float = 3.0
     thresholds: Thresholds = field(default_factory=Thresholds)
     slots: int = 10
@@ -424,6 +431,10 @@ class _ServiceView:
     # send the same bounds over and over, so adding them up first makes one `record_range`
     # per bucket per tick instead of one per data point.
     pending: dict[Source, dict[tuple[float, float], int]] = field(default_factory=dict)
+    # Events that touched the Service while it was steady without disrupting it.
+    preceding: deque[EndpointEvent | LifecycleEvent] = field(
+        default_factory=lambda: deque(maxlen=PRECEDING_EVENTS)
+    )
 
 
 class Correlator:
@@ -537,17 +548,55 @@ class Correlator:
             kind in (EndpointEventKind.ADDED, EndpointEventKind.REPLACED, EndpointEventKind.MOVED)
             and not_ready_now
         )
-        evidence = Evidence(
-            event.at, "endpoint", kind.value, pod=event.pod, node=event.node,
-            reason=f"from {event.previous_node}" if event.previous_node else "",
-        )  # fmt: skip
+        return self._event(view, event, disruptive)
+
+    def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
+        refs = set(self._pod_index().get((event.namespace, event.pod), ()))
+        w = event.workload
+        if w.kind != "Pod":
+            refs |= self._workload_services.get((event.namespace, w.kind, w.name), set())
+        changes: list[EpisodeChange] = []
+        for ref in sorted(refs, key=str):
+            view = self._view(ref)
+            if view is None:
+                continue
+            self._flush(view, event.at)
+            changes += self._event(view, event, event.kind in _DISRUPTIVE_POD_EVENTS)
+        return changes
+
+    def _event(
+        self, view: _ServiceView, event: EndpointEvent | LifecycleEvent, disruptive: bool
+    ) -> list[EpisodeChange]:
+        """An event touching the Service: joins the open episode, opens one if disruptive,
+        else is remembered for `settle` (a rollout's new pod arrives before the first old
+        one goes: that arrival belongs to the episode it leads to)."""
         changes: list[EpisodeChange] = []
         episode = view.episode if view.episode is not None and view.episode.open else None
         if episode is None:
             if not disruptive:
+                view.preceding.append(event)
                 return []
             episode = self._open(view, event.at, spike=False, changes=changes)
-        self._add_evidence(episode, evidence)
+        self._join(episode, event)
+        return changes
+
+    def _join(self, episode: Episode, event: EndpointEvent | LifecycleEvent) -> None:
+        if isinstance(event, EndpointEvent):
+            self._join_endpoint(episode, event)
+        else:
+            self._join_pod(episode, event)
+        episode.last_change = max(episode.last_change, event.at)
+        self._update_cause(episode)
+
+    def _join_endpoint(self, episode: Episode, event: EndpointEvent) -> None:
+        kind = event.kind
+        self._add_evidence(
+            episode,
+            Evidence(
+                event.at, "endpoint", kind.value, pod=event.pod, node=event.node,
+                reason=f"from {event.previous_node}" if event.previous_node else "",
+            ),
+        )  # fmt: skip
         cause = {
             EndpointEventKind.NOT_READY: Cause.READINESS,
             EndpointEventKind.ADDED: Cause.SCALE,
@@ -566,58 +615,29 @@ class Correlator:
                 episode.replica_sets_leaving.add(rs)
             if _replica_sets_rolled(episode):
                 episode.causes.add(Cause.ROLLOUT)
-        episode.last_change = max(episode.last_change, event.at)
-        self._update_cause(episode)
-        return changes
 
-    def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
-        refs = set(self._pod_index().get((event.namespace, event.pod), ()))
-        w = event.workload
-        if w.kind != "Pod":
-            refs |= self._workload_services.get((event.namespace, w.kind, w.name), set())
-        changes: list[EpisodeChange] = []
-        for ref in sorted(refs, key=str):
-            view = self._view(ref)
-            if view is None:
-                continue
-            self._flush(view, event.at)
-            kind = event.kind
-            episode = view.episode if view.episode is not None and view.episode.open else None
-            if episode is None:
-                if kind not in _DISRUPTIVE_POD_EVENTS:
-                    continue
-                episode = self._open(view, event.at, spike=False, changes=changes)
-            self._add_evidence(
-                episode,
-                Evidence(
-                    event.at,
-                    "pod",
-                    kind.value,
-                    pod=event.pod,
-                    container=event.container,
-                    reason=event.reason,
-                    node=event.node,
-                ),
-            )
-            if event.node == self.node or not event.node:
-                episode.pods.add((event.namespace, event.pod))
-            if kind is PodEventKind.ROLLOUT:
-                episode.causes.add(Cause.ROLLOUT)
-            elif kind is PodEventKind.EVICTED or (
-                kind is PodEventKind.TERMINATING and event.reason in EVICTION_REASONS
-            ):
-                episode.causes.add(Cause.EVICTION)
-            elif kind in (
-                PodEventKind.CONTAINER_RESTART,
-                PodEventKind.CRASH_LOOP,
-                PodEventKind.OOM_KILL,
-            ):
-                episode.causes.add(Cause.RESTART)
-            elif kind is PodEventKind.NOT_READY:
-                episode.causes.add(Cause.READINESS)
-            episode.last_change = max(episode.last_change, event.at)
-            self._update_cause(episode)
-        return changes
+    def _join_pod(self, episode: Episode, event: LifecycleEvent) -> None:
+        kind = event.kind
+        self._add_evidence(
+            episode,
+            Evidence(
+                event.at, "pod", kind.value, pod=event.pod, container=event.container,
+                reason=event.reason, node=event.node,
+            ),
+        )  # fmt: skip
+        if event.node == self.node or not event.node:
+            episode.pods.add((event.namespace, event.pod))
+        if kind is PodEventKind.ROLLOUT:
+            episode.causes.add(Cause.ROLLOUT)
+        elif kind is PodEventKind.EVICTED or (
+            kind is PodEventKind.TERMINATING and event.reason in EVICTION_REASONS
+        ):
+            episode.causes.add(Cause.EVICTION)
+        elif kind in (PodEventKind.CONTAINER_RESTART, PodEventKind.CRASH_LOOP,
+                      PodEventKind.OOM_KILL):  # fmt: skip
+            episode.causes.add(Cause.RESTART)
+        elif kind is PodEventKind.NOT_READY:
+            episode.causes.add(Cause.READINESS)
 
     def _add_evidence(self, episode: Episode, evidence: Evidence) -> None:
         key = f"{evidence.source}/{evidence.event}"
@@ -685,6 +705,10 @@ class Correlator:
         )
         view.episode = episode
         changes.append(EpisodeChange(ChangeKind.OPENED, episode))
+        for held_event in view.preceding:
+            if held_event.at >= now - self.settings.settle:
+                self._join(episode, held_event)
+        view.preceding.clear()
         return episode
 
     def _primary_source(self, view: _ServiceView) -> Source | None:
@@ -858,8 +882,10 @@ class Correlator:
         source = self._primary_source(view)
         if source is None:
             return
-        baseline, _ = self._baseline(view, source, now, self.settings.recovery_window)
-        if baseline is None or not self._is_spiking(view, baseline[1], now):
+        baseline, samples = self._baseline(view, source, now, self.settings.recovery_window)
+        if baseline is None or samples < self.settings.spike_min_baseline:
+            return
+        if not self._is_spiking(view, baseline[1], now):
             return
         episode = self._open(view, now, spike=True, changes=changes)
         self._add_evidence(episode, Evidence(now, "latency", "tail_spike"))

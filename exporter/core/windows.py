@@ -121,5 +121,9 @@ class LatencyTimeline:
         return self.rolling.merged(now - window, now)
 
     def steady_before(self, now: float, window: float, exclude: float = 0.0) -> FineHistogram:
-        """Steady samples of [now - window, now - exclude]."""
-        return self.baseline.merged(now - window, now - exclude)
+        """Steady samples of [now - window, now - exclude]. With `exclude`, only slots that
+        ended before now - exclude count: a slot is longer than the excluded span, and the
+        samples being judged must never be part of their own baseline."""
+        if exclude <= 0:
+            return self.baseline.merged(now - window, now)
+        return self.baseline.merged(now - window, now - exclude - self.baseline.slot)

@@ -273,3 +273,32 @@ def test_episode_json_has_every_number() -> None:
     assert episode["summary"].startswith("A rollout of shop/checkout raised p99 from 9.9")
     assert "(8.0x)" in episode["summary"]
     assert doc["settings"]["settle_seconds"] == 30
+
+
+def test_events_just_before_the_first_disruption_join_the_episode() -> None:
+    """A rollout's new pod arrives (scheduled, rollout) before any endpoint is disrupted:
+    those events belong to the episode they lead to, if it opens within settle."""
+    w = steady_world()
+    w.workloads[("shop", f"{OLD}-aaaaa")] = Workload("Deployment", "checkout")  # on this node
+    w.pod_event(P.SCHEDULED, f"{NEW}-ccccc")
+    w.pod_event(P.ROLLOUT, f"{NEW}-ccccc")
+    w.run(5)
+    w.change(f"{OLD}-aaaaa", [E.TERMINATING], ready=False, terminating=True)
+    w.run(3, 0.080)
+    w.change(f"{OLD}-aaaaa", [E.REMOVED], removed=True)
+    w.run(120)
+    (episode,) = w.closed()
+    assert episode.cause.value == "rollout"
+    assert episode.counts["pod/rollout"] == 1
+    assert episode.evidence[0].event == "scheduled"
+
+
+def test_old_events_do_not_join_a_later_episode() -> None:
+    w = steady_world()
+    w.pod_event(P.ROLLOUT, f"{NEW}-ccccc")
+    w.run(60)  # longer than settle
+    readiness(w)
+    w.run(120)
+    (episode,) = w.closed()
+    assert episode.cause.value == "readiness"
+    assert "pod/rollout" not in episode.counts
