@@ -1,278 +1,654 @@
-"""`tailwatch demo`: a simulated cluster, the real agent pointed at it by kubeconfig, a live view.
+"""`tailwatch demo`: a small simulated cluster with real traffic, the real agent pointed at it
+by kubeconfig, a scripted scenario, a live view, and a report of the episodes it found.
 
-The Kubernetes API simulator runs in-process on loopback; the agent reaches it exactly as in
-production, through a kubeconfig and the list/watch protocol. A scripted scenario changes
-pods on the agent's node; the terminal shows the lifecycle events as the agent detects
-them, and the run ends with a report read from the agent's own /metrics.
+Three nodes run four opted-in Services of a shop (`exporter.simulator.shop`, docs/demo.md):
+`checkout` (a Deployment), `db` (a 3-replica StatefulSet), `recommend` (an app with a
+CPU-hungry proxy sidecar) and `cart`, which the scenario never touches. Each pod serves
+HTTP on its own loopback address with a latency model that queues when fewer endpoints
+carry the load, starts cold, and stalls when a container on the request path is throttled;
+kube-proxy serves every ClusterIP; an EndpointSlice controller follows the pods; the
+agent's node has a cgroup tree consistent with that load; a client sends requests and
+reports them over OTLP. The agent (in-process, through a kubeconfig, exactly as in
+production) watches node `node-1`. The scenario: steady state, a rolling update of
+checkout, an OOM-killed db container, a sidecar CPU burst in recommend, and a drain of
+node-3 that moves db-2 to node-1.
+
+`--speed` compresses time: the scenario's timings and the agent's windows are divided by
+it (latencies are not: a request still takes its milliseconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import gc
+import json
 import logging
+import math
+import os
+import signal
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from exporter import __version__
 from exporter.agent import Agent
+from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.kube.config import load_connection
 from exporter.logs import configure_logging
-from exporter.settings import Settings, parse_listen
-from exporter.simulator import ApiServer, objects
-from exporter.simulator.cluster import Cluster
+from exporter.server import ListenError
+from exporter.settings import ListenAddress, Settings, parse_listen
+from exporter.simulator import ApiServer
+from exporter.simulator.dataplane import DataPlane
+from exporter.simulator.endpointslices import EndpointSliceController
+from exporter.simulator.nodecgroups import NodeCgroups
+from exporter.simulator.shop import (
+    AGENT_NODE,
+    DEFAULT_PORT,
+    NAMESPACE,
+    NODE_CORES,
+    NODES,
+    SCRIPT_SECONDS,
+    SHOP,
+    UNAFFECTED,
+    DemoCluster,
+    Disruption,
+    Scenario,
+    ScenarioClock,
+    pick_port,
+)
+from exporter.simulator.traffic import ClientTarget, ServiceClient
 
-NODE = "demo-node"
-DEFAULT_DURATION = 24.0
+DEFAULT_SPEED = 4.0
+MAX_SPEED = 50.0
+REPORT_NAME = "tailwatch-demo-report.json"
+#: After the script, up to this many scenario seconds for the last episodes to settle.
+TAIL_SECONDS = 60.0
 
-EVENT_STYLE = {
-    PodEventKind.SCHEDULED: "cyan",
-    PodEventKind.READY: "green",
-    PodEventKind.NOT_READY: "yellow",
-    PodEventKind.CONTAINER_RESTART: "red",
-    PodEventKind.CRASH_LOOP: "bold red",
-    PodEventKind.TERMINATING: "magenta",
-    PodEventKind.EVICTED: "bold magenta",
-    PodEventKind.DELETED: "dim",
-    PodEventKind.ROLLOUT: "bold cyan",
-}
+log = logging.getLogger("tailwatch.demo")
+
+
+# -- the live view ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Step:
-    title: str
-    act: Callable[[], Coroutine[Any, Any, None]]
+class SeenEvent:
+    t: float  # scenario seconds
+    source: str  # pod | endpoint | kernel
+    event: str
+    subject: str
+    detail: str
 
 
-def _name(pod: dict[str, object]) -> str:
-    meta = pod["metadata"]
-    assert isinstance(meta, dict)
-    return str(meta["name"])
+EVENT_STYLE = {
+    "scheduled": "cyan",
+    "ready": "green",
+    "added": "cyan",
+    "not_ready": "yellow",
+    "container_restart": "red",
+    "oom_kill": "bold red",
+    "terminating": "magenta",
+    "evicted": "bold magenta",
+    "removed": "dim",
+    "deleted": "dim",
+    "rollout": "bold cyan",
+    "moved": "bold blue",
+    "replaced": "blue",
+}
+STATUS_STYLE = {
+    "open": "bold yellow",
+    "recovering": "yellow",
+    "recovered": "green",
+    "not_recovered": "red",
+    "interrupted": "magenta",
+    "no_baseline": "dim",
+}
 
 
-class Scenario:
-    """The scripted story. `beat` is the pause between two kubelet-like updates, so the
-    startup and termination times the agent measures are those of the story."""
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
 
-    def __init__(self, cluster: Cluster, beat: float) -> None:
-        self.cluster = cluster
-        self.beat = beat
-        self.web: list[str] = []
-        self.worker = ""
 
-    def seed(self) -> None:
-        """The node before the agent starts: its first list must report nothing."""
-        c = self.cluster
-        for i in range(3):
-            self.web.append(_name(c.add(objects.deployment_pod("web", node=NODE, seed=i))))
-        c.add(objects.statefulset_pod("db", 0, node=NODE, containers=("postgres", "exporter")))
-        self.worker = _name(c.add(objects.deployment_pod("worker", node=NODE, namespace="jobs")))
-        c.add(objects.bare_pod("batch-report", node=NODE, namespace="jobs"))
-        c.add(objects.daemonset_pod("node-exporter", node=NODE, namespace="monitoring"))
-        c.add(objects.deployment_pod("web", node="other-node", seed=7))  # not ours
+def _parse_iso(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
-    async def _start(self, pod: dict[str, object]) -> str:
-        """A pod arrives, its containers start, its readiness probe passes, a beat apart."""
-        c = self.cluster
-        created = c.add(objects.containers_creating(pod, c.clock()))
-        ns, name = created["metadata"]["namespace"], _name(created)
-        await asyncio.sleep(self.beat)
-        c.transition(ns, name, objects.containers_running)
-        await asyncio.sleep(self.beat)
-        c.transition(ns, name, objects.mark_ready)
-        return name
 
-    async def _stop(self, namespace: str, name: str, disruption: str | None = None) -> None:
-        self.cluster.terminate(namespace, name, disruption=disruption)
-        await asyncio.sleep(self.beat)
-        self.cluster.finish_termination(namespace, name)
+class LiveView:
+    """What the terminal shows while the scenario plays."""
 
-    def steps(self) -> list[Step]:
-        c = self.cluster
+    def __init__(self, clock: ScenarioClock, agent: Agent) -> None:
+        self.clock = clock
+        self.agent = agent
+        self.events: list[SeenEvent] = []
+        self.step = "steady state: the agent learns each Service's baseline"
+        agent.listeners.append(self.on_pod_event)
+        agent.endpoint_listeners.append(self.on_endpoint_event)
 
-        async def scale_up() -> None:
-            pod = objects.deployment_pod("web", node=NODE, seed=3, state="scheduled")
-            self.web.append(await self._start(pod))
-
-        async def oom() -> None:
-            c.restart("default", "db-0", "postgres", "OOMKilled")
-            await asyncio.sleep(self.beat)
-            c.transition("default", "db-0", objects.mark_ready)
-
-        async def flap() -> None:
-            c.transition("default", self.web[0], objects.mark_not_ready)
-            await asyncio.sleep(self.beat)
-            c.transition("default", self.web[0], objects.mark_ready)
-
-        async def rollout() -> None:
-            for i in range(2):
-                pod = objects.deployment_pod(
-                    "web", revision=2, node=NODE, seed=10 + i, state="scheduled"
-                )
-                await self._start(pod)
-                await self._stop("default", self.web.pop(0))
-
-        async def crash_loop() -> None:
-            c.crash_loop("jobs", self.worker, "app", reason="Error")
-
-        async def evict() -> None:
-            c.evict("jobs", "batch-report")
-            await asyncio.sleep(self.beat)
-            c.store.delete("pods", "jobs", "batch-report")
-
-        async def drain() -> None:
-            await self._stop("default", "db-0", disruption="EvictionByEvictionAPI")
-            pod = objects.statefulset_pod(
-                "db", 0, node=NODE, containers=("postgres", "exporter"), seed=1, state="scheduled"
+    def on_pod_event(self, e: LifecycleEvent) -> None:
+        source = "kernel" if e.kind is PodEventKind.OOM_KILL else "pod"
+        detail = ": ".join(part for part in (e.container, e.reason) if part)
+        if e.duration_seconds is not None:
+            took = f"after {e.duration_seconds * self.clock.speed:.0f}s"
+            detail = f"{detail} {took}".strip()
+        self.events.append(
+            SeenEvent(
+                self.clock.of_wall(e.at), source, e.kind.value, f"{e.namespace}/{e.pod}", detail
             )
-            await self._start(pod)
+        )
 
-        return [
-            Step("scale-up: a new web pod arrives and becomes ready", scale_up),
-            Step("db-0's postgres container is OOM-killed", oom),
-            Step("a web pod's readiness probe fails once", flap),
-            Step("rollout: web moves to revision 2", rollout),
-            Step("worker crashes and enters CrashLoopBackOff", crash_loop),
-            Step("the kubelet evicts batch-report under memory pressure", evict),
-            Step("drain: db-0 is evicted through the Eviction API and comes back", drain),
-        ]
+    def on_endpoint_event(self, e: EndpointEvent) -> None:
+        detail = f"{e.node}" + (f" (was {e.previous_node})" if e.previous_node else "")
+        self.events.append(
+            SeenEvent(
+                self.clock.of_wall(e.at), "endpoint", e.kind.value, f"{e.service}: {e.pod}", detail
+            )
+        )
+
+    def episodes(self) -> dict[str, Any]:
+        return episodes_of(self.agent)
+
+    def render(self) -> Group:
+        header = Text.assemble(
+            (f"t+{self.clock.now():5.0f}s ", "bold"),
+            (f"(x{self.clock.speed:g}) ", "dim"),
+            ("▶ ", "bold"),
+            (self.step, "bold"),
+        )
+        events = Table(title="lifecycle events seen by the agent on node-1", expand=True)
+        for column, justify in (("t+s", "right"), ("source", "left"), ("event", "left"),
+                                ("pod / endpoint", "left"), ("detail", "left")):  # fmt: skip
+            events.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for e in self.events[-14:]:
+            events.add_row(
+                f"{e.t:.0f}", e.source, Text(e.event, style=EVENT_STYLE.get(e.event, "")),
+                e.subject, e.detail,
+            )  # fmt: skip
+        return Group(header, events, episode_table(self.episodes(), self.clock, live=True))
 
 
-def _event_table(events: list[LifecycleEvent], started: float, limit: int = 18) -> Table:
-    table = Table(title="lifecycle events seen by the agent", expand=True)
-    table.add_column("t+s", justify="right")
-    table.add_column("event", no_wrap=True)
-    table.add_column("pod", overflow="fold")
-    table.add_column("reason", overflow="fold")
-    table.add_column("took", justify="right", no_wrap=True)
-    for e in events[-limit:]:
-        took = f"{e.duration_seconds:.1f}s" if e.duration_seconds is not None else ""
-        reason = f"{e.container}: {e.reason}" if e.container else e.reason
+def episodes_of(agent: Agent) -> dict[str, Any]:
+    """The agent's /api/v1/episodes document."""
+    get = getattr(agent, "episodes_json", None)
+    if get is None:
+        return {"open": [], "recent": []}
+    doc: dict[str, Any] = get()
+    return doc
+
+
+def _all_episodes(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    episodes = [*doc.get("open", []), *doc.get("recent", [])]
+    return sorted(episodes, key=lambda e: e.get("opened_at") or "")
+
+
+def _p99s(episode: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    latency = episode.get("latency") or {}
+    baseline = (latency.get("baseline") or {}).get("p99")
+    during = (latency.get("during") or {}).get("p99")
+    ratio = (latency.get("ratios") or {}).get("p99")
+    return baseline, during, ratio
+
+
+def _top(episode: dict[str, Any]) -> str:
+    attribution = episode.get("attribution") or []
+    if not attribution:
+        return ""
+    top = attribution[0]
+    parts = [f"{top['pod']}/{top['container']}" + (" (sidecar)" if top.get("sidecar") else "")]
+    if top.get("throttled_ratio") is not None:
+        parts.append(f"throttled {top['throttled_ratio']:.0%}")
+    if top.get("psi_cpu_some"):
+        parts.append(f"cpu psi {top['psi_cpu_some']:.0%}")
+    if top.get("pod_cpu_share") is not None and top.get("sidecar"):
+        parts.append(f"{top['pod_cpu_share']:.0%} of pod cpu")
+    if top.get("memory_limit_ratio") and top["memory_limit_ratio"] >= 0.9:
+        parts.append(f"memory {top['memory_limit_ratio']:.0%} of limit")
+    return ", ".join(parts)
+
+
+def episode_table(doc: dict[str, Any], clock: ScenarioClock, *, live: bool = False) -> Table:
+    title = "episodes (open and recent)" if live else "episodes found by the agent"
+    table = Table(title=title, expand=True)
+    for column in ("episode", "cause", "status", "t+s", "lasted", "p99 before → during",
+                   "impact", "recovery", "strongest pressure"):  # fmt: skip
+        table.add_column(column, overflow="fold")
+    for e in _all_episodes(doc):
+        opened = _parse_iso(e.get("opened_at"))
+        baseline, during, ratio = _p99s(e)
+        p99 = f"{_ms(baseline)} → {_ms(during)}" + (f" ({ratio:.1f}x)" if ratio else "")
+        duration = e.get("duration_seconds")
+        recovery = e.get("recovery_seconds")
         table.add_row(
-            f"{e.at - started:.1f}",
-            Text(e.kind.value, style=EVENT_STYLE.get(e.kind, "")),
-            f"{e.namespace}/{e.pod}",
-            reason,
-            took,
+            e["id"],
+            Text(e["cause"], style="bold"),
+            Text(e["status"], style=STATUS_STYLE.get(e["status"], "")),
+            "" if opened is None else f"{clock.of_wall(opened):.0f}",
+            "" if duration is None else f"{duration * clock.speed:.0f}s",
+            p99,
+            e.get("impact") or "",
+            "" if recovery is None else f"{recovery * clock.speed:.0f}s",
+            _top(e),
         )
     return table
 
 
-def _report(agent: Agent) -> Table:
-    text = generate_latest(agent.registry).decode()
-    table = Table(title="tailwatch_pod_events_total after the scenario")
-    for column in ("namespace", "workload", "event", "reason", "count"):
-        table.add_column(column)
-    for family in text_string_to_metric_families(text):
-        if family.name != "tailwatch_pod_events":
-            continue
-        for s in sorted(family.samples, key=lambda s: sorted(s.labels.items())):
-            if not s.name.endswith("_total"):
-                continue
-            lb = s.labels
-            table.add_row(
-                lb["namespace"],
-                f"{lb['workload_kind']}/{lb['workload']}",
-                lb["event"],
-                lb["reason"],
-                f"{s.value:g}",
-            )
+# -- the report ------------------------------------------------------------------------------
+
+
+def _iso(wall: float) -> str:
+    return (
+        datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def match_disruptions(
+    disruptions: list[Disruption],
+    started: dict[str, float],
+    doc: dict[str, Any],
+    clock: ScenarioClock,
+) -> list[dict[str, Any]]:
+    """Each disruption that ran, with the episode the agent opened for it: the first episode
+    of its Service opened after it began (less a second) and before the next disruption of
+    the same Service."""
+    episodes = _all_episodes(doc)
+    out: list[dict[str, Any]] = []
+    for d in disruptions:
+        began = started.get(d.kind)
+        entry: dict[str, Any] = {
+            "kind": d.kind,
+            "service": f"{NAMESPACE}/{d.service}",
+            "description": d.description,
+            "scheduled_t": d.at,
+            "started_at": None if began is None else _iso(began),
+            "expected_cause": d.expected_cause,
+            "episode": None,
+            "detected_cause": None,
+        }
+        if began is not None:
+            later = [
+                started[o.kind]
+                for o in disruptions
+                if o.service == d.service and o.kind in started and started[o.kind] > began
+            ]
+            until = min(later) if later else math.inf
+            for e in episodes:
+                opened = _parse_iso(e.get("opened_at"))
+                if e["service"] != d.service or opened is None:
+                    continue
+                if began - 1.0 / clock.speed <= opened < until:
+                    entry["episode"] = e["id"]
+                    entry["detected_cause"] = e["cause"]
+                    break
+        out.append(entry)
+    return out
+
+
+def build_report(
+    *,
+    disruptions: list[Disruption],
+    started: dict[str, float],
+    doc: dict[str, Any],
+    clock: ScenarioClock,
+    seed: int,
+    finished: float,
+    cut_short: bool,
+) -> dict[str, Any]:
+    matched = match_disruptions(disruptions, started, doc, clock)
+    ran = [m for m in matched if m["started_at"] is not None]
+    quiet = [e["id"] for e in _all_episodes(doc) if e["service"] == UNAFFECTED]
+    burst = next((m for m in matched if m["kind"] == "sidecar_burst"), None)
+    sidecar_top = None
+    if burst is not None and burst["episode"] is not None:
+        episode = next(e for e in _all_episodes(doc) if e["id"] == burst["episode"])
+        if episode.get("attribution"):
+            top = episode["attribution"][0]
+            sidecar_top = f"{top['pod']}/{top['container']}"
+    return {
+        "tailwatch_demo": {
+            "version": __version__,
+            "seed": seed,
+            "speed": clock.speed,
+            "agent_node": AGENT_NODE,
+            "started_at": _iso(clock.t0_wall),
+            "finished_at": _iso(finished),
+            "cut_short": cut_short,
+            "note": "times in `episodes` are the agent's (real seconds); multiply durations "
+            "by `speed` for scenario time",
+        },
+        "disruptions": matched,
+        "unaffected_service": f"{NAMESPACE}/{UNAFFECTED}",
+        "checks": {
+            "every_disruption_detected": all(
+                m["detected_cause"] == m["expected_cause"] for m in ran
+            ),
+            "unaffected_service_quiet": not quiet,
+            "sidecar_burst_top_container": sidecar_top,
+        },
+        "episodes": doc,
+    }
+
+
+def disruption_table(report: dict[str, Any]) -> Table:
+    table = Table(title="what was injected, and what the agent reported")
+    for column in ("t+s", "disruption", "service", "expected", "reported", "episode"):
+        table.add_column(column, overflow="fold")
+    for m in report["disruptions"]:
+        ok = m["detected_cause"] == m["expected_cause"]
+        reported = m["detected_cause"] or ("not run" if m["started_at"] is None else "nothing")
+        table.add_row(
+            f"{m['scheduled_t']:.0f}",
+            m["description"],
+            m["service"],
+            m["expected_cause"],
+            Text(reported, style="green" if ok else "bold red"),
+            m["episode"] or "",
+        )
     return table
 
 
-async def _wait_ready(agent: Agent, timeout: float = 15.0) -> None:
+def default_report_path() -> Path:
+    """`tailwatch-demo-report.json` in the current directory, else in the temp directory."""
+    cwd = Path.cwd()
+    if os.access(cwd, os.W_OK):
+        return cwd / REPORT_NAME
+    return Path(tempfile.gettempdir()) / REPORT_NAME
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def demo_settings(
+    speed: float, kubeconfig: Path, cgroup_root: Path, listen: ListenAddress, otlp: ListenAddress
+) -> Settings:
+    """The agent's settings, its windows divided by `speed` (fields this version of the
+    agent lacks are left out)."""
+    values: dict[str, Any] = {
+        "node_name": AGENT_NODE,
+        "kubeconfig": str(kubeconfig),
+        "cgroup_root": cgroup_root,
+        "listen": listen,
+        "otlp_listen": otlp,
+        "sample_interval": 1.0 / speed,
+        "log_level": "warning",
+        "episode_settle": 30.0 / speed,
+        "baseline_window": 300.0 / speed,
+        "recovery_window": 30.0 / speed,
+        "recovery_tolerance": 0.2,
+        "recovery_max": 600.0 / speed,
+        "spike_ratio": 2.0,
+    }
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoOptions:
+    speed: float = DEFAULT_SPEED
+    duration: float | None = None  # real seconds; None: the whole script and its tail
+    seed: int = 1
+    hold: bool = False
+    listen: str = "127.0.0.1:9808"
+    report: Path | None = None
+    port: int = DEFAULT_PORT  # of pods and Services; 0 picks a free one
+    client_rate: float = 5.0  # requests/s to each Service
+    live: bool = True
+
+
+async def _wait_agent_ready(agent: Agent, task: asyncio.Task[None], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while not agent.readiness()[0]:
+    while not (agent.readiness()[0] and agent.prober.targets):
+        if task.done():
+            await task  # raises the agent's failure (e.g. its address is taken)
+            raise RuntimeError("the agent stopped before it was ready")
         if time.monotonic() > deadline:
-            raise RuntimeError("the agent did not sync with the simulator")
+            raise RuntimeError("the agent did not sync with the simulated cluster")
         await asyncio.sleep(0.05)
 
 
-async def _demo(duration: float, listen: str, seed: int, hold: bool, console: Console) -> int:
-    del seed  # the issue-2 scenario is fully scripted; the seed matters once latency is simulated
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _settled(doc: dict[str, Any]) -> bool:
+    """No episode is open or still waiting for recovery."""
+    return not doc.get("open") and not any(
+        e["status"] == "recovering" for e in doc.get("recent", [])
+    )
+
+
+async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
+    """Run the demo; returns the report (also written to `options.report`)."""
+    speed = options.speed
     with tempfile.TemporaryDirectory(prefix="tailwatch-demo-") as tmp:
-        server = ApiServer(bookmark_interval=1.0)
-        async with server:
-            kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            cluster = Cluster(server.store)
-            scenario = Scenario(cluster, beat=max(duration, 0.5) / 7 / 4)  # 7 steps
-            scenario.seed()
-            settings = Settings(
-                node_name=NODE,
-                kubeconfig=str(kubeconfig),
-                cgroup_root=Path(tmp),
-                listen=parse_listen(listen),
-                otlp_listen=None,
-                sample_interval=1.0,
-                log_level="warning",
+        async with contextlib.AsyncExitStack() as stack:
+            api = ApiServer(bookmark_interval=1.0)
+            await stack.enter_async_context(api)
+            kubeconfig = api.write_kubeconfig(Path(tmp) / "kubeconfig")
+            clock = ScenarioClock(speed)
+            demo = DemoCluster(api, clock, pick_port(options.port))
+            demo.seed()
+            controller = EndpointSliceController(api.store)
+            controller.reconcile()
+            background: list[asyncio.Task[Any]] = []
+            stack.push_async_callback(_cancel, background)
+            background.append(asyncio.create_task(controller.run(), name="endpointslices"))
+            dataplane = DataPlane(
+                api.store,
+                [s.profile.compressed(speed) for s in SHOP],
+                seed=options.seed,
+                node_cores=NODE_CORES,
+                sync_delay=1.0 / speed,
+                tick=min(0.25, max(0.05, 1.0 / speed)),
+                memory_period=120.0 / speed,
+            )
+            await stack.enter_async_context(dataplane)
+            demo.dataplane = dataplane
+            cgroups = NodeCgroups(
+                Path(tmp) / "cgroup", api.store, AGENT_NODE, dataplane.load_of,
+                interval=max(0.05, 1.0 / speed),
+            )  # fmt: skip
+            demo.cgroups = cgroups
+            cgroups.update()
+            background.append(asyncio.create_task(cgroups.run(), name="cgroups"))
+
+            otlp = ListenAddress("127.0.0.1", _free_local_port())
+            settings = demo_settings(
+                speed, kubeconfig, Path(tmp) / "cgroup", parse_listen(options.listen), otlp
             )
             agent = Agent(settings, connection=load_connection(str(kubeconfig)))
-            events: list[LifecycleEvent] = []
-            agent.listeners.append(events.append)
             stop = asyncio.Event()
-            task = asyncio.create_task(agent.run(stop))
-            try:
-                await _wait_ready(agent)
-                console.print(
-                    f"[bold]tailwatch demo[/]: API simulator at {server.url}, agent on "
-                    f"http://{settings.listen}/metrics watching node [cyan]{NODE}[/] "
-                    f"(its {len(agent.tracker.pods())} pods were listed silently)"
-                )
-                steps = scenario.steps()
-                pause = max(duration, 0.5) / len(steps)
-                started = time.time()
-                title = Text("")
-                with Live(console=console, refresh_per_second=8, transient=False) as live:
-                    for step in steps:
-                        title = Text(f"▶ {step.title}", style="bold")
-                        act = asyncio.create_task(step.act())
-                        end = time.monotonic() + pause
-                        while not act.done() or time.monotonic() < end:
-                            live.update(Group(title, _event_table(events, started)))
-                            await asyncio.sleep(0.1)
-                        await act
-                    live.update(Group(title, _event_table(events, started)))
-                console.print()
-                console.print(_report(agent))
-                console.print(
-                    f"{len(events)} lifecycle events; the agent's metrics are at "
-                    f"http://{settings.listen}/metrics"
-                )
-                if hold:
-                    console.print("holding: Ctrl-C to stop")
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.Event().wait()
-            finally:
+            agent_task = asyncio.create_task(agent.run(stop), name="agent")
+
+            async def stop_agent() -> None:
                 stop.set()
-                await task
-    return 0
+                with contextlib.suppress(Exception):
+                    await agent_task
+
+            stack.push_async_callback(stop_agent)
+            view = LiveView(clock, agent)
+            await _wait_agent_ready(agent, agent_task)
+            client = ServiceClient(
+                [
+                    ClientTarget(
+                        f"{s.name}.{NAMESPACE}.svc.cluster.local", s.cluster_ip, demo.port, s.path
+                    )
+                    for s in SHOP
+                ],
+                rate=options.client_rate,
+                otlp_url=f"http://{otlp}/v1/metrics",
+                export_interval=max(0.25, 2.0 / speed),
+                seed=options.seed,
+                service_name="shop-frontend",
+            )
+            background.append(asyncio.create_task(client.run(), name="client"))
+            console.print(
+                f"[bold]tailwatch demo[/] (seed {options.seed}, speed x{speed:g}): a shop on "
+                f"{len(NODES)} simulated nodes, API at {api.url}; the agent watches "
+                f"[cyan]{AGENT_NODE}[/] and serves http://{settings.listen}/metrics and "
+                f"/api/v1/episodes"
+            )
+
+            # Everything is built: move it out of the garbage collector's way, so a full
+            # collection does not stall the event loop (and every latency) for 100 ms.
+            gc.collect()
+            gc.freeze()
+            stack.callback(gc.unfreeze)
+            # Scenario time starts now: the agent's baseline begins with the steady state.
+            clock.restart()
+            scenario = Scenario(demo)
+            disruptions = scenario.disruptions()
+            deadline = math.inf if options.duration is None else options.duration * speed
+            cut_short = False
+            steps: list[asyncio.Task[None]] = []
+
+            async def play(d: Disruption) -> None:
+                await clock.until(d.at)
+                scenario.started[d.kind] = time.time()
+                view.step = f"{d.kind}: {d.description}"
+                await d.act()
+
+            for d in disruptions:
+                if d.at < deadline:
+                    steps.append(asyncio.create_task(play(d), name=d.kind))
+                else:
+                    cut_short = True
+            stack.push_async_callback(_cancel, steps)
+
+            changed = asyncio.Event()  # an episode changed
+            if hasattr(agent, "episode_listeners"):
+                agent.episode_listeners.append(lambda change: changed.set())
+
+            async def scripted() -> None:
+                await asyncio.gather(*steps)
+                await clock.until(min(SCRIPT_SECONDS, deadline))
+                view.step = "the script is over: waiting for the last episodes to settle"
+                end = min(SCRIPT_SECONDS + TAIL_SECONDS, deadline)
+                while clock.now() < end and not _settled(episodes_of(agent)):
+                    changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), (end - clock.now()) / speed)
+
+            with Live(
+                view.render(), console=console, refresh_per_second=4, transient=False,
+                auto_refresh=False,
+            ) if options.live else contextlib.nullcontext() as live:  # fmt: skip
+                script = asyncio.create_task(scripted())
+                while not script.done():
+                    if live is not None:
+                        live.update(view.render(), refresh=True)
+                    await asyncio.wait({script}, timeout=0.5)
+                await script
+                if live is not None:
+                    live.update(view.render(), refresh=True)
+            if clock.now() >= deadline:
+                cut_short = True
+
+            doc = episodes_of(agent)
+            report = build_report(
+                disruptions=disruptions,
+                started=scenario.started,
+                doc=doc,
+                clock=clock,
+                seed=options.seed,
+                finished=time.time(),
+                cut_short=cut_short,
+            )
+            path = options.report or default_report_path()
+            path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+            console.print()
+            console.print(episode_table(doc, clock))
+            console.print(disruption_table(report))
+            console.print(
+                f"[dim]In the agent's words (its durations are real seconds: the scenario "
+                f"ran {speed:g}x faster):[/]"
+            )
+            for e in _all_episodes(doc):
+                console.print(f"[bold]{e['id']}[/]: {e.get('summary', '')}")
+            console.print(
+                f"report written to [bold]{path}[/]"
+                + ("" if options.report else " (default location; --report FILE to change)")
+            )
+            if options.hold:
+                console.print(
+                    f"[bold]holding[/]: the agent keeps serving http://{settings.listen}/metrics "
+                    f"and /api/v1/episodes, the API simulator {api.url} (kubeconfig "
+                    f"{kubeconfig}); Ctrl-C to stop"
+                )
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            return report
 
 
 def run_demo(
+    *,
     duration: float | None = None,
     listen: str = "127.0.0.1:9808",
     seed: int = 1,
     hold: bool = False,
+    speed: float | None = None,
+    report: str | None = None,
 ) -> int:
+    """`tailwatch demo`: returns the exit status."""
+    if speed is None:
+        speed = DEFAULT_SPEED
+        if duration is not None:  # fit the script and its tail into the duration
+            speed = max(1.0, (SCRIPT_SECONDS + TAIL_SECONDS) / duration)
+    if not 0 < speed <= MAX_SPEED:
+        print(f"tailwatch demo: --speed must be above 0 and at most {MAX_SPEED:g}")
+        return 2
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        print(f"tailwatch demo: --listen: {exc}")
+        return 2
     configure_logging("warning")
     logging.getLogger("tailwatch").setLevel(logging.ERROR)
     console = Console()
+    options = DemoOptions(
+        speed=speed,
+        duration=duration,
+        seed=seed,
+        hold=hold,
+        listen=listen,
+        report=Path(report) if report else None,
+    )
+
+    async def main() -> None:
+        # SIGTERM (a supervisor, a test harness) ends the demo as cleanly as Ctrl-C does:
+        # every server closed, the temporary directory removed.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await run(options, console)
+
     try:
-        return asyncio.run(
-            _demo(
-                duration if duration is not None else DEFAULT_DURATION, listen, seed, hold, console
-            )
-        )
-    except KeyboardInterrupt:
-        return 0
+        asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        console.print("\nstopped: everything is closed and cleaned up")
+        if hold:
+            return 0
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    except ListenError as exc:
+        console.print(f"tailwatch demo: error: {exc}")
+        return 1
+    return 0
