@@ -1,0 +1,284 @@
+"""The Node dashboard: lifecycle events on one node, pressure on its containers, and the health
+of the node's agent (watches, prober lag, collector cost, dropped input, scrape size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.mixin.config import MixinConfig
+from exporter.mixin.dashboards import panels as p
+from exporter.mixin.promql import PromQL, increase_with_new_series, indent
+
+CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
+TOP = 10
+SOME = 'kind="some"'
+
+
+def build(config: MixinConfig) -> Any:
+    q = PromQL(config, dashboard=True)
+    node = f'{q.node}="$node"'
+    grid = p.Grid()
+
+    def raw(metric: str, *matchers: str) -> str:
+        return q.raw(metric, node, *matchers)
+
+    def rate(metric: str, *matchers: str) -> str:
+        return f"rate({raw(metric, *matchers)}[$__rate_interval])"
+
+    def events(metric: str, *matchers: str) -> str:
+        return indent(increase_with_new_series(raw(metric, *matchers), "$__rate_interval"))
+
+    grid.row("Lifecycle on the node")
+    grid.add(
+        p.timeseries(
+            "Pod lifecycle events",
+            "Lifecycle events the agent saw on this node, by event.",
+            p.targets(
+                (f"sum by (event) (\n  {events('tailwatch_pod_events_total')}\n)", "{{event}}")
+            ),
+            "short",
+            bars=True,
+            stacked=True,
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            "Container restarts and OOM kills",
+            "Restarts by the reason of the last termination, and kernel OOM kills from the "
+            "cgroups (which also count processes killed without a restart).",
+            p.targets(
+                (
+                    "sum by (namespace, pod, container, reason) (\n  "
+                    f"{events('tailwatch_container_restarts_total')}\n)",
+                    CONTAINER_LEGEND + " restart {{reason}}",
+                ),
+                (
+                    "sum by (namespace, pod, container) (\n  "
+                    f"{events('tailwatch_container_oom_kills_total')}\n)",
+                    CONTAINER_LEGEND + " OOM kill",
+                ),
+            ),
+            "short",
+            bars=True,
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            "Pods on the node",
+            "Pods on the node by workload kind.",
+            p.targets(
+                (f"count by (workload_kind) ({raw('tailwatch_pod_info')})", "{{workload_kind}}")
+            ),
+            "short",
+            stacked=True,
+        ),
+        8,
+    )
+    workload = "namespace, workload_kind, workload"
+    startup = increase_with_new_series(raw("tailwatch_pod_startup_seconds_bucket"), "$__range")
+    termination = increase_with_new_series(
+        raw("tailwatch_pod_termination_seconds_bucket"), "$__range"
+    )
+    grid.add(
+        p.table(
+            "Pod startup and termination (time range)",
+            "90th percentiles over the time range: arrival on the node to first Ready, and "
+            "deletion to gone, by workload.",
+            p.instant_targets(
+                f"histogram_quantile(0.9, sum by ({workload}, le) (\n  {indent(startup)}\n))",
+                f"histogram_quantile(0.9, sum by ({workload}, le) (\n  {indent(termination)}\n))",
+            ),
+            "s",
+            columns={
+                "Value #A": ("Startup p90", "s"),
+                "Value #B": ("Termination p90", "s"),
+            },
+        ),
+        16,
+    )
+
+    grid.row("Container pressure")
+    keys = "namespace, pod, container"
+    grid.add(
+        p.timeseries(
+            f"CPU throttling (top {TOP})",
+            "Share of CFS periods in which the container's quota ran out.",
+            p.targets(
+                (
+                    f"topk({TOP},\n  sum by ({keys}) "
+                    f"({rate('tailwatch_container_cpu_throttled_periods_total')})\n  /\n"
+                    f"  (sum by ({keys}) ({rate('tailwatch_container_cpu_periods_total')}) > 0)\n)",
+                    CONTAINER_LEGEND,
+                )
+            ),
+            "percentunit",
+            thresholds=((config.thresholds.throttling_ratio, "red"),),
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            f"CPU by container (top {TOP})",
+            "CPU used by the busiest containers of the node.",
+            p.targets(
+                (
+                    f"topk({TOP}, sum by ({keys}) "
+                    f"({rate('tailwatch_container_cpu_usage_seconds_total')}))",
+                    CONTAINER_LEGEND,
+                )
+            ),
+            "suffix: cores",
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            f"Pressure stall, PSI some (top {TOP})",
+            "Share of time at least one task of the container stalled, by resource (cgroup v2).",
+            p.targets(
+                (
+                    f"topk({TOP}, sum by ({keys}, resource) "
+                    f"({rate('tailwatch_container_pressure_stalled_seconds_total', SOME)}))",
+                    CONTAINER_LEGEND + " {{resource}}",
+                )
+            ),
+            "percentunit",
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            f"Memory working set / limit (top {TOP})",
+            "Working set as a share of the memory limit, for containers with a limit.",
+            p.targets(
+                (
+                    f"topk({TOP},\n  max by ({keys}) "
+                    f"({raw('tailwatch_container_memory_working_set_bytes')})\n  /\n"
+                    f"  max by ({keys}) ({raw('tailwatch_container_memory_limit_bytes')})\n)",
+                    CONTAINER_LEGEND,
+                )
+            ),
+            "percentunit",
+        ),
+        12,
+    )
+
+    grid.row("The agent")
+    age = raw("tailwatch_watch_last_event_age_seconds")
+    grid.add(
+        p.timeseries(
+            "Watch staleness",
+            "Seconds since each watch's last list, event or bookmark; healthy under ~60 s.",
+            p.targets((f"max by (resource) ({age})", "{{resource}}")),
+            "s",
+            thresholds=((config.thresholds.watch_stale_seconds, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Watch restarts",
+            "Watch reconnections by reason (closed is the normal end at the server's timeout); "
+            "a zero line per watch when there were none.",
+            p.targets(
+                (
+                    "sum by (resource, reason) (\n  "
+                    f"{events('tailwatch_watch_restarts_total')}\n)\n"
+                    f"or on ()\nmax by (resource) ({age}) * 0",
+                    "{{resource}} {{reason}}",
+                )
+            ),
+            "short",
+            bars=True,
+        ),
+        8,
+    )
+    lag = f"sum by (le) ({rate('tailwatch_probe_schedule_lag_seconds_bucket')})"
+    grid.add(
+        p.timeseries(
+            "Prober schedule lag",
+            "How late the prober started its probes: its own measurement noise, to read next to "
+            "any tail latency it reports.",
+            p.targets(
+                *(
+                    (f"histogram_quantile({quantile}, {lag})", name)
+                    for quantile, name in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p99.9"))
+                )
+            ),
+            "s",
+            thresholds=((config.thresholds.prober_lag_p99_seconds, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Collector cost",
+            "p99 wall time of each sampling pass, by collector.",
+            p.targets(
+                (
+                    "histogram_quantile(0.99, sum by (collector, le) "
+                    f"({rate('tailwatch_collector_duration_seconds_bucket')}))",
+                    "{{collector}}",
+                )
+            ),
+            "s",
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Dropped input",
+            "Input the agent dropped (malformed objects, limits), per second by reason; a zero "
+            "line when nothing was dropped.",
+            p.targets(
+                (
+                    f"sum by (reason) ({rate('tailwatch_dropped_total')})\n"
+                    f"or on ()\nmax({age}) * 0",
+                    "{{reason}}",
+                )
+            ),
+            "ops",
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Scrape size",
+            "Samples Prometheus scraped from the agent: its series count.",
+            p.targets((f"max({raw('scrape_samples_scraped')})", "samples")),
+            "short",
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Scrape duration",
+            "How long Prometheus took to scrape the agent's /metrics.",
+            p.targets((f"max({raw('scrape_duration_seconds')})", "duration")),
+            "s",
+        ),
+        8,
+    )
+
+    return p.dashboard(
+        config,
+        title="tailwatch / Node",
+        uid=config.dashboards.node_uid,
+        description="One node: its lifecycle events, container pressure and its agent's health.",
+        grid=grid,
+        variables=[
+            p.variable("node", "Node", f"label_values({q.raw('up')}, {q.node})"),
+        ],
+        annotations=[
+            p.annotation(
+                "Pod events",
+                f"sum by (namespace, workload, event, reason) (\n  "
+                f"{events('tailwatch_pod_events_total')}\n) > 0",
+                "{{event}} {{reason}}",
+                "namespace,workload,event,reason",
+                "orange",
+            )
+        ],
+    )

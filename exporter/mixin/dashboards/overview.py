@@ -1,0 +1,236 @@
+"""The Overview dashboard: every opted-in Service's tail latency in and out of disruption, its
+SLO compliance and budget burn, the fan-out view, and the episodes of the time range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.mixin.config import MixinConfig
+from exporter.mixin.dashboards import panels as p
+from exporter.mixin.dashboards.episodes import episode_table, not_recovered_stat
+from exporter.mixin.promql import PromQL, duration, increase_with_new_series, indent
+from exporter.mixin.records import Records
+
+NS = 'namespace=~"$namespace"'
+SVC = 'service=~"$service"'
+SERVICE_LEGEND = "{{namespace}}/{{service}}"
+
+
+def _service_link(config: MixinConfig) -> dict[str, Any]:
+    uid = config.dashboards.service_uid
+    return {
+        "title": "Service dashboard for ${__field.labels.namespace}/${__field.labels.service}",
+        "url": f"/d/{uid}?${{__url_time_range}}&var-datasource=${{datasource}}"
+        "&var-namespace=${__field.labels.namespace}&var-service=${__field.labels.service}",
+    }
+
+
+def build(config: MixinConfig) -> Any:
+    q = PromQL(config, dashboard=True)
+    r = Records(config)
+    t = config.thresholds
+    slo = config.slo
+    grid = p.Grid()
+    link = [_service_link(config)]
+
+    grid.row("Tail latency of each Service's address, steady vs disrupted")
+    for quantile, name in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p99.9")):
+        grid.add(
+            p.timeseries(
+                f"{name} by Service and state",
+                f"{name} latency of probes of each Service's address (what clients see through "
+                "kube-proxy), summed over every agent, by the state the Service was in when the "
+                "probe ran: steady, disrupted (an episode is open) or recovering.",
+                p.targets(
+                    (
+                        q.rec(
+                            r.probe_quantiles, NS, SVC, 'target="service"', f'quantile="{quantile}"'
+                        ),
+                        SERVICE_LEGEND + " {{state}}",
+                    )
+                ),
+                "s",
+                links=link,
+            ),
+            8,
+        )
+    grid.add(
+        p.timeseries(
+            "p99 / steady baseline",
+            f"p99 now (all states, {r.latency_window} window) divided by the steady p99 of the "
+            f"last {duration(config.windows.baseline)}. Above "
+            f"{t.disruption_p99_ratio:g}x during an episode, TailwatchDisruptionImpact fires.",
+            p.targets((q.rec(r.probe_p99_ratio, NS, SVC, 'target="service"'), SERVICE_LEGEND)),
+            "suffix:x",
+            thresholds=((t.degraded_p99_ratio, "orange"), (t.disruption_p99_ratio, "red")),
+            links=link,
+        ),
+        12,
+    )
+    grid.add(
+        p.state_timeline(
+            "Disruption",
+            "Whether an episode is open for each Service (any agent reports one).",
+            p.targets(
+                (
+                    f"max by ({q.by('namespace', 'service')}) "
+                    f"({q.raw('tailwatch_service_disrupted', NS, SVC)})",
+                    SERVICE_LEGEND,
+                )
+            ),
+            "none",
+            p.value_mappings({"0": ("steady", "green"), "1": ("disrupted", "red")}),
+        ),
+        12,
+    )
+
+    grid.row("SLO: share of probes within each Service's tailwatch.io/slo-latency")
+    first = slo.burn_rates[0]
+    longest = max(b.long for b in slo.burn_rates)
+    budget = 1 - slo.objective
+    grid.add(
+        p.table(
+            f"SLO compliance (objective {slo.objective:.2%})",
+            "Each Service's SLO threshold and the share of probes of its address within it over "
+            "several windows. Services without a tailwatch.io/slo-latency annotation have no SLO.",
+            p.instant_targets(
+                f"max by ({q.by('namespace', 'service')}) "
+                f"({q.raw('tailwatch_service_slo_seconds', NS, SVC)})",
+                f"1 - {q.rec(r.slow_ratio(first.short), NS, SVC)}",
+                f"1 - {q.rec(r.slow_ratio(first.long), NS, SVC)}",
+                f"1 - {q.rec(r.slow_ratio(longest), NS, SVC)}",
+            ),
+            "percentunit",
+            columns={
+                "Value #A": ("SLO threshold", "s"),
+                "Value #B": (f"Within SLO, {duration(first.short)}", "percentunit"),
+                "Value #C": (f"Within SLO, {duration(first.long)}", "percentunit"),
+                "Value #D": (f"Within SLO, {duration(longest)}", "percentunit"),
+            },
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            f"Error budget burn rate ({duration(first.long)})",
+            f"Share of slow probes over {duration(first.long)} divided by the error budget "
+            f"({budget:.2%}): 1 spends the budget in exactly 30 days; "
+            f"{first.factor:g} pages when the {duration(first.short)} window agrees.",
+            p.targets((f"{q.rec(r.slow_ratio(first.long), NS, SVC)} / {budget:g}", SERVICE_LEGEND)),
+            "suffix:x",
+            thresholds=tuple(
+                sorted(
+                    {
+                        (b.factor, "red" if b.severity == "critical" else "orange")
+                        for b in slo.burn_rates
+                    }
+                )
+            ),
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            "Fan-out: chance an interaction stays fast",
+            "If an interaction makes N calls to a Service and each is slow (over the SLO) with "
+            f"the probability seen over {duration(slo.fanout_window)}, the chance that none is "
+            "slow is (1 - slow ratio)^N. At 1% slow: 99% for 1 call, 90% for 10, 37% for 100.",
+            p.targets(
+                (q.rec(r.fanout, NS, SVC), SERVICE_LEGEND + ", {{calls}} calls"),
+            ),
+            "percentunit",
+            minimum=0,
+            maximum=1,
+            links=link,
+        ),
+        24,
+    )
+
+    grid.row("Episodes")
+    keys = ("namespace", "service", "cause")
+    grid.add(episode_table(q, (NS, SVC), keys), 16, 9)
+    grid.add(not_recovered_stat(q, (NS, SVC)), 8, 9)
+    recovery = q.raw("tailwatch_episode_recovery_seconds_bucket", NS, SVC)
+    grid.add(
+        p.stat(
+            "Recovery p90 by Service",
+            "90th percentile of the time from an episode's close until the rolling p99 was "
+            "back within the baseline tolerance, over the episodes of the time range.",
+            [
+                p.target(
+                    f"histogram_quantile(0.9, sum by ({q.by('namespace', 'service', 'le')}) (\n"
+                    f"  {indent(increase_with_new_series(recovery, '$__range'))}\n))",
+                    SERVICE_LEGEND,
+                    instant=True,
+                )
+            ],
+            "s",
+        ),
+        24,
+        5,
+    )
+
+    grid.row("Across nodes: what no single agent sees")
+    grid.add(
+        p.timeseries(
+            "Revisions running per workload",
+            "Distinct revisions of each workload's pods across every node: 2 or more is a "
+            "rollout in progress.",
+            p.targets(
+                (
+                    q.rec(r.workload_revisions, 'namespace=~"$namespace"'),
+                    "{{namespace}}/{{workload}} ({{workload_kind}})",
+                )
+            ),
+            "short",
+            thresholds=((2, "orange"),),
+        ),
+        12,
+    )
+    grid.add(
+        p.timeseries(
+            f"Nodes per StatefulSet pod ({duration(config.windows.reschedule)})",
+            "Nodes each StatefulSet pod ran on within the window, joined across agents: 2 or "
+            "more means it left one node and came back on another (a reschedule).",
+            p.targets((q.rec(r.pod_nodes, 'namespace=~"$namespace"'), "{{namespace}}/{{pod}}")),
+            "short",
+            thresholds=((2, "red"),),
+        ),
+        12,
+    )
+
+    return p.dashboard(
+        config,
+        title="tailwatch / Overview",
+        uid=config.dashboards.overview_uid,
+        description="Tail latency of opted-in Services, SLOs, fan-out and lifecycle episodes.",
+        grid=grid,
+        variables=[
+            p.variable(
+                "namespace",
+                "Namespace",
+                f"label_values({q.raw('tailwatch_service_endpoints')}, namespace)",
+                multi=True,
+                include_all=True,
+            ),
+            p.variable(
+                "service",
+                "Service",
+                f"label_values({q.raw('tailwatch_service_endpoints', NS)}, service)",
+                multi=True,
+                include_all=True,
+            ),
+        ],
+        annotations=[episode_annotation(q, (NS, SVC))],
+    )
+
+
+def episode_annotation(q: PromQL, matchers: tuple[str, ...]) -> dict[str, Any]:
+    return p.annotation(
+        "Episodes",
+        f"max by ({q.by('namespace', 'service', 'cause')}) "
+        f"({q.raw('tailwatch_service_disrupted', *matchers)}) == 1",
+        "{{cause}} episode of {{namespace}}/{{service}}",
+        "namespace,service,cause",
+        "red",
+    )
