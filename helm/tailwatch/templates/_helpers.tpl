@@ -1,0 +1,92 @@
+{{/* Names, labels and the image reference shared by every template. */}}
+
+{{- define "tailwatch.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<name>", or the release name alone when it already contains the name. */}}
+{{- define "tailwatch.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tailwatch.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The labels that select the agent's pods: never change them, selectors are immutable.
+     The component keeps pods of this release that are not agents (the helm test pod) out. */}}
+{{- define "tailwatch.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tailwatch.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: agent
+{{- end }}
+
+{{/* The labels of every object: the app.kubernetes.io/* set with the given component, over
+     `extra` (an object's own labels from values), over commonLabels. Ours always win, so
+     no value can produce a duplicate key or break a selector.
+     Call with (dict "ctx" $ "component" "agent" "extra" $labels). */}}
+{{- define "tailwatch.labelsFor" -}}
+{{- $ctx := .ctx }}
+{{- $labels := dict
+      "helm.sh/chart" (include "tailwatch.chart" $ctx)
+      "app.kubernetes.io/name" (include "tailwatch.name" $ctx)
+      "app.kubernetes.io/instance" $ctx.Release.Name
+      "app.kubernetes.io/version" $ctx.Chart.AppVersion
+      "app.kubernetes.io/part-of" "tailwatch"
+      "app.kubernetes.io/managed-by" $ctx.Release.Service
+      "app.kubernetes.io/component" .component }}
+{{- toYaml (merge $labels (.extra | default dict) ($ctx.Values.commonLabels | default dict)) }}
+{{- end }}
+
+{{- define "tailwatch.labels" -}}
+{{ include "tailwatch.labelsFor" (dict "ctx" . "component" "agent") }}
+{{- end }}
+
+{{- define "tailwatch.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tailwatch.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tailwatch.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- with .Values.image.registry }}
+{{- $repository = printf "%s/%s" . $repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The address the OTLP receiver binds (--otlp-listen); empty when it is off. */}}
+{{- define "tailwatch.otlpListen" -}}
+{{- if .Values.otlp.enabled }}
+{{- if .Values.otlp.listenAddress }}
+{{- .Values.otlp.listenAddress }}
+{{- else if .Values.hostNetwork }}
+{{- /* In the node's network namespace, bind the node's own address only (DESIGN.md §11). */}}
+{{- printf "$(HOST_IP):%d" (int .Values.otlp.port) }}
+{{- else }}
+{{- /* In the pod's own network namespace the node address does not exist: binding it would
+       fail. hostPort and the Service deliver to the pod address. */}}
+{{- printf ":%d" (int .Values.otlp.port) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tailwatch.configPath" -}}
+/etc/tailwatch/config.yaml
+{{- end }}

@@ -1,0 +1,476 @@
+"""The Helm chart as a reviewer reads it: rendered by the real Helm engine, linted, every
+manifest valid for every supported Kubernetes minor, least privilege, DESIGN.md §11 security,
+wiring that holds together, and the generated rules and dashboards carried unchanged."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from exporter import __version__
+from tests.helm.chart import (
+    CHART,
+    DASHBOARDS_DIR,
+    EVERYTHING_ON,
+    KUBERNETES_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    RULES_FILE,
+    VALUE_SETS,
+    Manifest,
+    agent_container,
+    flags,
+    helm_test_pod,
+    objects,
+    one,
+    render,
+    render_files,
+)
+
+# Objects of prometheus-operator's CRDs: kubernetes-validate has no schema for them, so
+# their structure is checked by the tests below.
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+READ = {"get", "list", "watch"}
+# DESIGN.md §2, as (API group, resource, verb).
+WATCH_RULES = {
+    (group, resource, verb)
+    for group, resource in (("", "pods"), ("", "services"), ("discovery.k8s.io", "endpointslices"))
+    for verb in READ
+}
+AUTH_RULES = {
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
+}
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+@pytest.fixture(params=sorted(VALUE_SETS), ids=str)
+def value_set(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def manifests(value_set: str) -> list[Manifest]:
+    return render(VALUE_SETS[value_set])
+
+
+@cache
+def validate(manifest_json: str, version: str) -> None:
+    """Strict validation; the same object rendered by several value sets is checked once."""
+    kubernetes_validate.validate(json.loads(manifest_json), version, strict=True)
+
+
+def pod_spec(manifests: list[Manifest]) -> dict[str, Any]:
+    return one(manifests, "DaemonSet")["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+# -- Helm itself ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kube_version", [KUBERNETES_VERSIONS[0], KUBERNETES_VERSIONS[-1]])
+def test_helm_lint_is_clean_in_strict_mode(value_set: str, kube_version: str) -> None:
+    report = helm.lint(CHART, VALUE_SETS[value_set], strict=True, kube_version=f"v{kube_version}")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and problems == [], report
+
+
+def test_chart_claims_kubernetes_versions_that_are_all_tested() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["appVersion"] == __version__
+    assert chart["kubeVersion"] == f">={KUBERNETES_VERSIONS[0]}-0"
+    assert {"1.29.0", "1.34.0"} <= set(KUBERNETES_VERSIONS)
+    # kubernetes-validate has the OpenAPI schemas of every claimed minor.
+    assert set(KUBERNETES_VERSIONS) <= set(all_versions())
+
+
+# -- Kubernetes schemas -----------------------------------------------------------------------
+
+
+def test_every_manifest_is_valid_for_every_supported_kubernetes_version(
+    manifests: list[Manifest],
+) -> None:
+    for manifest in manifests:
+        if manifest["kind"] in OPERATOR_KINDS:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            validate(json.dumps(manifest, sort_keys=True), version)
+
+
+def test_the_kinds_each_value_set_renders(value_set: str, manifests: list[Manifest]) -> None:
+    kinds = sorted(m["kind"] for m in manifests if m["kind"] != "Pod")
+    base = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Service"]
+    expected = {
+        "defaults": [*base, "ServiceAccount"],
+        "everything-on": sorted(
+            [*base, "ServiceAccount", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"]
+            + ["ConfigMap"] * len(list(DASHBOARDS_DIR.glob("*.json")))
+        ),
+        "otlp-off-external-account": ["ConfigMap", "DaemonSet", "Service"],
+    }.get(value_set, sorted([*base, "ServiceAccount"]))
+    assert kinds == sorted(expected)
+
+
+# -- Security (DESIGN.md §11) and least privilege (§2) --------------------------------------
+
+
+def test_pod_and_container_security_context_by_default() -> None:
+    manifests = render()
+    spec = pod_spec(manifests)
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65534,
+        "runAsGroup": 65534,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert agent_container(manifests)["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    for host_namespace in ("hostNetwork", "hostPID", "hostIPC"):
+        assert host_namespace not in spec
+    # The token is mounted because the agent needs it, and only into the agent's pod.
+    assert spec["automountServiceAccountToken"] is True
+    assert one(manifests, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert helm_test_pod(manifests)["spec"]["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+
+
+def test_the_only_host_path_is_the_cgroup_filesystem_mounted_read_only(
+    manifests: list[Manifest],
+) -> None:
+    spec = pod_spec(manifests)
+    host_paths = {v["name"]: v["hostPath"] for v in spec["volumes"] if "hostPath" in v}
+    assert host_paths == {"cgroup": {"path": "/sys/fs/cgroup", "type": "Directory"}}
+    container = agent_container(manifests)
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["cgroup"]["readOnly"] is True
+    assert mounts["config"]["readOnly"] is True
+    # The agent reads the cgroup tree where it is mounted.
+    assert flags(container)["cgroup-root"] == mounts["cgroup"]["mountPath"]
+    # A read-only root filesystem, and a scratch /tmp for anything that needs a file.
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    assert {v["name"]: v for v in spec["volumes"]}["tmp"]["emptyDir"]["medium"] == "Memory"
+
+
+def rbac_rules(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
+    role = one(manifests, "ClusterRole")
+    granted = set()
+    for rule in role["rules"]:
+        # Only named API groups, resources and verbs: no wildcards, URLs or name limits.
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    granted.add((group, resource, verb))
+    return granted
+
+
+def test_rbac_grants_exactly_the_watches_of_design_section_2() -> None:
+    manifests = render()
+    assert rbac_rules(manifests) == WATCH_RULES
+    assert objects(manifests, "Role") == [] and objects(manifests, "RoleBinding") == []
+    binding = one(manifests, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": one(manifests, "ClusterRole")["metadata"]["name"],
+    }
+    account = one(manifests, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
+    ]
+    assert pod_spec(manifests)["serviceAccountName"] == account["name"]
+
+
+def test_token_and_access_reviews_are_granted_only_with_endpoint_auth() -> None:
+    assert rbac_rules(render({"auth": {"enabled": True}})) == WATCH_RULES | AUTH_RULES
+    # And the NOTES say plainly that the agent does not enforce it yet.
+    notes = render_files({"auth": {"enabled": True}})["tailwatch/templates/NOTES.txt"]
+    assert "does not enforce endpoint authentication yet" in notes
+    assert "does not enforce" not in render_files()["tailwatch/templates/NOTES.txt"]
+
+
+def test_a_user_managed_service_account_gets_no_rbac_from_the_chart() -> None:
+    manifests = render(VALUE_SETS["otlp-off-external-account"])
+    assert pod_spec(manifests)["serviceAccountName"] == "tailwatch-agent"
+    assert not objects(manifests, "ClusterRole") and not objects(manifests, "ServiceAccount")
+
+
+def test_pod_security_level_is_documented_in_notes_and_readme() -> None:
+    notes = render_files()["tailwatch/templates/NOTES.txt"]
+    readme = (CHART / "README.md").read_text()
+    for text in (notes, readme):
+        assert "pod-security.kubernetes.io/enforce=privileged" in text
+        assert "baseline" in text and "hostPath" in text
+
+
+# -- The DaemonSet ----------------------------------------------------------------------------
+
+
+def test_downward_api_gives_node_name_host_ip_and_namespace(manifests: list[Manifest]) -> None:
+    env = {e["name"]: e for e in agent_container(manifests)["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["HOST_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_probes_hit_health_and_readiness_on_the_metrics_port(manifests: list[Manifest]) -> None:
+    container = agent_container(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    listen_port = int(flags(container)["listen"].rpartition(":")[2])
+    assert ports["metrics"] == listen_port
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
+
+
+def test_runs_on_every_node_by_default_with_a_rolling_update() -> None:
+    manifests = render()
+    spec = pod_spec(manifests)
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert one(manifests, "DaemonSet")["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    assert spec["terminationGracePeriodSeconds"] == 30
+    resources = agent_container(manifests)["resources"]
+    assert resources["requests"] == {"cpu": "50m", "memory": "128Mi"}
+    # No CPU limit: throttling the agent would show up as prober lag in what it measures.
+    assert resources["limits"] == {"memory": "256Mi"}
+
+
+def test_custom_scheduling_and_resources_reach_the_pod() -> None:
+    values = VALUE_SETS["scheduling-and-resources"]
+    manifests = render(values)
+    spec = pod_spec(manifests)
+    for key in ("tolerations", "nodeSelector", "affinity"):
+        assert spec[key] == values[key]
+        # The helm test pod lands where agents run.
+        assert helm_test_pod(manifests)["spec"][key] == values[key]
+    assert agent_container(manifests)["resources"] == values["resources"]
+    ds = one(manifests, "DaemonSet")
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": "20%"}
+
+
+def test_everything_on_reaches_the_pod() -> None:
+    manifests = render(EVERYTHING_ON)
+    spec = pod_spec(manifests)
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert spec["imagePullSecrets"] == [{"name": "registry-credentials"}]
+    container = agent_container(manifests)
+    assert container["image"] == f"registry.example/obs/tailwatch:{__version__}"
+    assert "command" not in container  # the image's entry point runs
+    ports = {p["name"]: p for p in container["ports"]}
+    assert ports["otlp-http"] == {
+        "name": "otlp-http",
+        "containerPort": 4318,
+        "protocol": "TCP",
+        "hostPort": 14318,
+    }
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TAILWATCH_SPIKE_RATIO"] == {"name": "TAILWATCH_SPIKE_RATIO", "value": "4"}
+    template = one(manifests, "DaemonSet")["spec"]["template"]["metadata"]
+    assert template["annotations"]["example.com/owner"] == "sre"
+    assert template["labels"]["tier"] == "observability"
+
+
+def test_otlp_binds_pod_addresses_or_the_node_address_with_host_network() -> None:
+    pod_network = render({"otlp": {"hostPort": {"enabled": True}}})
+    assert flags(agent_container(pod_network))["otlp-listen"] == ":4318"
+    host_network = render(VALUE_SETS["host-network"])
+    spec = pod_spec(host_network)
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    container = agent_container(host_network)
+    # DESIGN.md §11: in the node's network namespace, the receiver binds the node address only.
+    assert flags(container)["otlp-listen"] == "$(HOST_IP):4318"
+    assert all("hostPort" not in p for p in container["ports"])  # implied by hostNetwork
+    disabled = render({"otlp": {"enabled": False}})
+    assert flags(agent_container(disabled))["otlp-listen"] == ""
+    assert [p["name"] for p in agent_container(disabled)["ports"]] == ["metrics"]
+
+
+def test_a_config_change_rolls_the_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        ds = one(render(values), "DaemonSet")
+        return str(ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum({}) != checksum({"config": {"log-level": "debug"}})
+    assert checksum({}) == checksum({"podLabels": {"a": "b"}})
+
+
+# -- Wiring: Service, ServiceMonitor, NetworkPolicy, helm test -------------------------------
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_service_monitor_scrapes_every_agent_as_job_tailwatch_with_a_node_label() -> None:
+    manifests = render(EVERYTHING_ON)
+    ds = one(manifests, "DaemonSet")
+    service = one(manifests, "Service")
+    monitor = one(manifests, "ServiceMonitor")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert selects(ds["spec"]["selector"]["matchLabels"], pod_labels)
+    assert selects(service["spec"]["selector"], pod_labels)
+    container_ports = {p["name"] for p in agent_container(manifests)["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert selects(spec["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # The rules and dashboards select job="tailwatch": the Service label named by jobLabel.
+    assert service["metadata"]["labels"][spec["jobLabel"]] == "tailwatch"
+    [endpoint] = spec["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "15s" and endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["honorLabels"] is True  # else the workloads' labels become exported_*
+    assert {
+        "action": "replace",
+        "sourceLabels": ["__meta_kubernetes_pod_node_name"],
+        "targetLabel": "node",
+    } in endpoint["relabelings"]
+    assert set(spec) == {"jobLabel", "selector", "namespaceSelector", "endpoints"}
+
+
+def test_network_policy_admits_the_configured_peers_to_each_port() -> None:
+    manifests = render(EVERYTHING_ON)
+    policy = one(manifests, "NetworkPolicy")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels_of(manifests))
+    assert policy["policyTypes"] == ["Ingress"]  # egress: the API server and every target
+    by_port = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["ingress"]}
+    assert by_port == {
+        "metrics": EVERYTHING_ON["networkPolicy"]["metrics"]["from"],
+        "otlp-http": EVERYTHING_ON["networkPolicy"]["otlp"]["from"],
+    }
+
+
+def pod_labels_of(manifests: list[Manifest]) -> dict[str, str]:
+    return one(manifests, "DaemonSet")["spec"]["template"]["metadata"]["labels"]  # type: ignore[no-any-return]
+
+
+def test_helm_test_pod_checks_readyz_through_the_service_and_is_not_an_agent() -> None:
+    manifests = render()
+    pod = helm_test_pod(manifests)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    service = one(manifests, "Service")
+    url = pod["spec"]["containers"][0]["command"][-1]
+    assert url == f"http://{service['metadata']['name']}.{NAMESPACE}.svc:9808/readyz"
+    # Neither the DaemonSet (which would adopt it) nor the Service selects the test pod.
+    labels = pod["metadata"]["labels"]
+    assert not selects(one(manifests, "DaemonSet")["spec"]["selector"]["matchLabels"], labels)
+    assert not selects(service["spec"]["selector"], labels)
+    assert pod["spec"]["securityContext"] == pod_spec(manifests)["securityContext"]
+    assert all(m["kind"] != "Pod" for m in render({"helmTest": {"enabled": False}}))
+
+
+# -- Labels -----------------------------------------------------------------------------------
+
+
+def test_every_object_has_the_app_kubernetes_io_labels(
+    value_set: str, manifests: list[Manifest]
+) -> None:
+    for manifest in manifests:
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "tailwatch"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/version"] == __version__
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/part-of"] == "tailwatch"
+        assert labels["app.kubernetes.io/component"] in {"agent", "rules", "dashboards", "test"}
+        assert labels["helm.sh/chart"] == f"tailwatch-{__version__}"
+        for value in labels.values():
+            assert len(value) <= 63 and LABEL_VALUE.match(value), value
+        if value_set == "everything-on":
+            assert labels["team"] == "sre"
+
+
+def test_user_labels_cannot_override_the_chart_labels() -> None:
+    manifests = render(
+        {
+            "commonLabels": {"app.kubernetes.io/name": "other"},
+            "podLabels": {"app.kubernetes.io/component": "x"},
+        }
+    )
+    assert all(m["metadata"]["labels"]["app.kubernetes.io/name"] == "tailwatch" for m in manifests)
+    assert pod_labels_of(manifests)["app.kubernetes.io/component"] == "agent"
+
+
+# -- The generated rules and dashboards, carried unchanged ------------------------------------
+
+
+def test_prometheus_rule_carries_the_generated_rule_file(tmp_path: Path) -> None:
+    manifests = render(EVERYTHING_ON)
+    rule = one(manifests, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["role"] == "alert-rules"
+    assert set(rule["spec"]) == {"groups"}
+    generated = yaml.safe_load(RULES_FILE.read_text())
+    assert rule["spec"]["groups"] == generated["groups"]
+    # And Prometheus accepts the groups exactly as the operator will hand them over.
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(rules_file)], check=False, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dashboard_config_maps_hold_the_generated_files_byte_for_byte() -> None:
+    manifests = render(EVERYTHING_ON)
+    maps = [
+        m for m in objects(manifests, "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+    files = sorted(DASHBOARDS_DIR.glob("*.json"))
+    assert files, "no generated dashboards in the chart"
+    held = {}
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"] == {"grafana_folder": "tailwatch"}
+        assert config_map["metadata"]["namespace"] == NAMESPACE
+        [(name, content)] = config_map["data"].items()
+        held[name] = content.encode()
+    assert held == {path.name: path.read_bytes() for path in files}
+    for content in held.values():
+        json.loads(content)
+
+
+def test_dashboard_sidecar_label_and_namespace_are_configurable() -> None:
+    manifests = render(
+        {
+            "dashboards": {
+                "enabled": True,
+                "label": "grafana.io/dashboard",
+                "labelValue": "tailwatch",
+                "namespace": "grafana",
+            }
+        }
+    )
+    maps = [
+        m
+        for m in objects(manifests, "ConfigMap")
+        if m["metadata"]["labels"].get("grafana.io/dashboard") == "tailwatch"
+    ]
+    assert len(maps) == len(list(DASHBOARDS_DIR.glob("*.json")))
+    assert {m["metadata"]["namespace"] for m in maps} == {"grafana"}

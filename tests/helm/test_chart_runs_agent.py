@@ -1,0 +1,378 @@
+"""The agent starts from exactly what the chart and the image give it.
+
+Each test renders the chart, then runs the container as Kubernetes would: the Dockerfile's
+entry point followed by the rendered args, the rendered env with the downward API filled in
+and `$(VAR)` expanded, and each volume mount backed by a directory (the rendered ConfigMap's
+files, a cgroup tree, an empty dir). The only stand-in is the API server: the simulator,
+reached through KUBECONFIG because in-cluster credentials live at fixed paths. The agent must
+accept every flag and variable, and answer the rendered probes; the rendered `helm test`
+script must pass against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from exporter.settings import OPTIONS
+from tests.conftest import free_port, wait_for
+from tests.helm.chart import (
+    REPO,
+    VALUE_SETS,
+    Manifest,
+    agent_container,
+    flags,
+    helm_test_pod,
+    objects,
+    one,
+    render,
+)
+
+pytestmark = pytest.mark.e2e
+
+NODE = "node-a"
+# What the kubelet puts behind each downward API field on a test "node" that is loopback.
+DOWNWARD_API = {
+    "spec.nodeName": NODE,
+    "status.hostIP": "127.0.0.1",
+    "status.podIP": "127.0.0.1",
+    "metadata.namespace": "monitoring",
+    "metadata.name": "tw-tailwatch-abcde",
+}
+DOCKERFILE = REPO / "Dockerfile"
+
+
+# -- The Dockerfile, read as the container runtime reads it -----------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]]
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for name, args in self.instructions if name == instruction]
+
+
+def dockerfile_stages(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with continuation lines joined."""
+    logical = re.sub(r"\\\n", " ", text)
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for raw in logical.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction, rest = instruction.upper(), rest.strip()
+        if instruction == "FROM":
+            base, _, name = rest.partition(" AS ")
+            stages.append(Stage(base.strip(), name.strip() or None, []))
+        elif not stages and instruction == "ARG":
+            key, _, default = rest.partition("=")
+            args[key] = default
+        else:
+            stages[-1].instructions.append((instruction, rest))
+    return args, stages
+
+
+def image_entrypoint() -> list[str]:
+    _, stages = dockerfile_stages(DOCKERFILE.read_text())
+    [entrypoint] = stages[-1].all("ENTRYPOINT")
+    parsed: list[str] = json.loads(entrypoint)  # exec form: no shell between runtime and agent
+    return parsed
+
+
+def test_image_entry_point_is_tailwatch_run_as_installed_by_the_package() -> None:
+    global_args, stages = dockerfile_stages(DOCKERFILE.read_text())
+    final = stages[-1]
+    assert image_entrypoint() == ["tailwatch", "run"]
+    assert final.all("CMD") == []  # the chart's args are the agent's flags, nothing else
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["tailwatch"] == "exporter.cli:main"
+    # DESIGN.md §11 and the chart's securityContext: nobody, on a read-only root filesystem.
+    assert final.all("USER") == ["65534:65534"]
+    assert any("PYTHONDONTWRITEBYTECODE=1" in env for env in final.all("ENV"))
+    # The final stage installs nothing and compiles nothing: it only copies the build venv.
+    assert {name for name, _ in final.instructions} <= {
+        "ARG", "LABEL", "COPY", "ENV", "USER", "EXPOSE", "ENTRYPOINT",
+    }  # fmt: skip
+    assert final.all("COPY") == ["--from=build /opt/tailwatch /opt/tailwatch"]
+    assert final.base == "${PYTHON_IMAGE}" and "-slim" in global_args["PYTHON_IMAGE"]
+    assert [s.name for s in stages] == ["build", None]
+    # Dependencies come from the hash-locked files, as wheels.
+    build_runs = " ".join(stages[0].all("RUN"))
+    for lock in ("requirements/build.txt", "requirements/image.txt"):
+        assert f"--require-hashes --no-deps --only-binary=:all: -r {lock}" in re.sub(
+            r"\s+", " ", build_runs
+        )
+    [exposed] = final.all("EXPOSE")
+    defaults = agent_container(render())["ports"]
+    assert sorted(exposed.split()) == sorted(str(p["containerPort"]) for p in defaults)
+    labels = " ".join(final.all("LABEL"))
+    for key in ("title", "description", "licenses", "version", "revision", "created", "source"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_dockerignore_admits_exactly_what_the_dockerfile_copies() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    ignore = [line for line in lines if line.strip() and not line.startswith("#")]
+    admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    _, stages = dockerfile_stages(DOCKERFILE.read_text())
+    copied = set()
+    for copy in stages[0].all("COPY"):
+        *sources, _ = copy.split()
+        copied |= {s.rstrip("/") for s in sources}
+    assert ignore[0] == "*"
+    assert copied == admitted
+    for path in admitted:
+        assert (REPO / path).exists(), path
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_every_flag_and_variable_the_chart_passes_is_the_agents(value_set: str) -> None:
+    container = agent_container(render(VALUE_SETS[value_set]))
+    assert "command" not in container  # the image's entry point runs
+    known_flags = {o.name for o in OPTIONS} | {"config"}
+    assert set(flags(container)) <= known_flags
+    for env in container["env"]:
+        name = env["name"]
+        if name.startswith("TAILWATCH_"):
+            assert name in {o.env for o in OPTIONS}, name
+    env_names = {e["name"] for e in container["env"]}
+    assert "NODE_NAME" in env_names
+    assert next(o for o in OPTIONS if o.name == "node-name").env_fallback == "NODE_NAME"
+
+
+# -- The container, run -----------------------------------------------------------------------
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in args: known variables only, $$ escapes a dollar."""
+
+    def one_ref(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one_ref, text)
+
+
+@dataclass
+class RunningContainer:
+    metrics_port: int
+    otlp_port: int
+    process: asyncio.subprocess.Process
+    log: Path
+
+    async def get(self, path: str, port: int | None = None) -> int:
+        url = f"http://127.0.0.1:{port or self.metrics_port}{path}"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            await response.read()
+            return response.status
+
+    async def answers(self, path: str) -> bool:
+        try:
+            return await self.get(path) == 200
+        except aiohttp.ClientError:
+            return False
+
+
+def sandbox(manifests: list[Manifest], container: Manifest, root: Path) -> dict[str, Path]:
+    """A directory for each of the container's volume mounts, filled like the kubelet would."""
+    volumes = {
+        v["name"]: v for v in one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    }
+    config_maps = {m["metadata"]["name"]: m for m in objects(manifests, "ConfigMap")}
+    paths: dict[str, Path] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        directory = root / mount["name"]
+        directory.mkdir()
+        if "configMap" in volume:
+            for key, content in config_maps[volume["configMap"]["name"]]["data"].items():
+                (directory / key).write_text(content)
+        elif "hostPath" in volume:
+            (directory / "kubepods.slice").mkdir()  # an (empty) cgroup v2 tree
+        paths[mount["mountPath"]] = directory
+    return paths
+
+
+def in_sandbox(arg: str, mounts: dict[str, Path]) -> str:
+    """`--flag=/mount/path/file` with the mount path replaced by its sandbox directory."""
+    name, _, value = arg.partition("=")
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return f"{name}={mounts[mount_path]}{value[len(mount_path) :]}"
+    return arg
+
+
+@asynccontextmanager
+async def run_container(
+    values: dict[str, Any], kubeconfig: Path, tmp_path: Path
+) -> AsyncIterator[tuple[RunningContainer, list[Manifest]]]:
+    metrics_port, otlp_port = free_port(), free_port()
+    values = {**values, "metrics": {"port": metrics_port}}
+    values["otlp"] = {**values.get("otlp", {}), "port": otlp_port}
+    manifests = render(values)
+    container = agent_container(manifests)
+    mounts = sandbox(manifests, container, tmp_path)
+
+    env: dict[str, str] = {}
+    for var in container["env"]:
+        if "valueFrom" in var:
+            env[var["name"]] = DOWNWARD_API[var["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            env[var["name"]] = expand(var["value"], env)
+    args = [in_sandbox(expand(arg, env), mounts) for arg in container["args"]]
+    entrypoint, *entry_args = image_entrypoint()
+    # The package's console script, as `pip install` put it on the image's PATH.
+    executable = Path(sys.executable).parent / entrypoint
+    assert executable.is_file(), f"{entrypoint} is not installed next to {sys.executable}"
+
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TAILWATCH_", "KUBERNETES_")) and k not in {"NODE_NAME", "KUBECONFIG"}
+    }
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            str(executable),
+            *entry_args,
+            *args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**inherited, **env, "KUBECONFIG": str(kubeconfig)},
+        )
+    running = RunningContainer(metrics_port, otlp_port, process, log)
+    try:
+        yield running, manifests
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def ready(running: RunningContainer, container: Manifest) -> None:
+    path = container["readinessProbe"]["httpGet"]["path"]
+
+    async def probe() -> bool:
+        if running.process.returncode is not None:
+            raise AssertionError(f"the agent exited: {running.log.read_text()}")
+        return await running.answers(path)
+
+    await wait_for(probe, f"{path} of the agent started from the chart")
+
+
+def run_helm_test_script(
+    manifests: list[Manifest], port: int, timeout: str
+) -> subprocess.CompletedProcess[str]:
+    """The rendered `helm test` pod's command, aimed at this machine instead of the Service."""
+    pod = helm_test_pod(manifests)
+    [container] = pod["spec"]["containers"]
+    program, *arguments = container["command"]
+    assert program == "python"
+    url = re.sub(r"^http://[^/]+/", f"http://127.0.0.1:{port}/", arguments[-1])
+    env = {e["name"]: e["value"] for e in container["env"]} | {"TIMEOUT_SECONDS": timeout}
+    return subprocess.run(
+        [sys.executable, *arguments[:-1], url],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+        check=False,
+    )
+
+
+PROBES: Callable[[Manifest], list[str]] = lambda c: [  # noqa: E731
+    c[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")
+]
+
+
+async def otlp_status(port: int) -> int:
+    url = f"http://127.0.0.1:{port}/v1/metrics"
+    headers = {"Content-Type": "application/x-protobuf"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=b"", headers=headers) as r,
+    ):
+        return r.status
+
+
+def started_line(log: Path) -> dict[str, Any] | None:
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == "tailwatch agent started":
+            return json.loads(line)  # type: ignore[no-any-return]
+    return None
+
+
+async def episode_settings(running: RunningContainer) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{running.metrics_port}/api/v1/episodes"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return (await response.json())["settings"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("value_set", "otlp_host", "spike_ratio"),
+    [("defaults", "", 2.0), ("host-network", "127.0.0.1", 2.0), ("everything-on", "", 4.0)],
+)
+async def test_agent_runs_from_the_rendered_container(
+    kubeconfig: Path, tmp_path: Path, value_set: str, otlp_host: str, spike_ratio: float
+) -> None:
+    async with run_container(VALUE_SETS[value_set], kubeconfig, tmp_path) as (running, manifests):
+        container = agent_container(manifests)
+        await ready(running, container)
+        for path in PROBES(container):
+            assert await running.get(path) == 200, path
+        started = started_line(running.log)
+        assert started is not None
+        assert started["node"] == NODE  # NODE_NAME from the downward API
+        # The OTLP receiver binds where the chart says: every pod address, or with
+        # hostNetwork the node's address only ($(HOST_IP), DESIGN.md §11).
+        assert started["otlp_listen"] == f"{otlp_host}:{running.otlp_port}"
+        assert await otlp_status(running.otlp_port) == 200
+        # The ConfigMap's options reached the agent (and extraEnv beats them).
+        settings = await episode_settings(running)
+        assert settings["spike_ratio"] == spike_ratio
+        assert settings["baseline_seconds"] == 300
+        # `helm test` passes against a ready agent.
+        passed = await asyncio.to_thread(
+            run_helm_test_script, manifests, running.metrics_port, "30"
+        )
+        assert passed.returncode == 0, passed.stderr
+        assert "/readyz 200" in passed.stdout
+
+
+async def test_agent_without_otlp_and_a_helm_test_that_fails_when_nothing_answers(
+    kubeconfig: Path, tmp_path: Path
+) -> None:
+    values = VALUE_SETS["otlp-off-external-account"] | {"helmTest": {"enabled": True}}
+    async with run_container(values, kubeconfig, tmp_path) as (running, manifests):
+        await ready(running, agent_container(manifests))
+        started = started_line(running.log)
+        assert started is not None and started["otlp_listen"] == "disabled"
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await otlp_status(running.otlp_port)
+        # The `helm test` script fails, and says why, when no agent answers.
+        failed = await asyncio.to_thread(run_helm_test_script, manifests, free_port(), "0")
+        assert failed.returncode == 1
+        assert "/readyz not ready" in failed.stderr
