@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prometheus_client.registry import CollectorRegistry
-
-from exporter.cgroups import CgroupCollector, CgroupSampler, raise_open_files_limit
+from exporter.cgroups import (
+    CgroupCollector,
+    CgroupSampler,
+    SamplePass,
+    raise_open_files_limit,
+)
 from exporter.core.catalog import ServiceCatalog
-from exporter.core.events import LifecycleEvent
+from exporter.core.correlation import (
+    ChangeKind,
+    CorrelationSettings,
+    Correlator,
+    EpisodeChange,
+    Source,
+)
+from exporter.core.endpoints import EndpointEvent
+from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.lifecycle import PodLifecycleTracker
 from exporter.core.pods import PodSnapshot
-from exporter.core.services import PROBE_LABEL
+from exporter.core.services import PROBE_LABEL, ServiceRef
+from exporter.exposition import Exposition
 from exporter.kube.config import KubeConnection, load_connection
 from exporter.kube.watching import (
     ApiSession,
@@ -26,9 +39,16 @@ from exporter.kube.watching import (
     WatchHealth,
     WatchTiming,
 )
-from exporter.metrics import AgentCollector, AgentMetrics, ClientLatency
+from exporter.metrics import (
+    AgentCollector,
+    AgentMetrics,
+    ClientLatency,
+    ClientLatencyCollector,
+    EpisodeMetrics,
+    ServiceCollector,
+)
 from exporter.otlp import LatencyDelta, OtlpCollector, OtlpReceiver
-from exporter.probe import ProbeCollector, Prober, ProbeTarget
+from exporter.probe import ProbeCollector, Prober, ProbeResult, ProbeTarget
 from exporter.server import ListenError, build_app, start_server
 from exporter.settings import Settings
 from exporter.watches import (
@@ -41,6 +61,59 @@ from exporter.watches import (
 )
 
 log = logging.getLogger("tailwatch.agent")
+episode_log = logging.getLogger("tailwatch.episodes")
+
+EpisodeListener = Callable[[EpisodeChange], None]
+_EPISODE_MESSAGES = {
+    ChangeKind.OPENED: "episode opened",
+    ChangeKind.CLOSED: "episode closed",
+    ChangeKind.RECOVERED: "episode recovered",
+    ChangeKind.NOT_RECOVERED: "episode not recovered",
+    ChangeKind.INTERRUPTED: "episode interrupted",
+    ChangeKind.NO_BASELINE: "episode closed without baseline",
+}
+
+
+def correlation_settings(settings: Settings) -> CorrelationSettings:
+    return CorrelationSettings(
+        settle=settings.episode_settle,
+        baseline=settings.baseline_window,
+        recovery_window=settings.recovery_window,
+        recovery_tolerance=settings.recovery_tolerance,
+        recovery_max=settings.recovery_max,
+        spike_ratio=settings.spike_ratio,
+    )
+
+
+def _episode_log_fields(change: EpisodeChange) -> dict[str, object]:
+    """The fields of an episode's log line: the numbers of /api/v1/episodes, flattened."""
+    doc = change.episode.as_json()
+    fields: dict[str, object] = {
+        "episode": doc["id"],
+        "namespace": doc["namespace"],
+        "service": doc["service"],
+        "cause": doc["cause"],
+        "status": doc["status"],
+    }
+    if change.kind is not ChangeKind.OPENED:
+        for key in ("opened_at", "closed_at", "duration_seconds", "impact",
+                    "recovery_seconds", "event_counts", "summary"):  # fmt: skip
+            if doc[key] is not None:
+                fields[key] = doc[key]
+        latency = doc["latency"]
+        if latency is not None:
+            for part in ("baseline", "during"):
+                if latency[part] is not None:
+                    fields[f"{part}_p99_seconds"] = latency[part]["p99"]
+            if latency["ratios"] is not None:
+                fields["p99_ratio"] = latency["ratios"]["p99"]
+        if doc["attribution"]:
+            top = doc["attribution"][0]
+            fields["top_container"] = f"{top['namespace']}/{top['pod']}/{top['container']}"
+            fields["top_signals"] = top["signals"]
+    else:
+        fields["first_event"] = doc["events"][0]["event"] if doc["events"] else ""
+    return fields
 
 
 class Agent:
@@ -63,8 +136,14 @@ class Agent:
         self.metrics = AgentMetrics()
         self.tracker = PodLifecycleTracker(node=settings.node_name)
         self.catalog = ServiceCatalog(node=settings.node_name)
-        self.listeners: list[EventListener] = []
-        self.endpoint_listeners: list[EndpointListener] = []
+        self.correlator = Correlator(
+            correlation_settings(settings), node=settings.node_name, workloads=self._workloads
+        )
+        self.episode_metrics = EpisodeMetrics()
+        # The correlator hears every event first; then whoever else listens (the demo).
+        self.listeners: list[EventListener] = [self._correlate_pod_event]
+        self.endpoint_listeners: list[EndpointListener] = [self._correlate_endpoint_event]
+        self.episode_listeners: list[EpisodeListener] = []
         self.pods_health = WatchHealth("pods")
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
@@ -72,29 +151,38 @@ class Agent:
         # The sampler runs in its own thread; it reads this snapshot, swapped on the loop.
         self._cgroup_pods: tuple[PodSnapshot, ...] = ()
         self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
-        self.client_latency = ClientLatency(slo_of=self._slo_of)
+        self.client_latency = ClientLatency(slo_of=self._slo_of, state_of=self.correlator.state_of)
         # Phases are spread by node name, so agents do not probe a Service in lockstep.
-        self.prober = Prober(phase_seed=settings.node_name)
-        self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(
-            AgentCollector(
-                self.metrics,
-                pods=self.tracker.pods,
-                watches=lambda: self.healths,
-                endpoints=self._endpoint_counts,
-                client_latency=self.client_latency,
-                extra_dropped=[
-                    self.cgroups.dropped,
-                    self.otlp.dropped,
-                    lambda: self.prober.ledger.dropped,
-                ],
-                clock=monotonic,
-            )
+        self.prober = Prober(
+            phase_seed=settings.node_name,
+            state_of=self.correlator.state_of,
+            on_result=self._on_probe_result,
         )
-        self.registry.register(CgroupCollector(self.cgroups))
-        self.registry.register(OtlpCollector(self.otlp.outcomes))
-        self.registry.register(ProbeCollector(self.prober.ledger))
+        self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
+        # /metrics is rendered by the exposition; its registry holds the same collectors,
+        # for prometheus_client's generate_latest (the reference in tests).
+        self.exposition = Exposition(
+            [
+                AgentCollector(
+                    self.metrics,
+                    pods=self.tracker.pods,
+                    watches=lambda: self.healths,
+                    endpoints=self._endpoint_counts,
+                    extra_dropped=[
+                        self.cgroups.dropped,
+                        self.otlp.dropped,
+                        lambda: self.prober.ledger.dropped,
+                    ],
+                    clock=monotonic,
+                ),
+                ClientLatencyCollector(self.client_latency),
+                CgroupCollector(self.cgroups),
+                OtlpCollector(self.otlp.outcomes),
+                ProbeCollector(self.prober.ledger),
+                ServiceCollector(self.episode_metrics, self.correlator, self._slos),
+            ]
+        )
+        self.registry = self.exposition.registry
         self._known_services: set[Any] = set()
 
     async def _sample_cgroups(self, stop: asyncio.Event) -> None:
@@ -108,9 +196,10 @@ class Agent:
         try:
             while not stop.is_set():
                 self._cgroup_pods = tuple(self.tracker.pods())
-                result = await loop.run_in_executor(executor, self.cgroups.sample, self.clock())
+                result = await loop.run_in_executor(executor, self._sample_pass, self.clock())
                 for event in result.events:
                     self._emit_oom_kill(event)
+                self.correlator.observe_resources(result.at, result.samples, self._sidecars())
                 next_at += interval
                 if next_at < self.monotonic():
                     next_at = self.monotonic() + interval
@@ -120,10 +209,77 @@ class Agent:
             executor.shutdown(wait=True)
             self.cgroups.close()
 
+    def _sample_pass(self, now: float) -> SamplePass:
+        """One sampling pass and then its /metrics lines, both in the sampler's thread: a
+        scrape finds the cgroup families rendered (docs/performance.md, /metrics exposition)."""
+        result = self.cgroups.sample(now)
+        self.exposition.prepare_cgroups()
+        return result
+
     def _emit_oom_kill(self, event: LifecycleEvent) -> None:
         """A kernel OOM kill seen in a cgroup: its counter is the cgroup collector's."""
         logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
         notify(self.listeners, event)
+
+    # -- correlation -----------------------------------------------------------------------
+
+    def _workloads(self) -> dict[tuple[str, str], Workload]:
+        return {(p.namespace, p.name): p.workload for p in self.tracker.pods()}
+
+    def _sidecars(self) -> dict[tuple[str, str], frozenset[str]]:
+        """Every container of a pod but its first regular one (the application) is a sidecar,
+        native sidecars (restartable init containers) included."""
+        out: dict[tuple[str, str], frozenset[str]] = {}
+        for pod in self._cgroup_pods:
+            regular = [c.name for c in pod.containers if not c.init]
+            main = regular[0] if regular else ""
+            others = frozenset(c.name for c in pod.containers if c.name != main)
+            if others:
+                out[(pod.namespace, pod.name)] = others
+        return out
+
+    def _correlate_pod_event(self, event: LifecycleEvent) -> None:
+        self._episode_changes(self.correlator.on_pod_event(event))
+
+    def _correlate_endpoint_event(self, event: EndpointEvent) -> None:
+        view = self.catalog.endpoints.view(event.service)
+        self._episode_changes(self.correlator.endpoints_changed(event.service, view, event.at))
+        self._episode_changes(self.correlator.on_endpoint_event(event))
+
+    def _on_probe_result(self, result: ProbeResult) -> None:
+        t = result.target
+        source = Source.SERVICE_PROBE if t.target == "service" else Source.ENDPOINT_PROBE
+        self.correlator.record_latency(
+            ServiceRef(t.namespace, t.service), source, result.latency, self.clock()
+        )
+
+    def _episode_changes(self, changes: list[EpisodeChange]) -> None:
+        for change in changes:
+            self.episode_metrics.record(change)
+            episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
+            notify(self.episode_listeners, change)
+
+    async def _correlate(self, stop: asyncio.Event) -> None:
+        """Close settled episodes, judge recovery and look for tail spikes, on a fixed tick."""
+        interval = self.correlator.settings.tick_interval
+        frozen = False
+        while not stop.is_set():
+            if not frozen and self.readiness()[0]:
+                # Once synced, move what startup built (modules, the first lists) out of the
+                # collector's sight: full collections then scan only what changes, instead
+                # of stalling the loop, and the prober's measurements, for tens of ms.
+                gc.freeze()
+                frozen = True
+            self._episode_changes(self.correlator.tick(self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def episodes_json(self) -> dict[str, Any]:
+        """The JSON of /api/v1/episodes."""
+        return self.correlator.as_json(self.clock())
+
+    def _slos(self) -> dict[ServiceRef, float]:
+        return {ref: s.slo for ref, s in self.catalog.specs.items() if s.slo is not None}
 
     def _slo_of(self, service: Any) -> float | None:
         spec = self.catalog.specs.get(service)
@@ -131,6 +287,9 @@ class Agent:
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
         self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+        self.correlator.record_latency_ranges(
+            delta.service, Source.CLIENT, delta.buckets, self.clock()
+        )
 
     def _endpoint_counts(self) -> dict[Any, Any]:
         opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
@@ -142,7 +301,12 @@ class Agent:
         for gone in self._known_services - current:
             self.metrics.forget_service(gone)
             self.client_latency.forget(gone)
+            self.episode_metrics.forget_service(gone)
         self._known_services = current
+        now = self.clock()
+        self.correlator.set_services(current, now)
+        for ref in current:
+            self.correlator.endpoints_changed(ref, self.catalog.endpoints.view(ref), now)
         self.prober.set_targets(ProbeTarget.from_spec(t) for t in self.catalog.targets())
 
     def targets(self) -> dict[str, Any]:
@@ -181,7 +345,11 @@ class Agent:
         stop = stop or asyncio.Event()
         connection = self.connection or load_connection(self.settings.kubeconfig)
         raise_open_files_limit()  # the sampler keeps a few thousand cgroup files open
-        app = build_app(self.registry, self.readiness, self.targets)
+        app = build_app(
+            self.exposition,
+            self.readiness,
+            {"/api/v1/targets": self.targets, "/api/v1/episodes": self.episodes_json},
+        )
         runner = await start_server(app, self.settings.listen)
         otlp_runner = None
         if self.settings.otlp_listen is not None:
@@ -242,6 +410,7 @@ class Agent:
                 ]
                 tasks.append(asyncio.create_task(self._sample_cgroups(stop), name="cgroups"))
                 tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
+                tasks.append(asyncio.create_task(self._correlate(stop), name="correlation"))
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for task in [*tasks, stopper]:

@@ -1,4 +1,5 @@
-"""The `tailwatch` command: `run` (the agent) and `demo` (simulated cluster, real agent)."""
+"""The `tailwatch` command: `run` (the agent), `demo` (simulated cluster, real agent) and
+`generate` (dashboards and rule files)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter import __version__
@@ -38,12 +40,59 @@ def _build_parser() -> argparse.ArgumentParser:
         default = f" (default: {option.default})" if option.default else ""
         run.add_argument(f"--{option.name}", default=None, help=option.help + default)
 
-    demo = sub.add_parser("demo", help="simulated cluster + the real agent, events shown live")
-    demo.add_argument("--duration", type=float, default=None, help="seconds to run the scenario")
+    demo = sub.add_parser(
+        "demo",
+        help="simulated cluster + the real agent, episodes shown live",
+        description="A simulated 3-node cluster with real traffic, the real agent on node-1, "
+        "a scripted scenario (rollout, OOM kill, node drain, sidecar CPU burst) and a report "
+        "of the episodes the agent found (docs/demo.md).",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="real seconds to run at most (without --speed: the speed that fits the script)",
+    )
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="time compression of the scenario and the agent's windows (default: 4)",
+    )
     demo.add_argument("--listen", default="127.0.0.1:9808", help="agent address")
     demo.add_argument("--seed", type=int, default=1, help="random seed of the scenario")
     demo.add_argument(
         "--hold", action="store_true", help="keep serving after the scenario until Ctrl-C"
+    )
+    demo.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="where to write the JSON report (default: ./tailwatch-demo-report.json)",
+    )
+
+    generate = sub.add_parser(
+        "generate",
+        help="write the Grafana dashboards and Prometheus rule files",
+        description="Write the dashboards (dashboards/*.json) and rule files (alerts/*.yaml), "
+        "with their copies for the Helm chart (helm/tailwatch/files/), under --out.",
+    )
+    generate.add_argument("what", choices=("dashboards", "alerts", "all"))
+    generate.add_argument(
+        "--out", required=True, type=Path, help="directory laid out like the repository"
+    )
+    generate.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file under --out is stale"
+    )
+    generate.add_argument(
+        "--config", type=Path, default=None, help="YAML file of mixin config overrides"
+    )
+    generate.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="compress every window and `for` by this factor (rate windows at least 5s), for "
+        "a Prometheus scraping `tailwatch demo --speed` every second",
     )
     return parser
 
@@ -60,10 +109,21 @@ async def _run_agent(settings: Settings, connection: KubeConnection) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "generate":
+        from exporter.mixin.generate import run  # noqa: PLC0415 (never loaded by the agent)
+
+        return run(args.what, args.out, check=args.check, config_file=args.config, speed=args.speed)
     if args.command == "demo":
         from exporter.demo import run_demo  # noqa: PLC0415
 
-        return run_demo(duration=args.duration, listen=args.listen, seed=args.seed, hold=args.hold)
+        return run_demo(
+            duration=args.duration,
+            listen=args.listen,
+            seed=args.seed,
+            hold=args.hold,
+            speed=args.speed,
+            report=args.report,
+        )
 
     from exporter.kube.config import KubeConfigError, load_connection  # noqa: PLC0415
     from exporter.logs import configure_logging  # noqa: PLC0415

@@ -23,9 +23,10 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.core.buckets import FixedBuckets
+from exporter.core.correlation import ChangeKind, Correlator, EpisodeChange
 from exporter.core.endpoints import EndpointCounts, EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
-from exporter.core.histogram import LatencySeries, layout_for
+from exporter.core.histogram import LatencySeries, layout_for, le_string
 from exporter.core.pods import PodSnapshot
 from exporter.core.services import ServiceRef
 from exporter.kube.watching import WatchHealth
@@ -119,6 +120,47 @@ DROPPED = Family(
 BUILD_INFO = Family(
     "tailwatch_build_info", "gauge", "Build information (value 1).", ("version", "python")
 )
+SERVICE = ("namespace", "service")
+EPISODES = Family(
+    "tailwatch_episodes",
+    "counter",
+    "Closed episodes of opted-in Services, by cause and impact (none, degraded, severe, "
+    "unknown when there was no steady baseline).",
+    (*SERVICE, "cause", "impact"),
+)
+EPISODE_P99_RATIO = Family(
+    "tailwatch_episode_p99_ratio",
+    "histogram",
+    "p99 latency during an episode divided by the steady baseline p99 before it.",
+    (*SERVICE, "cause"),
+    (1, 1.2, 1.5, 2, 3, 5, 10, 20, 50, 100),
+)
+EPISODE_RECOVERY = Family(
+    "tailwatch_episode_recovery_seconds",
+    "histogram",
+    "Time from an episode's close until the rolling p99 was back within tolerance of the baseline.",
+    (*SERVICE, "cause"),
+    (1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+EPISODES_NOT_RECOVERED = Family(
+    "tailwatch_episodes_not_recovered",
+    "counter",
+    "Episodes whose latency was not back to baseline --recovery-max after they closed.",
+    (*SERVICE, "cause"),
+)
+SERVICE_SLO = Family(
+    "tailwatch_service_slo_seconds",
+    "gauge",
+    "The tailwatch.io/slo-latency of each opted-in Service that has one; slo_le is the `le` "
+    "of that boundary in the Service's latency histograms, for joining them in PromQL.",
+    (*SERVICE, "slo_le"),
+)
+SERVICE_DISRUPTED = Family(
+    "tailwatch_service_disrupted",
+    "gauge",
+    "1 while an episode of the Service is open (with its cause so far), else 0 (cause none).",
+    (*SERVICE, "cause"),
+)
 
 FAMILIES: tuple[Family, ...] = (
     POD_EVENTS,
@@ -134,6 +176,12 @@ FAMILIES: tuple[Family, ...] = (
     WATCH_LAST_EVENT_AGE,
     DROPPED,
     BUILD_INFO,
+    EPISODES,
+    EPISODE_P99_RATIO,
+    EPISODE_RECOVERY,
+    EPISODES_NOT_RECOVERED,
+    SERVICE_DISRUPTED,
+    SERVICE_SLO,
 )
 
 
@@ -239,6 +287,22 @@ def _histogram(f: Family, series: Mapping[tuple[str, ...], FixedBuckets]) -> Met
     return metric
 
 
+class ClientLatencyCollector(Collector):
+    """tailwatch_client_request_duration_seconds from `ClientLatency`, at scrape time. Its
+    own collector (hundreds of bucket samples per Service) so that /metrics can render it
+    straight from the series (exporter/exposition.py)."""
+
+    def __init__(self, latency: ClientLatency) -> None:
+        self.latency = latency
+
+    def collect(self) -> Iterator[Metric]:
+        client = _family(CLIENT_DURATION)
+        assert isinstance(client, HistogramMetricFamily)
+        for labels, series in sorted(self.latency.series.items()):
+            client.add_metric(list(labels), series.cumulative_buckets(), series.sum)
+        yield client
+
+
 class AgentCollector(Collector):
     """Renders the agent's state at scrape time."""
 
@@ -249,7 +313,6 @@ class AgentCollector(Collector):
         pods: Callable[[], Iterable[PodSnapshot]],
         watches: Callable[[], Iterable[WatchHealth]],
         endpoints: Callable[[], Mapping[ServiceRef, EndpointCounts]] = dict,
-        client_latency: ClientLatency | None = None,
         extra_dropped: Iterable[Callable[[], Mapping[str, int]]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -257,7 +320,6 @@ class AgentCollector(Collector):
         self.pods = pods
         self.watches = watches
         self.endpoints = endpoints
-        self.client_latency = client_latency
         self.extra_dropped = list(extra_dropped)
         self.clock = clock
 
@@ -284,13 +346,6 @@ class AgentCollector(Collector):
                                  ("terminating", c.terminating)):  # fmt: skip
                 counts.add_metric([ref.namespace, ref.name, condition], n)
         yield counts
-
-        client = _family(CLIENT_DURATION)
-        assert isinstance(client, HistogramMetricFamily)
-        if self.client_latency is not None:
-            for labels, series in sorted(self.client_latency.series.items()):
-                client.add_metric(list(labels), series.cumulative_buckets(), series.sum)
-        yield client
 
         events: dict[tuple[str, ...], float] = {}
         restarts: dict[tuple[str, ...], float] = {}
@@ -319,3 +374,69 @@ class AgentCollector(Collector):
         assert isinstance(build, GaugeMetricFamily)
         build.add_metric([__version__, platform.python_version()], 1)
         yield build
+
+
+class EpisodeMetrics:
+    """The episode counters and histograms, fed with the correlator's changes."""
+
+    def __init__(self) -> None:
+        self.episodes: dict[tuple[str, ...], float] = {}
+        self.p99_ratio: dict[tuple[str, ...], FixedBuckets] = {}
+        self.recovery: dict[tuple[str, ...], FixedBuckets] = {}
+        self.not_recovered: dict[tuple[str, ...], float] = {}
+
+    def record(self, change: EpisodeChange) -> None:
+        episode = change.episode
+        service = (episode.service.namespace, episode.service.name, episode.cause.value)
+        if change.kind is ChangeKind.CLOSED:
+            impact = episode.impact.value if episode.impact is not None else "unknown"
+            key = (*service, impact)
+            self.episodes[key] = self.episodes.get(key, 0) + 1
+            ratio = episode.p99_ratio()
+            if ratio is not None:
+                held = self.p99_ratio.get(service) or FixedBuckets.empty(EPISODE_P99_RATIO.buckets)
+                self.p99_ratio[service] = held.observe(ratio)
+        elif change.kind is ChangeKind.RECOVERED and episode.recovery_seconds is not None:
+            held = self.recovery.get(service) or FixedBuckets.empty(EPISODE_RECOVERY.buckets)
+            self.recovery[service] = held.observe(episode.recovery_seconds)
+        elif change.kind is ChangeKind.NOT_RECOVERED:
+            self.not_recovered[service] = self.not_recovered.get(service, 0) + 1
+
+    def forget_service(self, service: ServiceRef) -> None:
+        for table in (self.episodes, self.p99_ratio, self.recovery, self.not_recovered):
+            for key in [k for k in table if k[:2] == (service.namespace, service.name)]:
+                del table[key]
+
+
+class ServiceCollector(Collector):
+    """Per opted-in Service: the episode families, tailwatch_service_disrupted read from the
+    correlator, and each Service's SLO threshold (`slos()`)."""
+
+    def __init__(
+        self,
+        metrics: EpisodeMetrics,
+        correlator: Correlator,
+        slos: Callable[[], Mapping[ServiceRef, float]] = dict,
+    ) -> None:
+        self.metrics = metrics
+        self.correlator = correlator
+        self.slos = slos
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        yield _counter(EPISODES, m.episodes)
+        yield _histogram(EPISODE_P99_RATIO, m.p99_ratio)
+        yield _histogram(EPISODE_RECOVERY, m.recovery)
+        yield _counter(EPISODES_NOT_RECOVERED, m.not_recovered)
+        disrupted = _family(SERVICE_DISRUPTED)
+        assert isinstance(disrupted, GaugeMetricFamily)
+        open_causes = {e.service: e.cause.value for e in self.correlator.open_episodes()}
+        for ref in sorted(self.correlator.services, key=str):
+            cause = open_causes.get(ref)
+            disrupted.add_metric([ref.namespace, ref.name, cause or "none"], 1 if cause else 0)
+        yield disrupted
+        slo = _family(SERVICE_SLO)
+        assert isinstance(slo, GaugeMetricFamily)
+        for ref, seconds in sorted(self.slos().items(), key=lambda item: str(item[0])):
+            slo.add_metric([ref.namespace, ref.name, le_string(seconds)], seconds)
+        yield slo

@@ -24,8 +24,10 @@ async def running_agent(
     otlp: bool = False,
     sample_interval: float = 1.0,
     wait_ready: bool = True,
+    **settings_overrides: float,
 ) -> AsyncIterator[Agent]:
-    """The agent on node-a, in-process, with fast watch timings, stopped on exit."""
+    """The agent on node-a, in-process, with fast watch timings, stopped on exit.
+    `settings_overrides` sets other Settings fields (e.g. the correlation windows)."""
     settings = Settings(
         node_name="node-a",
         kubeconfig=str(kubeconfig),
@@ -34,6 +36,7 @@ async def running_agent(
         otlp_listen=ListenAddress("127.0.0.1", free_port()) if otlp else None,
         sample_interval=sample_interval,
         log_level="info",
+        **settings_overrides,  # type: ignore[arg-type]
     )
     agent = Agent(settings, connection=load_connection(str(kubeconfig)), timing=FAST)
     stop = asyncio.Event()

@@ -1,0 +1,178 @@
+"""Episodes end to end in the agent: a real prober against loopback servers, the Service's
+endpoints changed through the simulator, results read over HTTP and from the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.agent import Agent
+from exporter.simulator import ApiServer, objects
+from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
+from tests.agent.conftest import running_agent
+from tests.conftest import free_port, wait_for
+
+CLUSTER_IP, POD_IP = "127.3.1.1", "127.3.1.2"
+WINDOWS = {
+    "episode_settle": 0.6,
+    "baseline_window": 5.0,
+    "recovery_window": 1.0,
+    "recovery_tolerance": 3.0,  # recovered under 4x the baseline: loaded machines jitter
+    "recovery_max": 30.0,
+    "spike_ratio": 1000.0,  # this test is about lifecycle episodes, not tail spikes
+}
+
+
+class Backend:
+    """The 'ClusterIP' and 'pod IP' servers, answering after `delay` seconds."""
+
+    def __init__(self) -> None:
+        self.delay = 0.005
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[tuple[Backend, int, int]]:
+    state = Backend()
+
+    async def healthz(_: web.Request) -> web.Response:
+        await asyncio.sleep(state.delay)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    ports = (free_port(), free_port())
+    for host, port in zip((CLUSTER_IP, POD_IP), ports, strict=True):
+        await web.TCPSite(runner, host, port).start()
+    try:
+        yield state, ports[0], ports[1]
+    finally:
+        await runner.cleanup()
+
+
+def samples(agent: Agent) -> dict[tuple[str, ...], float]:
+    text = generate_latest(agent.registry).decode()
+    out: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "tailwatch_probe_duration_seconds_count":
+                out[("probe", s.labels["target"], s.labels["state"])] = s.value
+            elif s.name in ("tailwatch_service_disrupted", "tailwatch_episodes_total"):
+                labels = tuple(v for k, v in sorted(s.labels.items()) if k != "namespace")
+                out[(s.name, *labels)] = s.value
+            elif s.name == "tailwatch_episode_recovery_seconds_count":
+                out[(s.name, s.labels["cause"])] = s.value
+    return out
+
+
+async def episodes(agent: Agent) -> dict:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{agent.settings.listen}/api/v1/episodes") as resp,
+    ):
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
+    api: ApiServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+    backend: tuple[Backend, int, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tailwatch.episodes")
+    state, service_port, pod_port = backend
+    svc = service(
+        "web", cluster_ip=CLUSTER_IP, ports=(("http", service_port, "http"),),
+        annotations={"tailwatch.io/probe-protocol": "http", "tailwatch.io/probe-path": "/healthz",
+                     "tailwatch.io/probe-interval": "100ms"},
+    )  # fmt: skip
+    api.store.create("services", svc)
+    here = objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, seed=1)
+    there = objects.deployment_pod("web", node="node-b", pod_ip="127.3.1.9", seed=2)
+    api.store.create("pods", here)
+
+    def slice_with(there_ready: bool) -> dict:
+        return endpoint_slice(
+            svc,
+            [
+                endpoint_of_pod(here),
+                endpoint_of_pod(there if there_ready else objects.mark_not_ready(there, 0.0)),
+            ],
+            ports=(("http", pod_port),),
+        )
+
+    api.store.create("endpointslices", slice_with(True))
+    slice_name = slice_with(True)["metadata"]["name"]
+
+    def replace_slice(ready: bool) -> None:
+        def apply(obj: dict) -> None:
+            obj["endpoints"] = slice_with(ready)["endpoints"]
+
+        api.store.patch("endpointslices", "default", slice_name, apply)
+
+    async with running_agent(kubeconfig, tmp_path, **WINDOWS) as agent:
+        await wait_for(
+            lambda: samples(agent).get(("probe", "service", "steady"), 0) >= 20,
+            "a steady baseline (2 s of probes)",
+        )
+        assert samples(agent).get(("tailwatch_service_disrupted", "none", "web")) == 0
+
+        state.delay = 0.100  # the other pod is gone: this one queues
+        replace_slice(ready=False)
+        await wait_for(
+            lambda: samples(agent).get(("tailwatch_service_disrupted", "readiness", "web")) == 1,
+            "the episode to open",
+        )
+        doc = await episodes(agent)
+        (open_episode,) = doc["open"]
+        assert open_episode["id"] == "default/web/1"
+        assert open_episode["status"] == "open"
+        assert open_episode["events"][0]["event"] == "not_ready"
+        await wait_for(
+            lambda: samples(agent).get(("probe", "service", "disrupted"), 0) >= 5,
+            "probes recorded as disrupted",
+        )
+
+        replace_slice(ready=True)
+        state.delay = 0.005
+        await wait_for(
+            lambda: (
+                samples(agent).get(("tailwatch_episodes_total", "readiness", "severe", "web")) == 1
+            ),
+            "the episode to close",
+        )
+        await wait_for(
+            lambda: (
+                samples(agent).get(("tailwatch_episode_recovery_seconds_count", "readiness")) == 1
+            ),
+            "recovery",
+        )
+        s = samples(agent)
+        assert s[("tailwatch_service_disrupted", "none", "web")] == 0
+        assert s.get(("probe", "service", "recovering"), 0) >= 1
+        doc = await episodes(agent)
+        assert doc["open"] == []
+        (closed,) = doc["recent"]
+        assert closed["status"] == "recovered"
+        assert closed["cause"] == "readiness"
+        assert closed["impact"] == "severe"
+        assert closed["latency"]["ratios"]["p99"] > 3
+        assert closed["event_counts"] == {"endpoint/not_ready": 1, "endpoint/ready": 1}
+
+    logged = {r.getMessage(): r for r in caplog.records if r.name == "tailwatch.episodes"}
+    assert set(logged) == {"episode opened", "episode closed", "episode recovered"}
+    record = logged["episode closed"]
+    assert record.__dict__["cause"] == "readiness"
+    assert record.__dict__["impact"] == "severe"
+    assert record.__dict__["p99_ratio"] > 3
