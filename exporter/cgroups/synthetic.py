@@ -456,10 +456,10 @@ def _files_v1(k: Kernel, u: ContainerUsage, controller: str) -> dict[str, str]:
 def _write_files(directory: Path, files: dict[str, str]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        _write_in_place(directory / name, content)
+        write_in_place(directory / name, content)
 
 
-def _write_in_place(path: Path, content: str) -> None:
+def write_in_place(path: Path, content: str) -> None:
     """Overwrite a file keeping its inode, so a reader's open descriptor sees the change."""
     data = content.encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)

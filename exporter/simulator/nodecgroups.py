@@ -15,7 +15,6 @@ restart), files being rewritten in place so a reader's open descriptors follow t
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from exporter.cgroups.synthetic import (
     memory_stat_v2,
     pod_dir,
     write_cgroup,
+    write_in_place,
     write_tree,
 )
 from exporter.simulator.latency import CFS_PERIOD
@@ -100,17 +100,6 @@ def _psi(some: int, full: int) -> str:
         f"some avg10=0.00 avg60=0.00 avg300=0.00 total={some}\n"
         f"full avg10=0.00 avg60=0.00 avg300=0.00 total={full}\n"
     )
-
-
-def _write_in_place(path: Path, content: str) -> None:
-    """Overwrite keeping the inode: the agent keeps cgroup files open and re-reads them."""
-    data = content.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
 
 
 def _limits(container: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -336,7 +325,7 @@ class NodeCgroups:
                 files["memory.stat"] = memory_stat_v2(kernel, usage)
             for name, content in files.items():
                 if written.get(name) != content:
-                    _write_in_place(directory / name, content)
+                    write_in_place(directory / name, content)
                     written[name] = content
 
         return write

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from exporter.agent import Agent
 from exporter.kube.config import load_connection
@@ -54,3 +55,36 @@ async def running_agent(
 async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
     async with running_agent(kubeconfig, tmp_path) as running:
         yield running
+
+
+class LoopbackBackend:
+    """HTTP servers on loopback addresses standing for a Service's ClusterIP and its pods:
+    `/healthz` answers after `delay` seconds; `seen` records the Host of every request."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.seen: list[str] = []
+        self.ports: tuple[int, ...] = ()
+
+
+@asynccontextmanager
+async def loopback_backend(*hosts: str) -> AsyncIterator[LoopbackBackend]:
+    backend = LoopbackBackend()
+
+    async def healthz(request: web.Request) -> web.Response:
+        backend.seen.append(request.host)
+        if backend.delay:
+            await asyncio.sleep(backend.delay)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    backend.ports = tuple(free_port() for _ in hosts)
+    for host, port in zip(hosts, backend.ports, strict=True):
+        await web.TCPSite(runner, host, port).start()
+    try:
+        yield backend
+    finally:
+        await runner.cleanup()

@@ -3,22 +3,20 @@ endpoints changed through the simulator, results read over HTTP and from the log
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
-from tests.agent.conftest import running_agent
-from tests.conftest import free_port, wait_for
+from tests.agent.conftest import LoopbackBackend, loopback_backend, running_agent
+from tests.conftest import wait_for
 
 CLUSTER_IP, POD_IP = "127.3.1.1", "127.3.1.2"
 WINDOWS = {
@@ -31,32 +29,12 @@ WINDOWS = {
 }
 
 
-class Backend:
-    """The 'ClusterIP' and 'pod IP' servers, answering after `delay` seconds."""
-
-    def __init__(self) -> None:
-        self.delay = 0.005
-
-
 @pytest.fixture
-async def backend() -> AsyncIterator[tuple[Backend, int, int]]:
-    state = Backend()
-
-    async def healthz(_: web.Request) -> web.Response:
-        await asyncio.sleep(state.delay)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    ports = (free_port(), free_port())
-    for host, port in zip((CLUSTER_IP, POD_IP), ports, strict=True):
-        await web.TCPSite(runner, host, port).start()
-    try:
-        yield state, ports[0], ports[1]
-    finally:
-        await runner.cleanup()
+async def backend() -> AsyncIterator[tuple[LoopbackBackend, int, int]]:
+    """The 'ClusterIP' and 'pod IP' servers, answering after `delay` seconds."""
+    async with loopback_backend(CLUSTER_IP, POD_IP) as state:
+        state.delay = 0.005
+        yield state, state.ports[0], state.ports[1]
 
 
 def samples(agent: Agent) -> dict[tuple[str, ...], float]:
@@ -87,7 +65,7 @@ async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
     api: ApiServer,
     kubeconfig: Path,
     tmp_path: Path,
-    backend: tuple[Backend, int, int],
+    backend: tuple[LoopbackBackend, int, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="tailwatch.episodes")

@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
-from tests.conftest import free_port, wait_for
+from tests.agent.conftest import loopback_backend
+from tests.conftest import wait_for
 
 CLUSTER_IP, POD_IP = "127.3.0.1", "127.3.0.2"
 
@@ -22,23 +22,8 @@ CLUSTER_IP, POD_IP = "127.3.0.1", "127.3.0.2"
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[int, int, list[str]]]:
     """An HTTP server on the 'ClusterIP' and one on the 'pod IP'; records who was asked."""
-    seen: list[str] = []
-
-    async def healthz(request: web.Request) -> web.Response:
-        seen.append(request.host)
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    ports = (free_port(), free_port())
-    for host, port in zip((CLUSTER_IP, POD_IP), ports, strict=True):
-        await web.TCPSite(runner, host, port).start()
-    try:
-        yield ports[0], ports[1], seen
-    finally:
-        await runner.cleanup()
+    async with loopback_backend(CLUSTER_IP, POD_IP) as backend:
+        yield backend.ports[0], backend.ports[1], backend.seen
 
 
 def probe_counts(agent: Agent) -> dict[tuple[str, str], float]:
