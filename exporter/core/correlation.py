@@ -336,11 +336,16 @@ class Episode:
         parts: list[str] = []
         if during is not None and baseline is not None:
             ratio = during[1] / max(baseline[1], 1e-6)
-            verb = "raised" if ratio > 1 else "left"
-            parts.append(
-                f"{what} {verb} p99 from {_seconds_text(baseline[1])} to "
-                f"{_seconds_text(during[1])} ({ratio:.1f}x)"
-            )
+            if ratio > 1:
+                parts.append(
+                    f"{what} raised p99 from {_seconds_text(baseline[1])} to "
+                    f"{_seconds_text(during[1])} ({ratio:.1f}x)"
+                )
+            else:
+                parts.append(
+                    f"{what} did not raise p99 ({_seconds_text(during[1])} during it, "
+                    f"{_seconds_text(baseline[1])} before)"
+                )
         elif during is not None:
             parts.append(f"{what}: p99 {_seconds_text(during[1])} (no baseline to compare)")
         else:

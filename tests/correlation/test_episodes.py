@@ -302,3 +302,14 @@ def test_old_events_do_not_join_a_later_episode() -> None:
     (episode,) = w.closed()
     assert episode.cause.value == "readiness"
     assert "pod/rollout" not in episode.counts
+
+
+def test_summary_of_an_episode_that_did_not_hurt() -> None:
+    w = steady_world()
+    w.change(f"{OLD}-bbbbb", [E.NOT_READY], ready=False)
+    w.run(6, 0.008)
+    w.change(f"{OLD}-bbbbb", [E.READY], ready=True)
+    w.run(40, 0.008)
+    (episode,) = w.closed()
+    assert episode.impact.value == "none"
+    assert "did not raise p99" in episode.summary()
