@@ -49,12 +49,9 @@ REQUIRED_FAMILIES = (
     "tailwatch_episode_recovery_seconds",
     "tailwatch_pod_info",
     "tailwatch_container_cpu_usage_seconds",
+    # Each Service's SLO with the `le` of its SLO bucket: the SLO rules and panels join on it.
+    "tailwatch_service_slo_seconds",
 )
-#: Each Service's SLO threshold with the `le` of its SLO bucket (docs/alerts.md): the SLO
-#: rules and panels join on it. Until the agent exports it, what depends on it is left out
-#: of the checks below and the test is marked xfail, naming it.
-SLO_FAMILY = "tailwatch_service_slo_seconds"
-SLO_NAMES = (SLO_FAMILY, "tailwatch_slo_", "tailwatch_fanout_")
 
 
 @dataclass
@@ -183,17 +180,6 @@ def _require(run: Run, *families: str) -> None:
     assert not missing, f"the agent exports no {', '.join(missing)}"
 
 
-def _waits_on_slo(run: Run, text: str) -> bool:
-    return SLO_FAMILY not in run.families and any(name in text for name in SLO_NAMES)
-
-
-def _xfail_if_waiting_on_slo(run: Run, skipped: list[str]) -> None:
-    if skipped:
-        pytest.xfail(
-            f"the agent does not export {SLO_FAMILY} yet; not checked: " + ", ".join(skipped)
-        )
-
-
 def _disrupted(run: Run) -> list[str]:
     """The Services the scenario disrupts (the report names them namespace/service)."""
     return sorted({d["service"].rpartition("/")[2] for d in run.report["disruptions"]})
@@ -237,20 +223,16 @@ def test_every_recording_rule_produces_series(run: Run) -> None:
         for rule in group["rules"]
         if rule["type"] == "recording"
     }
-    waiting = sorted(r for r, expr in records.items() if _waits_on_slo(run, r + expr))
     empty = sorted(
-        r
-        for r in records
-        if r not in waiting and not run.prometheus.series(f'{{__name__="{r}"}}', run.start, run.end)
+        r for r in records if not run.prometheus.series(f'{{__name__="{r}"}}', run.start, run.end)
     )
     assert not empty, f"recording rules without series: {empty}"
-    _xfail_if_waiting_on_slo(run, waiting)
 
 
 def test_every_dashboard_query_returns_data(run: Run) -> None:
     _require(run, *REQUIRED_FAMILIES)
     config = fast_profile(SPEED)
-    empty, waiting = [], []
+    empty = []
     for name, build in DASHBOARDS.items():
         dashboard = json.loads(dashboard_json(build(config)))
         # The Service dashboard is read for each disrupted Service: a panel must show data
@@ -258,12 +240,9 @@ def test_every_dashboard_query_returns_data(run: Run) -> None:
         services = _disrupted(run) if name == "tailwatch-service" else [".+"]
         for query in queries(name, dashboard):
             where = f"{name}: {query.panel} {query.ref}".strip()
-            if _waits_on_slo(run, query.expr):
-                waiting.append(where)
-            elif not any(_has_data(run, query, _values(run, s)) for s in services):
+            if not any(_has_data(run, query, _values(run, s)) for s in services):
                 empty.append(where)
     assert not empty, "queries without data:\n" + "\n".join(empty)
-    _xfail_if_waiting_on_slo(run, waiting)
 
 
 def test_the_disruption_alert_was_at_least_pending_for_a_disrupted_service(run: Run) -> None:
@@ -277,9 +256,6 @@ def test_no_slo_alert_for_the_service_the_scenario_never_touches(run: Run) -> No
     burning = [a for a in run.alerts.of("TailwatchLatencyBudgetBurn") if a["service"] == unaffected]
     assert not burning
     # Silence means something only if its SLO was evaluated.
-    _xfail_if_waiting_on_slo(
-        run, [] if SLO_FAMILY in run.families else ["the SLO of " + unaffected]
-    )
     config = fast_profile(SPEED)
     short = config.slo.burn_rates[0].short
     series = run.prometheus.series(
