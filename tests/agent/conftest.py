@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,6 +14,7 @@ from aiohttp import web
 from exporter.agent import Agent
 from exporter.kube.config import load_connection
 from exporter.settings import ListenAddress, Settings
+from exporter.simulator.services import service
 from tests.conftest import free_port, wait_for
 from tests.kube.test_reflector import FAST
 
@@ -88,3 +90,13 @@ async def loopback_backend(*hosts: str) -> AsyncIterator[LoopbackBackend]:
         yield backend
     finally:
         await runner.cleanup()
+
+
+def probed_web_service(cluster_ip: str, port: int) -> dict[str, Any]:
+    """An opted-in Service `web` on `cluster_ip:port`, probed over HTTP on /healthz every
+    100 ms (the fastest the annotation allows)."""
+    return service(
+        "web", cluster_ip=cluster_ip, ports=(("http", port, "http"),),
+        annotations={"tailwatch.io/probe-protocol": "http", "tailwatch.io/probe-path": "/healthz",
+                     "tailwatch.io/probe-interval": "100ms"},
+    )  # fmt: skip

@@ -14,8 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.simulator import ApiServer, objects
-from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
-from tests.agent.conftest import LoopbackBackend, loopback_backend, running_agent
+from exporter.simulator.services import endpoint_of_pod, endpoint_slice
+from tests.agent.conftest import (
+    LoopbackBackend,
+    loopback_backend,
+    probed_web_service,
+    running_agent,
+)
 from tests.conftest import wait_for
 
 CLUSTER_IP, POD_IP = "127.3.1.1", "127.3.1.2"
@@ -70,11 +75,7 @@ async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
 ) -> None:
     caplog.set_level(logging.INFO, logger="tailwatch.episodes")
     state, service_port, pod_port = backend
-    svc = service(
-        "web", cluster_ip=CLUSTER_IP, ports=(("http", service_port, "http"),),
-        annotations={"tailwatch.io/probe-protocol": "http", "tailwatch.io/probe-path": "/healthz",
-                     "tailwatch.io/probe-interval": "100ms"},
-    )  # fmt: skip
+    svc = probed_web_service(CLUSTER_IP, service_port)
     api.store.create("services", svc)
     here = objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, seed=1)
     there = objects.deployment_pod("web", node="node-b", pod_ip="127.3.1.9", seed=2)

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.simulator import ApiServer, objects
-from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
-from tests.agent.conftest import loopback_backend
+from exporter.simulator.services import endpoint_of_pod, endpoint_slice
+from tests.agent.conftest import loopback_backend, probed_web_service
 from tests.conftest import wait_for
 
 CLUSTER_IP, POD_IP = "127.3.0.1", "127.3.0.2"
@@ -40,11 +40,7 @@ async def test_service_and_local_endpoint_are_probed(
     api: ApiServer, agent: Agent, servers: tuple[int, int, list[str]]
 ) -> None:
     service_port, pod_port, seen = servers
-    svc = service(
-        "web", cluster_ip=CLUSTER_IP, ports=(("http", service_port, "http"),),
-        annotations={"tailwatch.io/probe-protocol": "http", "tailwatch.io/probe-path": "/healthz",
-                     "tailwatch.io/probe-interval": "100ms"},
-    )  # fmt: skip
+    svc = probed_web_service(CLUSTER_IP, service_port)
     api.store.create("services", svc)
     here = objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, seed=1)
     elsewhere = objects.deployment_pod("web", node="node-b", pod_ip="127.3.0.9", seed=2)

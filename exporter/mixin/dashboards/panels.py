@@ -20,6 +20,13 @@ SCHEMA_VERSION = 39
 GRID_WIDTH = 24
 
 
+def _threshold_steps(thresholds: Sequence[tuple[float, str]]) -> list[dict[str, Any]]:
+    """Grafana's threshold steps: green below the first (value, color) pair, then each."""
+    return [{"color": "green", "value": None}] + [
+        {"color": color, "value": value} for value, color in thresholds
+    ]
+
+
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> Any:
     return g.Target(
         expr=expr,
@@ -63,9 +70,7 @@ def timeseries(
     maximum: int | None = None,
     links: Sequence[dict[str, Any]] = (),
 ) -> Any:
-    steps = [{"color": "green", "value": None}] + [
-        {"color": color, "value": value} for value, color in thresholds
-    ]
+    steps = _threshold_steps(thresholds)
     return g.TimeSeries(
         title=title,
         description=description,
@@ -98,9 +103,7 @@ def stat(
     thresholds: Sequence[tuple[float, str]] = (),
     mappings: list[dict[str, Any]] | None = None,
 ) -> Any:
-    steps = [{"color": "green", "value": None}] + [
-        {"color": color, "value": value} for value, color in thresholds
-    ]
+    steps = _threshold_steps(thresholds)
     return g.Stat(
         title=title,
         description=description,
