@@ -243,7 +243,7 @@ class Agent:
 
     def _correlate_endpoint_event(self, event: EndpointEvent) -> None:
         view = self.catalog.endpoints.view(event.service)
-        self._episode_changes(self.correlator.endpoints_changed(event.service, view, event.at))
+        self.correlator.endpoints_changed(event.service, view)
         self._episode_changes(self.correlator.on_endpoint_event(event))
 
     def _on_probe_result(self, result: ProbeResult) -> None:
@@ -287,9 +287,7 @@ class Agent:
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
         self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
-        self.correlator.record_latency_ranges(
-            delta.service, Source.CLIENT, delta.buckets, self.clock()
-        )
+        self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
 
     def _endpoint_counts(self) -> dict[Any, Any]:
         opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
@@ -303,10 +301,9 @@ class Agent:
             self.client_latency.forget(gone)
             self.episode_metrics.forget_service(gone)
         self._known_services = current
-        now = self.clock()
-        self.correlator.set_services(current, now)
+        self.correlator.set_services(current)
         for ref in current:
-            self.correlator.endpoints_changed(ref, self.catalog.endpoints.view(ref), now)
+            self.correlator.endpoints_changed(ref, self.catalog.endpoints.view(ref))
         self.prober.set_targets(ProbeTarget.from_spec(t) for t in self.catalog.targets())
 
     def targets(self) -> dict[str, Any]:

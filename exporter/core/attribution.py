@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 ContainerKey = tuple[str, str, str]  # namespace, pod, container
@@ -179,23 +179,10 @@ class ResourceTracker:
         for d in deltas:
             mine = self._steady_cpu.get(d.key)
             total = steady_totals.get(d.key[:2], 0.0)
-            out.append(_with_share(d, mine / total if mine is not None and total > 0 else None))
+            out.append(
+                replace(d, steady_share=mine / total if mine is not None and total > 0 else None)
+            )
         return out
-
-
-def _with_share(d: Delta, share: float | None) -> Delta:
-    return Delta(
-        d.key,
-        d.elapsed,
-        d.cpu_seconds,
-        d.periods,
-        d.throttled_periods,
-        d.psi_cpu_some,
-        d.psi_memory_some,
-        d.memory_ratio,
-        d.sidecar,
-        share,
-    )
 
 
 @dataclass(slots=True)

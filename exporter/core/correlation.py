@@ -12,7 +12,6 @@ docs/correlation.md states every rule. Pure: every call takes `now` (epoch secon
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -447,8 +446,9 @@ class Correlator:
 
     Inputs: `set_services`, `endpoints_changed` (the endpoint view after every change),
     `on_endpoint_event`, `on_pod_event`, `record_latency`/`record_latency_ranges`,
-    `observe_resources`, and `tick` (every `settings.tick_interval` seconds). Each returns
-    the `EpisodeChange`s it caused. `state_of` gives the `state` label of a sample.
+    `observe_resources`, and `tick` (every `settings.tick_interval` seconds). The event
+    handlers and `tick` return the `EpisodeChange`s they caused (episodes change state
+    only there). `state_of` gives the `state` label of a sample.
     `workloads()` maps this node's pods (namespace, name) to their workloads.
     """
 
@@ -468,13 +468,11 @@ class Correlator:
         self.resources = ResourceTracker(self.settings.baseline)
         self._pod_services: dict[PodKey, set[ServiceRef]] = {}
         self._workload_services: dict[tuple[str, str, str], set[ServiceRef]] = {}
-        self._ids = itertools.count(1)
 
     # -- services and endpoints --------------------------------------------------------
 
-    def set_services(self, refs: Iterable[ServiceRef], now: float) -> list[EpisodeChange]:
+    def set_services(self, refs: Iterable[ServiceRef]) -> None:
         """The opted-in Services now. A Service that left is forgotten with its episode."""
-        del now
         wanted = set(refs)
         for gone in [r for r in self.services if r not in wanted]:
             del self.services[gone]
@@ -482,21 +480,15 @@ class Correlator:
         for ref in wanted:
             if ref not in self.services:
                 self.services[ref] = _ServiceView(ref)
-        return []
 
     def _view(self, ref: ServiceRef) -> _ServiceView | None:
         return self.services.get(ref)
 
-    def endpoints_changed(
-        self, ref: ServiceRef, endpoints: Mapping[str, Endpoint], now: float
-    ) -> list[EpisodeChange]:
+    def endpoints_changed(self, ref: ServiceRef, endpoints: Mapping[str, Endpoint]) -> None:
         """The Service's endpoints after a change (`EndpointTracker.view`)."""
-        del now
         view = self._view(ref)
-        if view is None:
-            return []
-        if endpoints == view.endpoints:
-            return []
+        if view is None or endpoints == view.endpoints:
+            return
         view.endpoints = dict(endpoints)
         view.local_pods = {
             _pod_key(e) for e in endpoints.values() if e.pod and self.node and e.node == self.node
@@ -504,7 +496,6 @@ class Correlator:
         if view.episode is not None and view.episode.open:
             view.episode.pods |= view.local_pods
         self._index_stale = True
-        return []
 
     def _pod_index(self) -> dict[PodKey, set[ServiceRef]]:
         """The Services each pod backs (rebuilt lazily: endpoints change far more often than
@@ -788,11 +779,9 @@ class Correlator:
         ref: ServiceRef,
         source: Source,
         ranges: Iterable[tuple[float, float, int]],
-        now: float,
     ) -> None:
         """Values known by range (a client's histogram buckets), recorded at the next tick
         or state change with the state of then."""
-        del now
         view = self.services.get(ref)
         if view is None:
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
 
 from exporter.core.histogram import FineHistogram
 
@@ -46,12 +45,6 @@ class SlotRing:
 
     def record(self, now: float, seconds: float, count: int = 1) -> None:
         self._current(now).record(seconds, count)
-
-    def record_ranges(self, now: float, ranges: Iterable[tuple[float, float, int]]) -> None:
-        current = self._current(now)
-        for lower, upper, count in ranges:
-            if count:
-                current.record_range(lower, upper, count)
 
     def merge(self, now: float, histogram: FineHistogram) -> None:
         self._current(now).merge(histogram)
@@ -89,33 +82,22 @@ class LatencyTimeline:
     """One latency source of one Service: the rolling ring (every sample) and the baseline
     ring (steady samples only, so that the baseline never includes a disruption)."""
 
-    __slots__ = ("baseline", "rolling", "samples")
+    __slots__ = ("baseline", "rolling")
 
     def __init__(self, rolling_span: float, baseline_span: float, slots: int) -> None:
         self.rolling = SlotRing(rolling_span, slots)
         self.baseline = SlotRing(baseline_span, slots)
-        self.samples = 0
 
     def record(self, now: float, seconds: float, steady: bool) -> None:
         self.rolling.record(now, seconds)
         if steady:
             self.baseline.record(now, seconds)
-        self.samples += 1
-
-    def record_ranges(
-        self, now: float, ranges: tuple[tuple[float, float, int], ...], steady: bool
-    ) -> None:
-        self.rolling.record_ranges(now, ranges)
-        if steady:
-            self.baseline.record_ranges(now, ranges)
-        self.samples += sum(c for _, _, c in ranges)
 
     def merge(self, now: float, histogram: FineHistogram, steady: bool) -> None:
         """Values recorded elsewhere first (a tick's worth of client histograms)."""
         self.rolling.merge(now, histogram)
         if steady:
             self.baseline.merge(now, histogram)
-        self.samples += histogram.count
 
     def recent(self, now: float, window: float) -> FineHistogram:
         return self.rolling.merged(now - window, now)

@@ -65,10 +65,10 @@ def run(episodes_every: int | None) -> tuple[float, int, float]:
     rng = random.Random(1)
     c = Correlator(CorrelationSettings(), node=NODE)
     now = 1_800_000_000.0
-    c.set_services(SERVICES, now)
+    c.set_services(SERVICES)
     views = {ref: endpoints_of(i) for i, ref in enumerate(SERVICES)}
     for ref, view in views.items():
-        c.endpoints_changed(ref, view, now)
+        c.endpoints_changed(ref, view)
     readings = [  # the local backing pods' containers, then other pods' up to 330
         Reading("shop", e.pod, name)
         for view in views.values()
@@ -95,7 +95,7 @@ def run(episodes_every: int | None) -> tuple[float, int, float]:
             gone = view.pop(old)
             view[f"shop/{new_pod}"] = replace(gone, identity=f"shop/{new_pod}", pod=new_pod,
                                               pod_uid=new_pod)  # fmt: skip
-            c.endpoints_changed(ref, view, now)
+            c.endpoints_changed(ref, view)
             added, ready, removed = (
                 EndpointEventKind.ADDED, EndpointEventKind.READY, EndpointEventKind.REMOVED
             )  # fmt: skip
@@ -109,7 +109,7 @@ def run(episodes_every: int | None) -> tuple[float, int, float]:
             if i < 25 - 20 or i % 4 == 0:
                 c.record_latency(ref, Source.ENDPOINT_PROBE, 0.003 * (1 + rng.random()), now)
         for k in range(1000):
-            c.record_latency_ranges(SERVICES[k % 20], Source.CLIENT, points[k % 64], now)
+            c.record_latency_ranges(SERVICES[k % 20], Source.CLIENT, points[k % 64])
         for r in readings:
             r.cpu_usage_seconds += 0.01
             r.cpu_periods += 10

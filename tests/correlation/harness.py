@@ -56,7 +56,7 @@ class World:
 
     def __post_init__(self) -> None:
         self.c = Correlator(self.settings, node=NODE, workloads=lambda: self.workloads)
-        self.c.set_services(self.services, self.now)
+        self.c.set_services(self.services)
         self.endpoints: dict[ServiceRef, dict[str, Endpoint]] = {s: {} for s in self.services}
 
     # -- endpoints ------------------------------------------------------------------------
@@ -88,7 +88,7 @@ class World:
             self.endpoints[service][f"{service.namespace}/{pod}"] = self.endpoint(
                 pod, service=service, node=node
             )
-        self.c.endpoints_changed(service, self.endpoints[service], self.now)
+        self.c.endpoints_changed(service, self.endpoints[service])
 
     def change(
         self,
@@ -116,7 +116,7 @@ class World:
                 serving=(base.ready if ready is None else ready) or terminating,
                 node=node,
             )
-        self._feed(self.c.endpoints_changed(service, self.endpoints[service], self.now))
+        self.c.endpoints_changed(service, self.endpoints[service])
         for kind in events:
             event = EndpointEvent(kind, self.now, service, key, pod, "", node, previous_node)
             self._feed(self.c.on_endpoint_event(event))

@@ -245,7 +245,7 @@ def test_events_of_pods_not_backing_a_service_are_ignored() -> None:
 def test_pod_of_a_known_workload_counts_before_its_endpoint_exists() -> None:
     w = steady_world()
     w.workloads[("shop", f"{OLD}-aaaaa")] = Workload("Deployment", "checkout")
-    w.c.endpoints_changed(CHECKOUT, w.endpoints[CHECKOUT], w.now)  # learn the workload
+    w.c.endpoints_changed(CHECKOUT, w.endpoints[CHECKOUT])  # learn the workload
     w.pod_event(P.CRASH_LOOP, f"{NEW}-xxxxx", reason="CrashLoopBackOff", container="app")
     assert [ch.kind for ch in w.changes] == [ChangeKind.OPENED]
     assert w.changes[0].episode.cause.value == "restart"

@@ -90,7 +90,7 @@ class NodeState:
         ]  # fmt: skip
         self.episodes = EpisodeMetrics()
         self.correlator = Correlator(node="node-a")
-        self.correlator.set_services(self.refs, T0)
+        self.correlator.set_services(self.refs)
         self.targets = [
             ProbeTarget("shop", ref.name, "service", "", f"10.96.0.{i + 10}", 8080, "http",
                         "/healthz", slo=SLO)
