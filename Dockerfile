@@ -45,7 +45,8 @@ COPY --from=build /opt/tailwatch /opt/tailwatch
 ENV PATH=/opt/tailwatch/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# nobody:nogroup, as DESIGN.md §11 and the chart's securityContext expect.
+# nobody:nogroup, as docs/design.md (*Security posture*) and the chart's securityContext
+# expect.
 USER 65534:65534
 # /metrics, health and the JSON API; the OTLP/HTTP receiver.
 EXPOSE 9808 4318

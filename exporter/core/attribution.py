@@ -1,4 +1,4 @@
-"""Resource attribution (DESIGN.md §5): which containers were under pressure during an episode.
+"""Resource attribution (docs/correlation.md): the containers under pressure during an episode.
 
 Each cgroup pass gives cumulative counters per container; `ResourceTracker` turns two
 consecutive passes into per-container deltas, keeps a slowly moving steady-state CPU share

@@ -1,4 +1,4 @@
-"""The correlation core (DESIGN.md §5): episodes of each opted-in Service, built from
+"""The correlation core (docs/correlation.md): episodes of each opted-in Service, built from
 lifecycle events (node-local pod events and the cluster view of endpoints), latency samples
 (the prober and OTLP clients) and cgroup samples; and the `state` of every latency sample.
 
@@ -121,7 +121,7 @@ EVICTION_REASONS = frozenset(
 
 @dataclass(frozen=True)
 class CorrelationSettings:
-    """The knobs of DESIGN.md §5 (defaults there) and a few of our own."""
+    """The knobs of docs/correlation.md (defaults there) and a few of our own."""
 
     settle: float = 30.0
     baseline: float = 300.0

@@ -1,7 +1,7 @@
 """The cluster view of opted-in Services' endpoints, from EndpointSlices, as lifecycle events.
 
 `EndpointTracker` keeps every EndpointSlice of the opted-in Services, merges the slices of
-each Service, and reports the changes of its endpoints (DESIGN.md §3, cluster view):
+each Service, and reports the changes of its endpoints (docs/services.md, cluster view):
 `added`, `ready`, `not_ready`, `terminating`, `removed`, `replaced` (the same pod identity
 re-added, e.g. a StatefulSet pod recreated) and `moved` (re-added on another node: a
 reschedule). Like the pod tracker it is pure, takes `now` with each call, keeps the first

@@ -1,4 +1,4 @@
-"""Lifecycle events: the node-local event names of the public contract (DESIGN.md §3)."""
+"""Lifecycle events: the node-local event names of the public contract (docs/lifecycle.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class PodEventKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """The controller a pod belongs to (DESIGN.md §2); kind "Pod" when it has none."""
+    """The controller a pod belongs to (docs/lifecycle.md); kind "Pod" when it has none."""
 
     kind: str
     name: str

@@ -1,7 +1,7 @@
 """Node-local pod lifecycle detection: turns Pod lists and watch events into `LifecycleEvent`s.
 
 Pure and clock-free: every call takes the agent's time `now` (epoch seconds). The semantics
-are those of DESIGN.md §3; the decisions the contract leaves open are written down on
+are those of docs/lifecycle.md; the decisions the contract leaves open are written down on
 `PodLifecycleTracker`.
 """
 
@@ -45,7 +45,7 @@ def _is_evicted(snapshot: PodSnapshot) -> bool:
 class PodLifecycleTracker:
     """Holds the pods of one node and reports their lifecycle changes exactly once.
 
-    Decisions where DESIGN.md §3 is silent:
+    Decisions where docs/lifecycle.md is silent:
 
     - Before the first `sync`, `apply` records pods silently too (there is nothing to diff
       against); the first `sync` then replaces that state, still silently.

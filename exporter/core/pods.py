@@ -129,7 +129,7 @@ def _opt_list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
 
 
 def workload_of(metadata: Mapping[str, Any], labels: Mapping[str, str]) -> Workload:
-    """The controller owner of a pod (DESIGN.md §2), with ReplicaSets mapped to Deployments.
+    """The controller owner of a pod (docs/lifecycle.md), with ReplicaSets mapped to Deployments.
 
     A ReplicaSet becomes its Deployment only when its name is `<deployment>-<pod-template-hash>`;
     one made by hand (no hash label, or a name that does not end in it) stays a ReplicaSet.

@@ -1,4 +1,4 @@
-"""Opted-in Services: the `tailwatch.io/*` label and annotations (DESIGN.md §2) as probe specs.
+"""Opted-in Services: the `tailwatch.io/*` label and annotations (docs/services.md) as probe specs.
 
 `parse_service` turns a Service body into a `ServiceSpec`, or raises `ServiceSkipped` with
 the reason a user sees in /api/v1/targets when an annotation is wrong. A bad annotation

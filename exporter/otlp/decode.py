@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 
 MiB = 1024 * 1024
-DEFAULT_MAX_BODY_BYTES = 20 * MiB  # the OpenTelemetry Collector's default (DESIGN.md §4)
+DEFAULT_MAX_BODY_BYTES = 20 * MiB  # the OpenTelemetry Collector's default (docs/otlp.md)
 _INFLATE_CHUNK = 1 * MiB  # output produced per decompression step: the memory overshoot
 
 

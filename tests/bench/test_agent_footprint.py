@@ -1,4 +1,4 @@
-"""Agent footprint at the reference node (DESIGN.md §10): RSS with 110 pods / 330 containers,
+"""Agent footprint at the reference node (docs/design.md): RSS with 110 pods / 330 containers,
 and the time from a watch event to its metric being visible on /metrics.
 
 Run with `make bench` (or `.venv/bin/python -m pytest tests/bench/test_agent_footprint.py

@@ -1,4 +1,4 @@
-"""Soak: `tailwatch run` as a subprocess at the reference node load of DESIGN.md §10 for
+"""Soak: `tailwatch run` as a subprocess at the reference node load (docs/design.md) for
 TAILWATCH_SOAK_SECONDS (default 600), its CPU and RSS sampled from /proc every few seconds.
 
 Run: `TAILWATCH_SOAK_SECONDS=600 .venv/bin/python -m pytest tests/bench/test_agent_soak.py

@@ -1,4 +1,4 @@
-"""Cost of the correlation core at the reference node (DESIGN.md §10), steady and with
+"""Cost of the correlation core at the reference node (docs/design.md), steady and with
 episodes, side by side in one run. Run:
 .venv/bin/python -m pytest tests/bench/test_correlation_cost.py -m bench -s
 

@@ -13,8 +13,8 @@ cumulative temporality, about a third of the buckets moving per export. Reported
   while this process posts gzip protobuf requests, the way the SDK sends them: everything
   the agent pays, HTTP included.
 
-Budget context (DESIGN.md §10): 1,000 OTLP data points/s within the agent's 2% of one core.
-Numbers go to docs/performance.md, "OTLP ingest".
+Budget context (docs/design.md, *Reference load and budgets*): 1,000 OTLP data points/s
+within the agent's 2% of one core. Numbers go to docs/performance.md, "OTLP ingest".
 """
 
 from __future__ import annotations

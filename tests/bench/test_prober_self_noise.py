@@ -1,4 +1,4 @@
-"""Prober self-noise at the reference node (DESIGN.md §10): 45 targets (20 Service
+"""Prober self-noise at the reference node (docs/design.md): 45 targets (20 Service
 addresses + 25 local endpoints) probed every 1 s with 1,000 OTLP data points/s of
 re-bucketing on the same event loop; the schedule lag (tailwatch_probe_schedule_lag_seconds)
 and the CPU of the prober's process. A second run at 10x the rate (every 100 ms) gives the

@@ -1,4 +1,5 @@
-"""PodLifecycleTracker: node-local lifecycle events from lists and watch events (DESIGN.md §3)."""
+"""PodLifecycleTracker: node-local lifecycle events from lists and watch events
+(docs/lifecycle.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Episodes from lifecycle events: one table row per cause, overlapping events, the close
-and recovery rules of DESIGN.md §5, with an explicit clock."""
+and recovery rules of docs/correlation.md, with an explicit clock."""
 
 from __future__ import annotations
 

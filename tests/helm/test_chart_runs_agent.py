@@ -104,7 +104,8 @@ def test_image_entry_point_is_tailwatch_run_as_installed_by_the_package() -> Non
     assert final.all("CMD") == []  # the chart's args are the agent's flags, nothing else
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["tailwatch"] == "exporter.cli:main"
-    # DESIGN.md §11 and the chart's securityContext: nobody, on a read-only root filesystem.
+    # docs/design.md, *Security posture*, and the chart's securityContext: nobody, on a
+    # read-only root filesystem.
     assert final.all("USER") == ["65534:65534"]
     assert any("PYTHONDONTWRITEBYTECODE=1" in env for env in final.all("ENV"))
     # The final stage installs nothing and compiles nothing: it only copies the build venv.
@@ -347,7 +348,7 @@ async def test_agent_runs_from_the_rendered_container(
         assert started is not None
         assert started["node"] == NODE  # NODE_NAME from the downward API
         # The OTLP receiver binds where the chart says: every pod address, or with
-        # hostNetwork the node's address only ($(HOST_IP), DESIGN.md §11).
+        # hostNetwork the node's address only ($(HOST_IP), docs/design.md).
         assert started["otlp_listen"] == f"{otlp_host}:{running.otlp_port}"
         assert await otlp_status(running.otlp_port) == 200
         # The ConfigMap's options reached the agent (and extraEnv beats them).

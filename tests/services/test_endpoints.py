@@ -1,4 +1,4 @@
-"""Endpoint lifecycle from EndpointSlice changes: the cluster view of DESIGN.md §3."""
+"""Endpoint lifecycle from EndpointSlice changes: the cluster view (docs/services.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Opt-in annotations of a Service (DESIGN.md §2) and the reasons a Service is skipped."""
+"""Opt-in annotations of a Service (docs/services.md) and the reasons a Service is skipped."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ app.kubernetes.io/component: agent
 {{- if .Values.otlp.listenAddress }}
 {{- .Values.otlp.listenAddress }}
 {{- else if .Values.hostNetwork }}
-{{- /* In the node's network namespace, bind the node's own address only (DESIGN.md §11). */}}
+{{- /* In the node's network namespace, bind the node's own address only
+       (docs/design.md, Security posture). */}}
 {{- printf "$(HOST_IP):%d" (int .Values.otlp.port) }}
 {{- else }}
 {{- /* In the pod's own network namespace the node address does not exist: binding it would
