@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from exporter.cgroups import (
-    CgroupCollector,
     CgroupSampler,
+    CgroupSource,
     SamplePass,
     raise_open_files_limit,
 )
@@ -40,15 +40,15 @@ from exporter.kube.watching import (
     WatchTiming,
 )
 from exporter.metrics import (
-    AgentCollector,
     AgentMetrics,
+    AgentSource,
     ClientLatency,
-    ClientLatencyCollector,
+    ClientLatencySource,
     EpisodeMetrics,
-    ServiceCollector,
+    ServiceSource,
 )
-from exporter.otlp import LatencyDelta, OtlpCollector, OtlpReceiver
-from exporter.probe import ProbeCollector, Prober, ProbeResult, ProbeTarget
+from exporter.otlp import LatencyDelta, OtlpReceiver, OtlpSource
+from exporter.probe import Prober, ProbeResult, ProbeSource, ProbeTarget
 from exporter.server import ListenError, build_app, start_server
 from exporter.settings import Settings
 from exporter.watches import (
@@ -151,19 +151,25 @@ class Agent:
         # The sampler runs in its own thread; it reads this snapshot, swapped on the loop.
         self._cgroup_pods: tuple[PodSnapshot, ...] = ()
         self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
-        self.client_latency = ClientLatency(slo_of=self._slo_of, state_of=self.correlator.state_of)
+        self.client_latency = ClientLatency(
+            slo_of=self._slo_of,
+            state_of=self.correlator.state_of,
+            classic_layout=settings.classic_buckets,
+        )
         # Phases are spread by node name, so agents do not probe a Service in lockstep.
         self.prober = Prober(
             phase_seed=settings.node_name,
             state_of=self.correlator.state_of,
             on_result=self._on_probe_result,
+            classic_layout=settings.classic_buckets,
         )
         self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
-        # /metrics is rendered by the exposition; its registry holds the same collectors,
-        # for prometheus_client's generate_latest (the reference in tests).
+        # /metrics is rendered by the exposition from these sources; its registry holds the
+        # same sources for prometheus_client's generate_latest (the reference in tests).
+        self.cgroup_source = CgroupSource(self.cgroups)
         self.exposition = Exposition(
             [
-                AgentCollector(
+                AgentSource(
                     self.metrics,
                     pods=self.tracker.pods,
                     watches=lambda: self.healths,
@@ -175,11 +181,11 @@ class Agent:
                     ],
                     clock=monotonic,
                 ),
-                ClientLatencyCollector(self.client_latency),
-                CgroupCollector(self.cgroups),
-                OtlpCollector(self.otlp.outcomes),
-                ProbeCollector(self.prober.ledger),
-                ServiceCollector(self.episode_metrics, self.correlator, self._slos),
+                ClientLatencySource(self.client_latency),
+                self.cgroup_source,
+                OtlpSource(self.otlp.outcomes),
+                ProbeSource(self.prober.ledger),
+                ServiceSource(self.episode_metrics, self.correlator, self._slos),
             ]
         )
         self.registry = self.exposition.registry
@@ -213,7 +219,7 @@ class Agent:
         """One sampling pass and then its /metrics lines, both in the sampler's thread: a
         scrape finds the cgroup families rendered (docs/performance.md, /metrics exposition)."""
         result = self.cgroups.sample(now)
-        self.exposition.prepare_cgroups()
+        self.exposition.prepare(self.cgroup_source)
         return result
 
     def _emit_oom_kill(self, event: LifecycleEvent) -> None:

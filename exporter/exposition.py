@@ -1,59 +1,49 @@
-"""/metrics content, fast: every collector's families rendered straight from the agent's
-state into exposition text, label strings built once per series and unchanged series
-reused, and the answer kept as bytes (text 0.0.4 and OpenMetrics, plain and gzip) until its
-content changes.
+"""/metrics content, fast: every family of the metric catalogue (exporter/catalogue.py)
+rendered by its kind, straight from the sources' snapshots, in three formats: the
+Prometheus text format 0.0.4, OpenMetrics 1.0.0 and the Prometheus protobuf format
+(delimited `io.prometheus.client.MetricFamily` messages) whose histograms are native
+histograms.
 
-The collectors stay prometheus_client Collectors: `Exposition.registry` holds the same
-ones, so `generate_latest(exposition.registry)` renders the same content, slowly; it is the
-reference the tests compare with. How /metrics is served: docs/metrics.md.
+What is kept between two answers: per series, its label strings (and label bytes); its
+sample lines and protobuf message, encoded again only when the value (a histogram's
+`version`) changed; per family, all of it while its snapshot's `version` is the same; and
+the answer's bytes (plain and gzip, per format) while every piece is the same object.
+
+`SourceCollector` turns a source into prometheus_client families: `Exposition.registry`
+holds one per source, so `generate_latest(exposition.registry)` renders the same text,
+slowly; it is the reference the tests compare with, and serves the Accept headers only
+prometheus_client implements (escaping schemes other than underscores and allow-utf-8).
+How /metrics is served: docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import gzip
-import logging
 import operator
+import struct
 import threading
+import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
-from itertools import accumulate
-from typing import NamedTuple, Protocol
+from itertools import accumulate, chain, compress
+from math import copysign
+from operator import itemgetter, ne, sub
+from typing import Any, cast
 
-from prometheus_client.core import Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.exposition import generate_latest as prometheus_text
-from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_text
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
 
-from exporter.cgroups.collector import (
-    COLLECTOR_DURATION,
-    COLLECTOR_NAME,
-    CONTAINER_LABELS,
-    CPU_PERIODS,
-    CPU_THROTTLED,
-    CPU_THROTTLED_PERIODS,
-    CPU_USAGE,
-    MEMORY_LIMIT,
-    MEMORY_WORKING_SET,
-    OOM_KILLS,
-    PRESSURE,
-    CgroupCollector,
-)
-from exporter.cgroups.sampler import CgroupSample, ResourcePressure, SamplePass
-from exporter.core.buckets import FixedBuckets
-from exporter.core.histogram import LatencySeries, le_string
-from exporter.metrics import CLIENT_DURATION, ClientLatencyCollector
-from exporter.probe.collector import (
-    PROBE_DURATION,
-    PROBE_FAILURES,
-    PROBE_SCHEDULE_LAG,
-    ProbeCollector,
-)
-
-log = logging.getLogger("tailwatch.exposition")
+from exporter.catalogue import Family, FamilySnapshot, HistogramValue, Kind, MetricSource
+from exporter.core.histogram import NATIVE_SCHEMA, NATIVE_ZERO_THRESHOLD, le_string
 
 GZIP_LEVEL = 1  # exposition text compresses ~20x at level 1; higher levels cost 3x the CPU
 
@@ -73,6 +63,12 @@ def gzip_compress(data: bytes) -> bytes:
 
 
 OPENMETRICS_EOF = "# EOF\n"
+#: The content type of the Prometheus protobuf format, as client_golang writes it.
+PROTOBUF_CONTENT_TYPE = (
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+)
+#: A format not asked for in this long is not rendered ahead by `Exposition.prepare`.
+RECENT_SECONDS = 300.0
 
 # -- text of samples and families ---------------------------------------------------------
 
@@ -119,8 +115,7 @@ def label_text(pairs: Iterable[tuple[str, str]]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FamilyHead:
-    """The lines before a family's samples, in each format. For a family rendered by
-    prometheus_client itself (see `CollectedFamilies`) it is the whole family."""
+    """The lines before a family's samples, in each text format."""
 
     text: str
     openmetrics: str
@@ -143,13 +138,6 @@ def family_head(name: str, kind: str, documentation: str) -> FamilyHead:
     )
 
 
-class RenderedFamily(NamedTuple):
-    head: FamilyHead
-    # The sample lines, the same in both formats, in pieces (one per series or container)
-    # that are joined only into the whole answer: no second copy of the text is kept.
-    samples: Sequence[str]
-
-
 @lru_cache(maxsize=64)
 def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return (*(le_string(b) for b in bounds), "+Inf")
@@ -159,7 +147,7 @@ class HistogramLines:
     """The sample lines of one histogram series (buckets, count, sum) with its label
     strings built once, rendered again only when its version (e.g. count and sum) moves."""
 
-    __slots__ = ("_count_prefix", "_prefixes", "_sum_prefix", "_text", "_version", "bounds")
+    __slots__ = ("_count_prefix", "_prefixes", "_sum_prefix", "_version", "bounds", "text")
 
     def __init__(self, name: str, labels: Sequence[tuple[str, str]], bounds: tuple[float, ...]):
         self.bounds = bounds
@@ -169,15 +157,17 @@ class HistogramLines:
         plain = label_text(labels)
         self._count_prefix = f"{name}_count{plain} "
         self._sum_prefix = f"{name}_sum{plain} "
-        self._version: Hashable = None
-        self._text = ""
+        self._version: Hashable = _NEVER
+        self.text = ""
 
-    def render(self, counts: Sequence[int], total: float, version: Hashable) -> str:
-        """`counts`: per bucket, not cumulative, the last one +Inf; `version` changes
-        whenever the counts or the sum do."""
-        if version == self._version and version is not None:
-            return self._text
-        cumulative = list(accumulate(counts))
+    def render(self, h: HistogramValue) -> str:
+        """The lines of `h` (whose bounds are these), rendered again only when its version
+        changed (None: every time)."""
+        version = h.version
+        if version is not None and (version is self._version or version == self._version):
+            return self.text
+        total = h.sum
+        cumulative = list(accumulate(h.bucket_counts))
         count = cumulative[-1]
         prefixes = self._prefixes
         # Cumulative counts are 0 up to the first observation and `count` from the last
@@ -196,415 +186,512 @@ class HistogramLines:
         if top < len(prefixes):
             parts.append(f"{count_text}\n".join(prefixes[top:]) + f"{count_text}\n")
         parts.append(f"{self._count_prefix}{count_text}\n{self._sum_prefix}{number(total)}\n")
-        self._text = "".join(parts)
+        self.text = "".join(parts)
         self._version = version
-        return self._text
+        return self.text
 
 
-def _latency_version(series: LatencySeries) -> Hashable:
-    return (series.count, series.sum)
+#: No version seen yet (unequal to every version, None included).
+_NEVER: Hashable = object()
 
 
-class _HistogramFamily:
-    """One histogram family of many series keyed by label values; series that are gone
-    from the source leave the cache with it."""
-
-    def __init__(self, name: str, labelnames: Sequence[str]) -> None:
-        self.name = name
-        self.labelnames = tuple(labelnames)
-        self._series: dict[tuple[str, ...], HistogramLines] = {}
-
-    def render_latency(self, series: Iterable[tuple[tuple[str, ...], LatencySeries]]) -> list[str]:
-        old, new = self._series, {}
-        parts = []
-        for key, s in sorted(series, key=lambda item: item[0]):
-            lines = old.get(key)
-            if lines is None or lines.bounds is not s.bounds:
-                lines = HistogramLines(
-                    self.name, list(zip(self.labelnames, key, strict=True)), s.bounds
-                )
-            new[key] = lines
-            parts.append(lines.render(s.bucket_counts, s.sum, _latency_version(s)))
-        self._series = new
-        return parts
+def _same_version(version: Hashable, last: Hashable) -> bool:
+    """Whether a snapshot's or a series' `version` says it is unchanged since `last`."""
+    return version is not None and (version is last or version == last)
 
 
-class _CounterFamily:
-    """One counter or gauge family of many series keyed by label values."""
+# -- protobuf wire format -------------------------------------------------------------------
+#
+# io.prometheus.client (prometheus/client_model, io/prometheus/client/metrics.proto; Prometheus
+# parses it with its own copy, prompb/io/prometheus/client/metrics.proto, same numbers):
+#   MetricFamily {name=1 string, help=2 string, type=3 enum, metric=4 repeated Metric}
+#   Metric {label=1 repeated LabelPair, gauge=2 Gauge, counter=3 Counter, histogram=7}
+#   LabelPair {name=1, value=2}; Gauge, Counter {value=1 double}
+#   Histogram {sample_count=1 uint64, sample_sum=2 double, schema=5 sint32,
+#     zero_threshold=6 double, zero_count=7 uint64, positive_span=12 repeated BucketSpan,
+#     positive_delta=13 repeated sint64}; BucketSpan {offset=1 sint32, length=2 uint32}
+# Fields are written in field number order, every field the encoder sets is written even
+# when 0 (proto2 presence, as client_golang does), and repeated scalars are not packed:
+# client_model's metrics.proto is proto2 without [packed=true], so client_golang writes
+# positive_delta unpacked; Prometheus' decoder reads both.
 
-    def __init__(self, sample_name: str, labelnames: Sequence[str]) -> None:
-        self.sample_name = sample_name
-        self.labelnames = tuple(labelnames)
-        self._prefixes: dict[tuple[str, ...], str] = {}
-        self._text = ""
-
-    def render(self, values: Iterable[tuple[tuple[str, ...], float]]) -> list[str]:
-        old, new = self._prefixes, {}
-        parts = []
-        for key, value in sorted(values):
-            prefix = old.get(key)
-            if prefix is None:
-                prefix = f"{self.sample_name}{label_text(zip(self.labelnames, key, strict=True))} "
-            new[key] = prefix
-            parts.append(f"{prefix}{number(value)}\n")
-        self._prefixes = new
-        text = "".join(parts)
-        if text != self._text:  # else the same object as last time: unchanged by identity
-            self._text = text
-        return [self._text]
+_F64 = struct.Struct("<d").pack
+_TYPE_CODES = {Kind.COUNTER: 0, Kind.GAUGE: 1, Kind.HISTOGRAM: 4}
 
 
-# -- renderers: one per collector -----------------------------------------------------------
+def _varint(n: int) -> bytes:
+    """An unsigned varint (n >= 0)."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
-class FamilyRenderer(Protocol):
-    """Renders the families of one collector, in the order its `collect()` yields them."""
-
-    def families(self) -> Sequence[RenderedFamily]: ...
+_SMALL_VARINTS = tuple(bytes((n,)) for n in range(0x80))
 
 
-class _Metrics(Collector):
-    """A fixed list of families, for prometheus_client's encoders."""
-
-    def __init__(self, metrics: Sequence[Metric]) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return self.metrics
+def _zigzag(n: int) -> int:
+    """sint32/sint64's encoding of a signed integer as an unsigned one (|n| < 2**63)."""
+    return (n << 1) ^ (n >> 63)
 
 
-_PLAIN_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "unknown"})
-_OPENMETRICS_ONLY_SUFFIXES = ("_created", "_gsum", "_gcount")
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return bytes(((number << 3) | 2,)) + _varint(len(payload)) + payload
 
 
-_LabelKey = tuple[tuple[str, str], ...]
-
-
-class CollectedFamilies:
-    """Any collector: its `collect()` output rendered with cached label strings, and a family
-    whose samples equal last time's not rendered again (comparing samples costs a third of
-    rendering them). Families this renderer does not write itself (units, timestamps,
-    exemplars, `_created` samples, info and stateset types) are written by prometheus_client's
-    own encoders."""
-
-    def __init__(self, collector: Collector) -> None:
-        self.collector = collector
-        # By family name: last time's samples, their rendering, and the label strings.
-        self._last: dict[str, tuple[list[Sample], RenderedFamily, dict[_LabelKey, str]]] = {}
-
-    def families(self) -> list[RenderedFamily]:
-        last, kept, out = self._last, {}, []
-        for metric in self.collector.collect():
-            before = last.get(metric.name)
-            if before is not None and before[0] == metric.samples:
-                kept[metric.name] = before
-                out.append(before[1])
-                continue
-            labels: dict[_LabelKey, str] = {}
-            if not _plain(metric):
-                family = _rendered_by_prometheus_client(metric)
-            else:
-                cached = before[2] if before is not None else {}
-                parts = []
-                for s in metric.samples:
-                    key = tuple(s.labels.items())
-                    text = cached.get(key)
-                    if text is None:
-                        text = label_text(key)
-                    labels[key] = text
-                    parts.append(f"{s.name}{text} {number(s.value)}\n")
-                head = family_head(metric.name, metric.type, metric.documentation)
-                family = RenderedFamily(head, ["".join(parts)])
-            kept[metric.name] = (metric.samples, family, labels)
-            out.append(family)
-        self._last = kept
-        return out
-
-
-def _plain(metric: Metric) -> bool:
-    if metric.type not in _PLAIN_TYPES or metric.unit:
-        return False
-    extra = tuple(metric.name + suffix for suffix in _OPENMETRICS_ONLY_SUFFIXES)
-    return all(
-        s.timestamp is None
-        and s.exemplar is None
-        and s.native_histogram is None
-        and s.name not in extra
-        for s in metric.samples
+def _label_pairs(names: Sequence[str], values: Sequence[str]) -> bytes:
+    """Metric.label: one LabelPair per label, sorted by name."""
+    return b"".join(
+        _field(1, _field(1, name.encode()) + _field(2, value.encode()))
+        for name, value in sorted(zip(names, values, strict=True))
     )
 
 
-def _rendered_by_prometheus_client(metric: Metric) -> RenderedFamily:
-    one = _Metrics([metric])
-    openmetrics: str = openmetrics_text(one).decode()  # type: ignore[no-untyped-call]
-    head = FamilyHead(
-        text=prometheus_text(one).decode(),
-        openmetrics=openmetrics.removesuffix(OPENMETRICS_EOF),
+def _delta(d: int) -> bytes:
+    """A positive_delta field (13, wire type 0: unpacked)."""
+    return b"\x68" + _varint(_zigzag(d))
+
+
+#: positive_delta fields of the common small deltas.
+_DELTA_LIMIT = 1 << 12
+_DELTAS = {d: _delta(d) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)}
+#: schema=5 (sint32) and zero_threshold=6 (double): the same for every native histogram.
+_NATIVE_LAYOUT = b"\x28" + _varint(_zigzag(NATIVE_SCHEMA)) + b"\x31" + _F64(NATIVE_ZERO_THRESHOLD)
+
+
+@lru_cache(maxsize=4096)
+def _span(offset: int, length: int) -> bytes:
+    """A positive_span field (12): BucketSpan {offset, length}."""
+    return _field(12, b"\x08" + _varint(_zigzag(offset)) + b"\x10" + _varint(length))
+
+
+def _spans(indexes: Sequence[int]) -> bytes:
+    """The positive_span fields of sorted bucket indexes."""
+    # Spans are the runs of consecutive indexes: the runs of equal index - position (never
+    # decreasing), whose steps are the gaps between the spans.
+    runs = list(map(sub, indexes, range(len(indexes))))
+    spans = []
+    start = previous = 0
+    while start < len(runs):
+        run = runs[start]
+        end = bisect_right(runs, run, start)
+        spans.append(_span(run - previous, end - start))
+        start, previous = end, run
+    return b"".join(spans)
+
+
+def _delta_fields(counts: Sequence[int]) -> list[bytes]:
+    """The positive_delta fields of bucket counts: each minus the one before, the first
+    minus 0."""
+    try:
+        return list(map(_DELTAS.__getitem__, map(sub, counts, chain((0,), counts))))
+    except KeyError:  # a delta beyond the table
+        return [_DELTAS.get(d) or _delta(d) for d in map(sub, counts, chain((0,), counts))]
+
+
+class NativeHistogram:
+    """The Histogram message of one series as a native histogram: count, sum, schema, zero
+    bucket, spans and deltas of its buckets; no classic buckets. An empty one
+    is still native: its zero_threshold is > 0 (Prometheus' `isNativeHistogram`).
+
+    Encoded again from the last encoding: the spans are kept while the bucket indexes are
+    the same, and the deltas but around the buckets whose count changed when few did (a
+    probe result moves one bucket; an OTLP data point, spread over the fine buckets, most of
+    them: such a series is encoded whole for a while before patching is tried again)."""
+
+    __slots__ = ("_counts", "_fields", "_indexes", "_spans", "_unpatched")
+
+    #: Encodings in a row without trying to patch, after too many buckets moved.
+    WHOLE_AFTER_MISS = 8
+
+    def __init__(self) -> None:
+        self._counts: Sequence[int] = ()
+        self._indexes: Sequence[int] = ()
+        self._spans = b""
+        self._fields: list[bytes] = []
+        self._unpatched = 0
+
+    def encode(self, h: HistogramValue) -> bytes:
+        indexes, counts = map(tuple, h.native_buckets())  # copies: a source may reuse its lists
+        if indexes != self._indexes:
+            self._spans = _spans(indexes)
+            self._indexes = indexes
+            self._fields = _delta_fields(counts)
+        elif self._unpatched:
+            self._unpatched -= 1
+            self._fields = _delta_fields(counts)
+        elif not self._patch(counts):
+            self._fields = _delta_fields(counts)
+        self._counts = counts
+        head = [b"\x08", _varint(h.count), b"\x11", _F64(h.sum), _NATIVE_LAYOUT, b"\x38",
+                _varint(h.native_zero_count), self._spans]  # fmt: skip
+        return b"".join(head + self._fields)
+
+    def _patch(self, counts: Sequence[int]) -> bool:
+        """Patch the deltas around the buckets (the same ones as last time) whose count
+        moved; False when too many moved for patching to pay."""
+        moved = list(compress(range(len(counts)), map(ne, counts, self._counts)))
+        if len(moved) * 4 > len(counts):
+            self._unpatched = self.WHOLE_AFTER_MISS
+            return False
+        fields = self._fields
+        last = len(counts) - 1
+        for i in moved:  # the delta of bucket i and of the one after it
+            count = counts[i]
+            delta = count - counts[i - 1] if i else count
+            fields[i] = _DELTAS.get(delta) or _delta(delta)
+            if i < last:
+                delta = counts[i + 1] - count
+                fields[i + 1] = _DELTAS.get(delta) or _delta(delta)
+        return True
+
+
+def native_histogram(h: HistogramValue) -> bytes:
+    """The Histogram message of `h` as a native histogram (see `NativeHistogram`)."""
+    return NativeHistogram().encode(h)
+
+
+@lru_cache(maxsize=1024)
+def _protobuf_head(name: str, help_text: str, kind: Kind) -> bytes:
+    """A MetricFamily's name, help and type fields."""
+    return (
+        _field(1, name.encode())
+        + _field(2, help_text.encode())
+        + b"\x18"
+        + _varint(_TYPE_CODES[kind])
     )
-    return RenderedFamily(head, ())
 
 
-class _ContainerLines:
-    """The sample lines of one container in each cgroup family, label strings built once.
+# -- one family -----------------------------------------------------------------------------
 
-    Recomputed only for a new `CgroupSample` (the sampler keeps the same one when none of
-    the container's files changed), and then only for the values that moved: on a busy
-    node CPU usage, working set and CPU pressure change every pass, the limit, periods and
-    OOM kills seldom.
-    """
-
-    __slots__ = ("_labels", "_lines", "_prefixes", "_pressure", "_sample", "_values")
-
-    def __init__(self, namespace: str, pod: str, container: str) -> None:
-        values = (namespace, pod, container)
-        labels = label_text(zip(CONTAINER_LABELS, values, strict=True))
-        self._labels = values
-        self._prefixes = [f"{name}{labels} " for name in _CGROUP_SAMPLE_NAMES]
-        # resource -> (its last ResourcePressure, its lines, the some and full prefixes)
-        self._pressure: dict[str, tuple[ResourcePressure | None, str, str, str]] = {}
-        self._sample: CgroupSample | None = None
-        self._values: tuple[float | None, ...] = (None,) * len(_CGROUP_SAMPLE_NAMES)
-        self._lines: tuple[str, ...] = ("",) * len(_CGROUP_FAMILIES)
-
-    def _pressure_lines(self, p: ResourcePressure) -> str:
-        cached = self._pressure.get(p.resource)
-        if cached is None:
-            cached = (None, "", self._pressure_prefix(p.resource, "some"),
-                      self._pressure_prefix(p.resource, "full"))  # fmt: skip
-        elif cached[0] is p:  # the sampler keeps the object of an unchanged PSI file
-            return cached[1]
-        _, _, some, full = cached
-        lines = f"{some}{number(p.some_seconds)}\n"
-        if p.full_seconds is not None:
-            lines += f"{full}{number(p.full_seconds)}\n"
-        self._pressure[p.resource] = (p, lines, some, full)
-        return lines
-
-    def _pressure_prefix(self, resource: str, kind: str) -> str:
-        pairs = [
-            *zip(CONTAINER_LABELS, self._labels, strict=True),
-            ("resource", resource),
-            ("kind", kind),
-        ]
-        return f"{_PRESSURE_SAMPLE}{label_text(pairs)} "
-
-    def lines(self, s: CgroupSample) -> tuple[str, ...]:
-        """One string per family of `_CGROUP_FAMILIES`, '' where the sample has no value;
-        the same conditions as `CgroupCollector.collect`."""
-        if s is self._sample:
-            return self._lines
-        # In _CGROUP_SAMPLE_NAMES' order; the pressure family comes between limit and OOM.
-        values = (
-            s.cpu_usage_seconds,
-            s.cpu_throttled_seconds,
-            s.cpu_throttled_periods,
-            s.cpu_periods,
-            s.memory_working_set_bytes,
-            s.memory_limit_bytes,
-            None if s.oom_kills is None else s.oom_kills_seen,
-        )
-        last = self._lines
-        if values == self._values:
-            usage, throttled, throttled_periods, periods, working_set, limit, _, oom = last
-        else:
-            usage, throttled, throttled_periods, periods, working_set, limit, oom = (
-                line if value == before else "" if value is None else f"{p}{number(value)}\n"
-                for value, before, line, p in zip(
-                    values, self._values, (*last[:6], last[7]), self._prefixes, strict=True
-                )
-            )
-        if self._sample is not None and s.pressure is self._sample.pressure:
-            pressure = last[6]
-        else:
-            pressure = "".join([self._pressure_lines(p) for p in s.pressure])
-        self._sample, self._values = s, values
-        self._lines = (usage, throttled, throttled_periods, periods, working_set, limit,
-                       pressure, oom)  # fmt: skip
-        return self._lines
+#: A series of any kind, for the encoders' loops (the family's kind says what the value is).
+_AnySeries = tuple[tuple[str, ...], Any]
 
 
-# The cgroup families in `CgroupCollector.collect`'s order: (name, help), type.
-_CGROUP_FAMILIES = (
-    (CPU_USAGE, "counter"),
-    (CPU_THROTTLED, "counter"),
-    (CPU_THROTTLED_PERIODS, "counter"),
-    (CPU_PERIODS, "counter"),
-    (MEMORY_WORKING_SET, "gauge"),
-    (MEMORY_LIMIT, "gauge"),
-    (PRESSURE, "counter"),
-    (OOM_KILLS, "counter"),
-)
-# The sample names of the families with one sample per container (pressure has several).
-_CGROUP_SAMPLE_NAMES = tuple(
-    f"{name}_total" if kind == "counter" else name
-    for (name, _), kind in _CGROUP_FAMILIES
-    if name != PRESSURE[0]
-)
-_PRESSURE_SAMPLE = f"{PRESSURE[0]}_total"
+_label_values = itemgetter(0)  # the sort key of a series
 
 
-class CgroupFamilies:
-    """`CgroupCollector`'s families from the sampler's latest pass: rendered again only
-    after a new pass, and then only for the containers whose sample changed.
+class _ScalarLines:
+    """The sample lines of a counter or gauge family; a series' line is rendered again only
+    when its value changed."""
 
-    `prepare` renders a pass ahead of the scrape, from the sampler's thread right after the
-    pass: a busy node changes every container every second, and its ~3 ms of rendering then
-    is not part of a scrape's answer (docs/performance.md). A lock keeps the two threads
-    from rendering at once.
-    """
+    __slots__ = ("_cache", "_labelnames", "_name", "text")
 
-    def __init__(self, collector: CgroupCollector) -> None:
-        self.collector = collector
-        self._lock = threading.Lock()
-        self._heads = [family_head(name, kind, doc) for (name, doc), kind in _CGROUP_FAMILIES]
-        self._containers: dict[tuple[str, str, str], _ContainerLines] = {}
-        self._pass: SamplePass | None = None
-        self._families: list[RenderedFamily] = self._render(None)
-        name, doc = COLLECTOR_DURATION
-        self._duration_head = family_head(name, "histogram", doc)
-        self._durations = _FixedHistogram(COLLECTOR_DURATION[0], [("collector", COLLECTOR_NAME)])
+    def __init__(self, family: Family) -> None:
+        self._name = family.name
+        self._labelnames = family.labels
+        # label values -> [the line's prefix, the value, the line], updated in place
+        self._cache: dict[tuple[str, ...], list[Any]] = {}
+        self.text = ""
 
-    def prepare(self) -> None:
-        """Render the sampler's latest pass now, if it is not rendered yet."""
-        with self._lock:
-            latest = self.collector.sampler.latest
-            if latest is not self._pass:
-                self._families = self._render(latest)
-                self._pass = latest
-
-    def families(self) -> list[RenderedFamily]:
-        self.prepare()
-        families = self._families
-        if not self.collector.include_duration:
-            return families
-        durations = self._durations.render(self.collector.sampler.durations)
-        return [*families, RenderedFamily(self._duration_head, [durations])]
-
-    def _render(self, latest: SamplePass | None) -> list[RenderedFamily]:
-        samples = sorted(
-            latest.samples if latest else (), key=lambda s: (s.namespace, s.pod, s.container)
-        )
-        old = self._containers
-        new: dict[tuple[str, str, str], _ContainerLines] = {}
-        columns = []
-        for s in samples:
-            key = (s.namespace, s.pod, s.container)
-            container = new.get(key) or old.get(key) or _ContainerLines(*key)
-            new[key] = container
-            columns.append(container.lines(s))
-        self._containers = new
-        bodies = list(zip(*columns, strict=True)) or [()] * len(self._heads)
-        return [RenderedFamily(h, b) for h, b in zip(self._heads, bodies, strict=True)]
+    def render(self, series: list[_AnySeries]) -> None:
+        cache = self._cache
+        changed = len(series) != len(cache)
+        parts = []
+        for key, value in series:
+            cached = cache.get(key)
+            if cached is None:
+                prefix = f"{self._name}{label_text(zip(self._labelnames, key, strict=True))} "
+                cached = cache[key] = [prefix, value, f"{prefix}{number(value)}\n"]
+                changed = True
+            elif value != cached[1] or (not value and copysign(1, value) != copysign(1, cached[1])):
+                cached[1] = value
+                line = f"{cached[0]}{number(value)}\n"
+                if line != cached[2]:
+                    cached[2] = line
+                    changed = True
+            parts.append(cached[2])
+        if len(cache) != len(series):  # series are gone
+            self._cache = {key: cache[key] for key, _ in series}
+        if changed:  # else the same series with the same lines: the same object as before
+            self.text = "".join(parts)
 
 
-class _FixedHistogram:
-    """One `FixedBuckets` series."""
+class _HistogramLines:
+    """The sample lines of a histogram family (classic buckets); a series is rendered again
+    only when its version changed."""
 
-    def __init__(self, name: str, labels: Sequence[tuple[str, str]]) -> None:
-        self.name = name
-        self.labels = list(labels)
-        self._lines: HistogramLines | None = None
+    __slots__ = ("_cache", "_labelnames", "_name", "text")
 
-    def render(self, h: FixedBuckets) -> str:
-        lines = self._lines
-        if lines is None or lines.bounds is not h.bounds:
-            lines = self._lines = HistogramLines(self.name, self.labels, h.bounds)
-        return lines.render(h.counts, h.total, h)  # equal buckets, sum and count: unchanged
+    def __init__(self, family: Family) -> None:
+        self._name = family.name
+        self._labelnames = family.labels
+        self._cache: dict[tuple[str, ...], HistogramLines] = {}
+        self.text = ""
 
-
-class ProbeFamilies:
-    """`ProbeCollector`'s families, straight from the ledger's series."""
-
-    def __init__(self, collector: ProbeCollector) -> None:
-        self.collector = collector
-        name, doc, labels = PROBE_DURATION
-        self._durations_head = family_head(name, "histogram", doc)
-        self._durations = _HistogramFamily(name, labels)
-        name, doc, labels = PROBE_FAILURES
-        self._failures_head = family_head(name, "counter", doc)
-        self._failures = _CounterFamily(f"{name}_total", labels)
-        name, doc, _ = PROBE_SCHEDULE_LAG
-        self._lag_head = family_head(name, "histogram", doc)
-        self._lag = _HistogramFamily(name, ())
-
-    def families(self) -> list[RenderedFamily]:
-        ledger = self.collector.ledger
-        return [
-            RenderedFamily(
-                self._durations_head, self._durations.render_latency(ledger.durations.items())
-            ),
-            RenderedFamily(self._failures_head, self._failures.render(ledger.failures.items())),
-            RenderedFamily(self._lag_head, self._lag.render_latency([((), ledger.lag)])),
-        ]
+    def render(self, series: list[_AnySeries]) -> None:
+        cache = self._cache
+        changed = len(series) != len(cache)
+        parts = []
+        for key, h in series:
+            lines = cache.get(key)
+            bounds = h.bounds
+            if lines is None or (lines.bounds is not bounds and lines.bounds != bounds):
+                pairs = list(zip(self._labelnames, key, strict=True))
+                lines = cache[key] = HistogramLines(self._name, pairs, bounds)
+                changed = True
+            before = lines.text
+            text = lines.render(h)
+            changed = changed or text is not before
+            parts.append(text)
+        if len(cache) != len(series):  # series are gone
+            self._cache = {key: cache[key] for key, _ in series}
+        if changed:
+            self.text = "".join(parts)
 
 
-class ClientLatencyFamilies:
-    """`ClientLatencyCollector`'s family, straight from the series."""
+class _ScalarProtobuf:
+    """The Metric messages of a counter or gauge family; a series' message is encoded again
+    only when its value changed."""
 
-    def __init__(self, collector: ClientLatencyCollector) -> None:
-        self.collector = collector
-        self._head = family_head(CLIENT_DURATION.name, "histogram", CLIENT_DURATION.help)
-        self._series = _HistogramFamily(CLIENT_DURATION.name, CLIENT_DURATION.labels)
+    __slots__ = ("_cache", "_labelnames", "_value_field", "parts")
 
-    def families(self) -> list[RenderedFamily]:
-        series = self.collector.latency.series.items()
-        return [RenderedFamily(self._head, self._series.render_latency(series))]
+    def __init__(self, family: Family) -> None:
+        self._labelnames = family.labels
+        # Metric.counter (3) or Metric.gauge (2), each a message of one double (field 1).
+        self._value_field = b"\x1a\x09\x09" if family.kind is Kind.COUNTER else b"\x12\x09\x09"
+        # label values -> [the message up to the double, the value, the whole message]
+        self._cache: dict[tuple[str, ...], list[Any]] = {}
+        self.parts: list[bytes] = []
+
+    def render(self, series: list[_AnySeries]) -> bool:
+        """Whether any message changed."""
+        cache = self._cache
+        changed = len(series) != len(cache)
+        parts = []
+        for key, value in series:
+            cached = cache.get(key)
+            if cached is None:
+                labels = _label_pairs(self._labelnames, key)
+                # The message's length is known before its value: 11 bytes for it.
+                prefix = b"\x22" + _varint(len(labels) + 11) + labels + self._value_field
+                cached = cache[key] = [prefix, value, prefix + _F64(value)]
+                changed = True
+            elif value != cached[1] or (not value and copysign(1, value) != copysign(1, cached[1])):
+                cached[1] = value
+                message = cached[0] + _F64(value)
+                if message != cached[2]:
+                    cached[2] = message
+                    changed = True
+            parts.append(cached[2])
+        if len(cache) != len(series):
+            self._cache = {key: cache[key] for key, _ in series}
+        self.parts = parts
+        return changed
 
 
-def renderer_for(collector: Collector) -> FamilyRenderer:
-    """The fastest renderer of `collector`: one written for its type, checked against its
-    `collect()` (same families, types and help, in the same order), else the generic one."""
-    special: FamilyRenderer
-    if isinstance(collector, CgroupCollector):
-        special = CgroupFamilies(collector)
-    elif isinstance(collector, ProbeCollector):
-        special = ProbeFamilies(collector)
-    elif isinstance(collector, ClientLatencyCollector):
-        special = ClientLatencyFamilies(collector)
+class _HistogramProtobuf:
+    """The Metric messages of a histogram family, as native histograms; a series' message is
+    encoded again only when its version changed."""
+
+    __slots__ = ("_cache", "_labelnames", "parts")
+
+    def __init__(self, family: Family) -> None:
+        self._labelnames = family.labels
+        # label values -> [the label pairs, the version, the whole message, its histogram]
+        self._cache: dict[tuple[str, ...], list[Any]] = {}
+        self.parts: list[bytes] = []
+
+    def render(self, series: list[_AnySeries]) -> bool:
+        cache = self._cache
+        changed = len(series) != len(cache)
+        parts = []
+        for key, h in series:
+            cached = cache.get(key)
+            if cached is None:
+                labels = _label_pairs(self._labelnames, key)
+                cached = cache[key] = [labels, _NEVER, b"", NativeHistogram()]
+            version = h.version
+            if not _same_version(version, cached[1]):
+                cached[1] = version
+                histogram = cached[3].encode(h)
+                labels = cached[0]
+                size = _varint(len(histogram))
+                message = b"".join((b"\x22", _varint(len(labels) + 1 + len(size) + len(histogram)),
+                                    labels, b"\x3a", size, histogram))  # fmt: skip
+                if message != cached[2]:
+                    cached[2] = message
+                    changed = True
+            parts.append(cached[2])
+        if len(cache) != len(series):
+            self._cache = {key: cache[key] for key, _ in series}
+        self.parts = parts
+        return changed
+
+
+class _FamilyEncoder:
+    """One family in every format: the text formats' sample lines (shared by text and
+    OpenMetrics, between their heads) and the delimited protobuf message, each kept while
+    the family's snapshot version is the same."""
+
+    __slots__ = ("_lines", "_lines_version", "_protobuf", "_protobuf_version", "family",
+                 "head", "message")  # fmt: skip
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+        self.head = family_head(family.base_name, family.kind.value, family.help)
+        histogram = family.kind is Kind.HISTOGRAM
+        self._lines = _HistogramLines(family) if histogram else _ScalarLines(family)
+        self._protobuf = _HistogramProtobuf(family) if histogram else _ScalarProtobuf(family)
+        self._lines_version: Hashable = _NEVER
+        self._protobuf_version: Hashable = _NEVER
+        #: The delimited MetricFamily message; b"" for a family without series.
+        self.message = b""
+
+    @property
+    def lines(self) -> str:
+        return self._lines.text
+
+    def update(self, snapshot: FamilySnapshot, lines: bool, protobuf: bool) -> None:
+        version = snapshot.version
+        lines = lines and not _same_version(version, self._lines_version)
+        protobuf = protobuf and not _same_version(version, self._protobuf_version)
+        if not (lines or protobuf):
+            return
+        series: list[_AnySeries] = sorted(snapshot.series, key=_label_values)
+        if lines:
+            self._lines.render(series)
+            self._lines_version = version
+        if protobuf:
+            if self._protobuf.render(series):
+                self.message = self._delimited(self._protobuf.parts)
+            self._protobuf_version = version
+
+    def _delimited(self, metrics: list[bytes]) -> bytes:
+        if not metrics:
+            return b""
+        family = self.family
+        head = _protobuf_head(family.name, family.help, family.kind)
+        size = len(head) + sum(map(len, metrics))
+        return b"".join([_varint(size), head, *metrics])
+
+
+# -- the reference: prometheus_client's families ----------------------------------------------
+
+
+def metric_family(snapshot: FamilySnapshot) -> Metric:
+    """A family snapshot as a prometheus_client family, series sorted by label values: what
+    prometheus_client's encoders render the same as `Exposition` does."""
+    family = snapshot.family
+    series: list[_AnySeries] = sorted(snapshot.series, key=_label_values)
+    labels = list(family.labels)
+    if family.kind is Kind.HISTOGRAM:
+        histogram = HistogramMetricFamily(family.name, family.help, labels=labels)
+        for key, h in series:
+            cumulative = accumulate(h.bucket_counts)
+            buckets = list(zip(_le_values(h.bounds), cumulative, strict=True))
+            histogram.add_metric(list(key), buckets, h.sum)
+        return histogram
+    metric: CounterMetricFamily | GaugeMetricFamily
+    if family.kind is Kind.COUNTER:
+        metric = CounterMetricFamily(family.base_name, family.help, labels=labels)
     else:
-        return CollectedFamilies(collector)
-    expected = [family_head(m.name, m.type, m.documentation) for m in collector.collect()]
-    if [f.head for f in special.families()] != expected:
-        # A family was added to the collector and not to its renderer: stay correct.
-        log.warning(
-            "fast renderer out of date with its collector; using the generic one",
-            extra={"collector": type(collector).__name__},
-        )
-        return CollectedFamilies(collector)
-    return special
+        metric = GaugeMetricFamily(family.name, family.help, labels=labels)
+    for key, value in series:
+        metric.add_metric(list(key), value)
+    return metric
 
 
-# -- the served answer ----------------------------------------------------------------------
+class SourceCollector(Collector):
+    """A MetricSource as a prometheus_client Collector."""
+
+    def __init__(self, source: MetricSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for snapshot in self.source.snapshot():
+            yield metric_family(snapshot)
+
+
+# -- content negotiation ------------------------------------------------------------------
+
+
+class Format(StrEnum):
+    TEXT = "text"
+    OPENMETRICS = "openmetrics"
+    PROTOBUF = "protobuf"
 
 
 @dataclass(frozen=True, slots=True)
 class Negotiated:
-    """What an Accept header asks for, as prometheus_client's `choose_encoder` decides it."""
+    """What an Accept header asks for: protobuf when it prefers that, else what
+    prometheus_client's `choose_encoder` decides."""
 
-    openmetrics: bool
+    format: Format
     content_type: str
     # False: an escaping scheme for names (dots, values) only prometheus_client implements.
     fast: bool
-    encoder: Callable[[CollectorRegistry], bytes]
+    # prometheus_client's encoder of the text formats (None for protobuf).
+    encoder: Callable[[CollectorRegistry], bytes] | None
+
+    @property
+    def openmetrics(self) -> bool:
+        return self.format is Format.OPENMETRICS
 
 
 _FAST_ESCAPING = ("", "underscores", "allow-utf-8")  # the same text for our legacy names
+_PROTOBUF_TYPE = "application/vnd.google.protobuf"
+_TEXT_MEDIA_TYPES = ("text/plain", "application/openmetrics-text")
+
+
+def _media_ranges(accept: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """(media type, parameters, quality) of each media range of an Accept header."""
+    for media_range in accept.split(","):
+        media_type, *tokens = media_range.split(";")
+        params: dict[str, str] = {}
+        for token in tokens:
+            key, _, value = token.strip().partition("=")
+            params[key.strip().lower()] = value.strip().strip('"')
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 0.0
+        yield media_type.strip().lower(), params, q if 0.0 <= q <= 1.0 else 0.0
+
+
+def prefers_protobuf(accept: str) -> bool:
+    """Whether `accept` asks for the protobuf format (delimited MetricFamily messages) with a
+    higher quality than either text format, the first listed winning a tie, as client_golang
+    negotiates. Wildcards name no format: they get the text format."""
+    protobuf = (0.0, 0)  # the best quality, and minus the position of its first range
+    text = (0.0, 0)
+    for position, (media_type, params, q) in enumerate(_media_ranges(accept)):
+        if media_type == _PROTOBUF_TYPE:
+            if (
+                params.get("proto") == "io.prometheus.client.MetricFamily"
+                and params.get("encoding") == "delimited"
+            ):
+                protobuf = max(protobuf, (q, -position))
+        elif media_type in _TEXT_MEDIA_TYPES:
+            text = max(text, (q, -position))
+    return protobuf[0] > 0 and protobuf > text
 
 
 @lru_cache(maxsize=32)
 def negotiate(accept: str) -> Negotiated:
+    if prefers_protobuf(accept):
+        return Negotiated(Format.PROTOBUF, PROTOBUF_CONTENT_TYPE, fast=True, encoder=None)
     encoder, content_type = choose_encoder(accept)
     escaping = ""
     for token in content_type.split(";"):
         key, _, value = token.strip().partition("=")
         if key == "escaping":
             escaping = value
+    openmetrics = content_type.startswith("application/openmetrics-text")
     return Negotiated(
-        openmetrics=content_type.startswith("application/openmetrics-text"),
+        format=Format.OPENMETRICS if openmetrics else Format.TEXT,
         content_type=content_type,
         fast=escaping in _FAST_ESCAPING,
         encoder=encoder,
     )
+
+
+# -- the served answer ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,77 +708,141 @@ class _Body:
 
     __slots__ = ("_gzipped", "_plain", "parts")
 
-    def __init__(self, parts: list[str]) -> None:
+    def __init__(self, parts: list[str] | list[bytes]) -> None:
         self.parts = parts
         self._plain: bytes | None = None
         self._gzipped: bytes | None = None
 
-    def same_parts(self, parts: list[str]) -> bool:
+    def same_parts(self, parts: list[str] | list[bytes]) -> bool:
         return len(parts) == len(self.parts) and all(map(operator.is_, parts, self.parts))
+
+    def _join(self) -> bytes:
+        parts = self.parts
+        if parts and isinstance(parts[0], str):
+            return "".join(parts).encode()
+        return b"".join(cast("list[bytes]", parts))
 
     def plain(self) -> bytes:
         if self._plain is None:
-            self._plain = "".join(self.parts).encode()
+            self._plain = self._join()
         return self._plain
 
     def gzipped(self) -> bytes:
         if self._gzipped is None:
-            self._gzipped = gzip_compress(self._plain or "".join(self.parts).encode())
+            self._gzipped = gzip_compress(self._plain or self._join())
         return self._gzipped
 
 
-class Exposition:
-    """The /metrics content of a set of collectors.
+class _SourceEncoder:
+    """The family encoders of one source, in the order of its snapshot."""
 
-    Every answer is rendered from the current state (so a watch event is visible at the
-    next scrape and the series of gone pods are gone), but only what changed is rendered
-    again: label strings are built once per series, a histogram series is re-rendered
-    only when its count or sum moved, the cgroup families only after a sampling pass and
-    only for the values that moved. The answer's bytes (plain, gzip) are kept and served
-    again while every piece of text is the same object as last time.
+    __slots__ = ("_by_name", "families", "source")
+
+    def __init__(self, source: MetricSource) -> None:
+        self.source = source
+        self._by_name: dict[str, _FamilyEncoder] = {}
+        self.families: list[_FamilyEncoder] = []
+
+    def update(self, lines: bool, protobuf: bool) -> None:
+        by_name, families = self._by_name, []
+        for snapshot in self.source.snapshot():
+            family = snapshot.family
+            encoder = by_name.get(family.name)
+            if encoder is None or (encoder.family is not family and encoder.family != family):
+                encoder = by_name[family.name] = _FamilyEncoder(family)
+            encoder.update(snapshot, lines, protobuf)
+            families.append(encoder)
+        self.families = families
+
+
+class Exposition:
+    """The /metrics content of a set of metric sources.
+
+    Every answer is rendered from the sources' current snapshots (so a watch event is
+    visible at the next scrape and the series of gone pods are gone), but only what changed
+    is encoded again (see the module's docstring). `prepare(source)` encodes one source's
+    families ahead of a scrape, e.g. from the cgroup sampler's thread after each pass.
     """
 
-    def __init__(self, collectors: Iterable[Collector]) -> None:
-        self.collectors = list(collectors)
+    def __init__(self, sources: Iterable[MetricSource]) -> None:
+        self.sources = list(sources)
         self.registry = CollectorRegistry(auto_describe=False)
-        for collector in self.collectors:
-            self.registry.register(collector)
-        self._renderers = [renderer_for(c) for c in self.collectors]
-        self._bodies: dict[bool, _Body] = {}  # by format: OpenMetrics or not
+        for source in self.sources:
+            self.registry.register(SourceCollector(source))
+        self._encoders = [_SourceEncoder(s) for s in self.sources]
+        self._lock = threading.Lock()
+        self._bodies: dict[Format, _Body] = {}
+        # When each encoding was last asked for: the text formats' lines, protobuf.
+        self._asked_lines = self._asked_protobuf = -float("inf")
 
-    def prepare_cgroups(self) -> None:
-        """Render the cgroup families of the sampler's latest pass now. For the sampler's
-        thread, right after each pass, so that a scrape finds them rendered."""
-        for renderer in self._renderers:
-            if isinstance(renderer, CgroupFamilies):
-                renderer.prepare()
+    def prepare(self, source: MetricSource) -> None:
+        """Encode `source`'s families now, in the formats scraped in the last
+        RECENT_SECONDS, so that the next scrape finds them encoded. Thread-safe."""
+        for encoder in self._encoders:
+            if encoder.source is source:
+                break
+        else:
+            raise ValueError(f"{source!r} is not a source of this exposition")
+        now = time.monotonic()
+        lines = now - self._asked_lines < RECENT_SECONDS
+        protobuf = now - self._asked_protobuf < RECENT_SECONDS
+        if lines or protobuf:
+            with self._lock:
+                encoder.update(lines, protobuf)
 
-    def _parts(self, openmetrics: bool) -> list[str]:
-        parts = []
-        for renderer in self._renderers:
-            for head, samples in renderer.families():
-                parts.append(head.openmetrics if openmetrics else head.text)
-                parts += samples
+    def _parts(self, format: Format) -> list[str] | list[bytes]:
+        """The pieces of the whole answer in `format`, every family encoded now (the lock
+        held)."""
+        protobuf = format is Format.PROTOBUF
+        if protobuf:
+            self._asked_protobuf = time.monotonic()
+        else:
+            self._asked_lines = time.monotonic()
+        for encoder in self._encoders:
+            encoder.update(not protobuf, protobuf)
+        families = [f for encoder in self._encoders for f in encoder.families]
+        if protobuf:
+            return [f.message for f in families if f.message]
+        parts: list[str] = []
+        openmetrics = format is Format.OPENMETRICS
+        for f in families:
+            parts.append(f.head.openmetrics if openmetrics else f.head.text)
+            parts.append(f.lines)
         if openmetrics:
             parts.append(OPENMETRICS_EOF)
         return parts
 
+    def _body(self, format: Format) -> _Body:
+        with self._lock:
+            parts = self._parts(format)
+            cached = self._bodies.get(format)
+            if cached is None or not cached.same_parts(parts):
+                cached = self._bodies[format] = _Body(parts)
+            return cached
+
     def render(self, openmetrics: bool = False) -> str:
         """The exposition text, in the Prometheus text format 0.0.4 or OpenMetrics 1.0.0."""
-        return "".join(self._parts(openmetrics))
+        with self._lock:
+            parts = self._parts(Format.OPENMETRICS if openmetrics else Format.TEXT)
+        return "".join(cast("list[str]", parts))
+
+    def render_protobuf(self) -> bytes:
+        """The exposition in the Prometheus protobuf format: delimited MetricFamily
+        messages, families without series left out."""
+        with self._lock:
+            parts = self._parts(Format.PROTOBUF)
+        return b"".join(cast("list[bytes]", parts))
 
     def answer(self, accept: str = "", accept_encoding: str = "") -> MetricsAnswer:
         """The /metrics response for these request headers."""
         negotiated = negotiate(accept)
         want_gzip = "gzip" in accept_encoding
         if not negotiated.fast:
+            assert negotiated.encoder is not None  # only the text formats have schemes
             body = negotiated.encoder(self.registry)
             if want_gzip:
                 body = gzip_compress(body)
             return MetricsAnswer(body, negotiated.content_type, want_gzip)
-        parts = self._parts(negotiated.openmetrics)
-        cached = self._bodies.get(negotiated.openmetrics)
-        if cached is None or not cached.same_parts(parts):
-            cached = self._bodies[negotiated.openmetrics] = _Body(parts)
+        cached = self._body(negotiated.format)
         body = cached.gzipped() if want_gzip else cached.plain()
         return MetricsAnswer(body, negotiated.content_type, want_gzip)

@@ -1,6 +1,6 @@
 """The agent's configuration: one table of options read from flags, env and a YAML file.
 
-Precedence (DESIGN.md §7): a command-line flag wins over `TAILWATCH_<FLAG>` in the
+Precedence (docs/design.md, *Interfaces*): a command-line flag wins over `TAILWATCH_<FLAG>` in the
 environment, which wins over the `--config` YAML file, which wins over the default.
 Every value is validated here; `ConfigError` carries the one-line reason the CLI prints
 before exiting with status 2.
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT, check_layout
 from exporter.core.units import parse_duration
 
 
@@ -77,6 +78,18 @@ def parse_spike_ratio(text: str) -> float:
     if value <= 1:
         raise ValueError(f"{text!r} must be above 1 (a spike is slower than the baseline)")
     return value
+
+
+def parse_classic_buckets(text: str) -> tuple[float, ...]:
+    """Comma-separated durations (`5ms,10ms,1s` or seconds), increasing; empty: the default
+    layout of docs/latency.md."""
+    if not text.strip():
+        return DEFAULT_CLASSIC_LAYOUT
+    try:
+        bounds = tuple(parse_duration(part.strip()) for part in text.split(","))
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    return check_layout(bounds)
 
 
 def parse_node_name(text: str) -> str:
@@ -150,7 +163,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
     Option("log-level", "debug, info, warning or error", parse_log_level, "info"),
-    # Correlation (DESIGN.md §5, docs/correlation.md).
+    Option(
+        "classic-buckets",
+        "bounds of the latency histograms' classic layout in the text formats, comma-separated "
+        "(default: 27 bounds from 0.5ms to 10s); the same on every agent of a cluster",
+        parse_classic_buckets,
+        "",
+    ),
+    # Correlation (docs/correlation.md).
     Option(
         "episode-settle",
         "an episode closes once every endpoint is ready and nothing changed for this long",
@@ -205,6 +225,7 @@ class Settings:
     recovery_tolerance: float = 0.2
     recovery_max: float = 600.0
     spike_ratio: float = 2.0
+    classic_buckets: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
 
 
 def read_config_file(path: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from exporter.catalogue import COLLECTOR_DURATION
 from exporter.cgroups.layout import (
     CgroupMode,
     ContainerDir,
@@ -57,7 +58,7 @@ DROP_PARSE_ERROR = "cgroup_parse_error"  # a file whose content was cut off or u
 DROP_SAMPLER_ERROR = "cgroup_sampler_error"  # a bug: a pass or a container failed unexpectedly
 
 # tailwatch_collector_duration_seconds: a pass over 330 containers costs a few ms.
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+DURATION_BUCKETS = COLLECTOR_DURATION.buckets
 
 # What is read less often than every pass, because it costs the kernel more or rarely changes
 # (docs/cgroups.md): a memory limit changes only on an in-place resize; memory.stat, whose

@@ -1,5 +1,6 @@
-"""Latency histograms at the two resolutions of DESIGN.md §4: a fine log-bucketed histogram
-for quantiles inside the agent, and the one exponential layout exported on /metrics.
+"""Latency histograms at two resolutions: the fine log-bucketed histogram on the native
+histogram index (the agent's quantiles, and the native histograms of /metrics), and the
+small classic layout of the text formats, with each Service's SLO as an exact boundary.
 
 Pure: no I/O, no clock. docs/latency.md explains the numbers chosen here.
 """
@@ -8,36 +9,51 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 
 # -- the fine histogram ------------------------------------------------------------------
 
-#: Every quantile of `FineHistogram` is within this relative error of the exact quantile
-#: (DESIGN.md asks for 5%; 1% leaves room for the error of coarse input and costs ~1,100
-#: buckets at most over the whole range).
-RELATIVE_ACCURACY = 0.01
-#: Values below this are counted in the zero bucket and reported as 0 (absolute error < 1 µs).
-MIN_TRACKED = 1e-6
+#: The agent's fine histogram and the native histograms on /metrics share one bucket index:
+#: Prometheus' native histogram schema 4, where bucket `i` holds (2^((i-1)/16), 2^(i/16)].
+#: Nothing is re-bucketed between the two, and an OTLP exponential histogram of scale >= 4
+#: merges into it exactly (docs/latency.md, *Native histograms*).
+NATIVE_SCHEMA = 4
+_PER_DOUBLING = 1 << NATIVE_SCHEMA
+_GAMMA = 2.0 ** (1.0 / _PER_DOUBLING)
+#: Every quantile of `FineHistogram` is within this relative error of the exact quantile:
+#: (g - 1) / (g + 1) = 2.17% for g = 2^(1/16). The design target is 5%, which leaves room
+#: for the error of coarse client input.
+RELATIVE_ACCURACY = (_GAMMA - 1.0) / (_GAMMA + 1.0)
+#: Values at or below this (2^-20 s, 0.95 µs) are counted in the zero bucket and reported
+#: as 0; it is the native histograms' zero threshold, an exact bucket edge of every schema.
+NATIVE_ZERO_THRESHOLD = 2.0**-20
+MIN_TRACKED = NATIVE_ZERO_THRESHOLD
 #: Values above this (one hour) are clamped into the top bucket.
 MAX_TRACKED = 3600.0
 
-_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-_LOG_GAMMA = math.log(_GAMMA)
-_INV_LOG_GAMMA = 1.0 / _LOG_GAMMA
-_MIN_INDEX = math.ceil(math.log(MIN_TRACKED) * _INV_LOG_GAMMA)
-_MAX_INDEX = math.ceil(math.log(MAX_TRACKED) * _INV_LOG_GAMMA)
+#: frexp's mantissas (in [0.5, 1)) of the bucket edges within one doubling, for an exact index.
+_EDGE_MANTISSAS = tuple(2.0 ** (k / _PER_DOUBLING) / 2 for k in range(_PER_DOUBLING))
 #: Bucket `i` holds the values in (g^(i-1), g^i]; this is its representative value, whose
 #: relative distance to every value of the bucket is at most RELATIVE_ACCURACY.
 _REPRESENTATIVE_FACTOR = 2.0 / (_GAMMA + 1.0)
 
 
-def _index(seconds: float) -> int:
-    return math.ceil(math.log(min(seconds, MAX_TRACKED)) * _INV_LOG_GAMMA)
+def native_index(seconds: float) -> int:
+    """The schema-4 bucket of a value above the zero threshold, exact at every bucket edge
+    (as Prometheus' client_golang computes it: frexp, then the mantissa's place among the
+    edges of one doubling)."""
+    mantissa, exponent = math.frexp(min(seconds, MAX_TRACKED))
+    return bisect.bisect_left(_EDGE_MANTISSAS, mantissa) + (exponent - 1) * _PER_DOUBLING
+
+
+_index = native_index
+_MIN_INDEX = native_index(math.nextafter(NATIVE_ZERO_THRESHOLD, math.inf))
+_MAX_INDEX = native_index(MAX_TRACKED)
 
 
 def _upper_edge(index: int) -> float:
-    return math.exp(index * _LOG_GAMMA)
+    return math.exp2(index / _PER_DOUBLING)
 
 
 def _positions_at_or_below(x: float, lower: float, width: float, count: int) -> int:
@@ -73,21 +89,21 @@ def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increm
     width = upper - lower
     first = lower + 0.5 * width / count
     last = upper - 0.5 * width / count
-    lo_index = _index(first) if first >= MIN_TRACKED else _MIN_INDEX
-    hi_index = _index(last) if last >= MIN_TRACKED else _MIN_INDEX
+    lo_index = _index(first) if first > MIN_TRACKED else _MIN_INDEX
+    hi_index = _index(last) if last > MIN_TRACKED else _MIN_INDEX
     out: dict[int, int] = {}
     zero = 0
     if count <= hi_index - lo_index + 1:  # fewer values than buckets: place each value
         step = width / count
         for j in range(count):
             x = lower + (j + 0.5) * step
-            if x >= MIN_TRACKED:
+            if x > MIN_TRACKED:
                 i = _index(x)
                 out[i] = out.get(i, 0) + 1
             else:
                 zero += 1
         return zero, tuple(out.items())
-    placed = zero = _positions_at_or_below(math.nextafter(MIN_TRACKED, 0.0), lower, width, count)
+    placed = zero = _positions_at_or_below(MIN_TRACKED, lower, width, count)
     for i in range(lo_index, hi_index + 1):
         edge = _upper_edge(i) if i < _MAX_INDEX else math.inf
         upto = _positions_at_or_below(edge, lower, width, count)
@@ -100,13 +116,14 @@ def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increm
 
 
 class FineHistogram:
-    """A log-bucketed latency histogram (DDSketch's mapping with fixed parameters).
+    """A log-bucketed latency histogram on the native histogram index (schema 4).
 
-    `record` is one log and one dict update. Quantiles are within `RELATIVE_ACCURACY` of the
-    exact nearest-rank quantile for values in [MIN_TRACKED, MAX_TRACKED]. Histograms merge by
-    adding counts and subtract (a newer snapshot minus an older one of the same stream gives
-    the window between them), which is what a rolling view needs. Memory is bounded by the
-    index range: at most ~1,100 buckets whatever is recorded.
+    `record` is one frexp, a bisect and one dict update. Quantiles are within
+    `RELATIVE_ACCURACY` of the exact nearest-rank quantile for values in (MIN_TRACKED,
+    MAX_TRACKED]. Histograms merge by adding counts and subtract (a newer snapshot minus an
+    older one of the same stream gives the window between them), which is what a rolling
+    view needs. Memory is bounded by the
+    index range: at most ~510 buckets whatever is recorded.
     """
 
     __slots__ = ("_buckets", "count", "zero_count")
@@ -117,8 +134,8 @@ class FineHistogram:
         self.count = 0
 
     def record(self, seconds: float, count: int = 1) -> None:
-        if seconds >= MIN_TRACKED:
-            i = math.ceil(math.log(min(seconds, MAX_TRACKED)) * _INV_LOG_GAMMA)
+        if seconds > MIN_TRACKED:
+            i = native_index(seconds)
             buckets = self._buckets
             buckets[i] = buckets.get(i, 0) + count
         elif math.isnan(seconds):  # a broken clock or input, never a latency
@@ -179,6 +196,10 @@ class FineHistogram:
                 out._buckets[i] = left
         return out
 
+    def buckets(self) -> list[tuple[int, int]]:
+        """(native index, count) of every non-empty bucket, by index."""
+        return sorted(self._buckets.items())
+
     def copy(self) -> FineHistogram:
         out = FineHistogram()
         out._buckets = dict(self._buckets)
@@ -230,45 +251,52 @@ class FineHistogram:
         return f"FineHistogram(count={self.count}, buckets={len(self._buckets)})"
 
 
-# -- the /metrics layout -----------------------------------------------------------------
+# -- the classic layout --------------------------------------------------------------------
 
-#: Consecutive boundaries grow by 2^(1/5) ≈ 1.1487. `histogram_quantile` interpolates
-#: linearly inside a bucket, so its estimate and the true quantile lie in the same bucket and
-#: differ by at most the growth factor: ≤ 14.9% for any distribution, any number of agents
-#: summed (they all use the same boundaries), any quantile.
-GROWTH_STEPS_PER_DOUBLING = 5
-GROWTH_FACTOR = 2.0 ** (1.0 / GROWTH_STEPS_PER_DOUBLING)
-LAYOUT_MIN = 1e-4  # 100 µs: a TCP connect to a pod on the same node
-LAYOUT_MAX = 60.0  # longer is an outage, +Inf says enough
-#: Boundaries are rounded to 4 significant digits, so the `le` strings are short and
-#: identical on every platform; that moves a ratio by < 0.1%, still under 15%.
-SIGNIFICANT_DIGITS = 4
-
-
-def _base_layout() -> tuple[float, ...]:
-    steps = GROWTH_STEPS_PER_DOUBLING
-    lo = math.floor(steps * math.log2(LAYOUT_MIN))
-    hi = math.ceil(steps * math.log2(LAYOUT_MAX))
-    return tuple(float(f"{2.0 ** (k / steps):.{SIGNIFICANT_DIGITS}g}") for k in range(lo, hi + 1))
+#: The classic bucket bounds of every latency histogram in the text formats, for scrapers
+#: without native histograms: 27 bounds, 1-1.5-2-3-5-7 per decade from 0.5 ms to 10 s.
+#: Linear interpolation inside a bucket is off by at most its ratio (1.67 at most); the
+#: native histograms and the SLO counters are the precise answers (docs/latency.md).
+#: `--classic-buckets` replaces it; every agent of a cluster must use the same one.
+DEFAULT_CLASSIC_LAYOUT: tuple[float, ...] = (
+    *(0.0005, 0.0007),
+    *(0.001, 0.0015, 0.002, 0.003, 0.005, 0.007),
+    *(0.01, 0.015, 0.02, 0.03, 0.05, 0.07),
+    *(0.1, 0.15, 0.2, 0.3, 0.5, 0.7),
+    *(1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
+    10.0,
+)
+BASE_LAYOUT = DEFAULT_CLASSIC_LAYOUT
 
 
-#: The exposition boundaries shared by every latency histogram, without an SLO.
-BASE_LAYOUT: tuple[float, ...] = _base_layout()
+def check_layout(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    """`bounds` as a classic layout: finite, positive, strictly increasing; raises
+    ValueError with the reason."""
+    if not bounds:
+        raise ValueError("a classic layout needs at least one bound")
+    previous = 0.0
+    for bound in bounds:
+        if not (math.isfinite(bound) and bound > previous):
+            raise ValueError("classic bucket bounds must be positive, finite and increasing")
+        previous = bound
+    return tuple(float(b) for b in bounds)
 
 
 @lru_cache(maxsize=256)
-def layout_for(slo: float | None) -> tuple[float, ...]:
-    """The boundaries of a Service's histograms: `BASE_LAYOUT` plus its SLO threshold as an
+def layout_for(
+    slo: float | None, base: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
+) -> tuple[float, ...]:
+    """The classic bounds of a Service's histograms: `base` plus its SLO threshold as an
     exact boundary (so the share of requests within the SLO is read without interpolation).
 
     All agents compute the same layout for the same Service, so its buckets sum across
     agents; different Services may differ by their one SLO boundary.
     """
-    if slo is None or slo in BASE_LAYOUT:
-        return BASE_LAYOUT
+    if slo is None or slo in base:
+        return base
     if not (slo > 0 and math.isfinite(slo)):
         raise ValueError(f"SLO threshold {slo} must be a positive number of seconds")
-    return tuple(sorted((*BASE_LAYOUT, float(slo))))
+    return tuple(sorted((*base, float(slo))))
 
 
 def le_string(bound: float) -> str:
@@ -306,22 +334,59 @@ def _exposition_placement(
 
 
 class LatencySeries:
-    """One latency series (one label set): the exposition buckets, sum and count that
-    /metrics shows, and the fine histogram that the agent's own quantiles come from.
+    """One latency series (one label set): the classic buckets, sum and count of the text
+    formats, and the fine histogram that is both the native histogram of the protobuf
+    format and the source of the agent's own quantiles.
 
-    Exposition counts are exact: a value is counted in every bucket whose `le` is ≥ it, at
-    record time, never derived from the fine histogram.
+    Classic counts are exact: a value is counted in every bucket whose `le` is ≥ it, at
+    record time, never derived from the fine histogram. With an `slo`, which is then one of
+    the bounds, `slow_count` is the number of values above it: exact for single values, by
+    the placement rule of `record_range` for ranges.
     """
 
-    __slots__ = ("_spreads", "bounds", "bucket_counts", "count", "fine", "sum")
+    __slots__ = ("_native_indexes", "_slo_bucket", "_spreads", "bounds", "bucket_counts", "count",
+                 "fine", "slo", "sum")  # fmt: skip
 
-    def __init__(self, bounds: tuple[float, ...] = BASE_LAYOUT) -> None:
+    def __init__(self, bounds: tuple[float, ...] = BASE_LAYOUT, slo: float | None = None) -> None:
         self.bounds = bounds
+        self.slo = slo
+        self._slo_bucket = -1
+        if slo is not None:
+            self._slo_bucket = bisect.bisect_left(bounds, slo)
+            if self._slo_bucket == len(bounds) or bounds[self._slo_bucket] != slo:
+                raise ValueError(f"SLO {slo} is not a bound of the layout")
         self._spreads = _spread_cache(bounds)
         self.bucket_counts = [0] * (len(bounds) + 1)  # per bucket; the last one is +Inf
         self.fine = FineHistogram()
         self.sum = 0.0
         self.count = 0
+        self._native_indexes: list[int] = []
+
+    @property
+    def version(self) -> Hashable:
+        """Changes whenever a value is recorded (count and sum move)."""
+        return (self.count, self.sum)
+
+    @property
+    def slow_count(self) -> int:
+        """Values above the SLO (0 without one)."""
+        if self._slo_bucket < 0:
+            return 0
+        return sum(self.bucket_counts[self._slo_bucket + 1 :])
+
+    @property
+    def native_zero_count(self) -> int:
+        return self.fine.zero_count
+
+    def native_buckets(self) -> tuple[list[int], list[int]]:
+        """The native histogram's buckets, the fine buckets themselves: their indexes,
+        ascending, and their counts. The indexes are sorted again only when a bucket was
+        added (a series' fine histogram never loses one)."""
+        buckets = self.fine._buckets
+        indexes = self._native_indexes
+        if len(indexes) != len(buckets):
+            indexes = self._native_indexes = sorted(buckets)
+        return indexes, list(map(buckets.__getitem__, indexes))
 
     def record(self, seconds: float, count: int = 1) -> None:
         self.fine.record(seconds, count)

@@ -1,4 +1,4 @@
-"""The prober's pure half (DESIGN.md §4): what is probed, when each probe is due on its
+"""The prober's pure half (docs/latency.md): what is probed, when each probe is due on its
 open-loop schedule, and what is kept of the results (latency series, failures, status).
 
 Time is passed in as integer nanoseconds of one monotonic clock; the adapter in
@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from exporter.core.catalog import TargetSpec
-from exporter.core.histogram import BASE_LAYOUT, FineHistogram, LatencySeries, layout_for
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT, FineHistogram, LatencySeries, layout_for
 
 #: A probe that has not completed this long after its intended start has failed. Not tied to
 #: the interval: a stall longer than the interval must show at its full length in the tail.
@@ -344,12 +344,19 @@ class ProbeLedger:
     removed; a failure counter (no pod label) goes when no target shares its labels.
     """
 
-    def __init__(self, *, max_series: int = DEFAULT_MAX_SERIES, state_of: StateOf = always_steady):
+    def __init__(
+        self,
+        *,
+        max_series: int = DEFAULT_MAX_SERIES,
+        state_of: StateOf = always_steady,
+        classic_layout: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT,
+    ):
         self.max_series = max_series
         self.state_of = state_of
+        self.classic_layout = classic_layout
         self.durations: dict[tuple[str, str, str, str, str], LatencySeries] = {}
         self.failures: dict[tuple[str, str, str, str], int] = {}
-        self.lag = LatencySeries(BASE_LAYOUT)
+        self.lag = LatencySeries(classic_layout)
         self.dropped: dict[str, int] = {}
         self.statuses: dict[ProbeTarget, TargetStatus] = {}
 
@@ -373,7 +380,8 @@ class ProbeLedger:
             if len(self.durations) >= self.max_series:
                 self.dropped["probe_series_limit"] = self.dropped.get("probe_series_limit", 0) + 1
                 return None
-            series = self.durations[key] = LatencySeries(layout_for(target.slo))
+            layout = layout_for(target.slo, self.classic_layout)
+            series = self.durations[key] = LatencySeries(layout, target.slo)
         return series
 
     def _count(self, target: ProbeTarget, reason: FailureReason | None, n: int, at: float) -> None:

@@ -1,7 +1,6 @@
-"""OTLP/HTTP receiver of client latency histograms (DESIGN.md §4): clients' own view of an
+"""OTLP/HTTP receiver of client latency histograms (docs/otlp.md): clients' own view of an
 opted-in Service's latency, turned into per-Service deltas for the latency histograms."""
 
-from exporter.otlp.collector import OtlpCollector
 from exporter.otlp.decode import DEFAULT_MAX_BODY_BYTES
 from exporter.otlp.points import (
     DEFAULT_METRICS,
@@ -12,6 +11,7 @@ from exporter.otlp.points import (
     Resolver,
 )
 from exporter.otlp.receiver import OtlpReceiver, ReceiverLimits, Sink
+from exporter.otlp.source import OtlpSource
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -19,8 +19,8 @@ __all__ = [
     "Bucket",
     "IngestLimits",
     "LatencyDelta",
-    "OtlpCollector",
     "OtlpReceiver",
+    "OtlpSource",
     "Outcome",
     "ReceiverLimits",
     "Resolver",

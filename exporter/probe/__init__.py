@@ -8,19 +8,19 @@ from exporter.core.probing import (
     ProbeResult,
     ProbeTarget,
 )
-from exporter.probe.collector import ProbeCollector
 from exporter.probe.connect import ProbeOutcome, probe_http, probe_target, probe_tcp
 from exporter.probe.prober import DEFAULT_MAX_CONNECTIONS, Prober
+from exporter.probe.source import ProbeSource
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_SERIES",
     "DEFAULT_TIMEOUT",
     "FailureReason",
-    "ProbeCollector",
     "ProbeLedger",
     "ProbeOutcome",
     "ProbeResult",
+    "ProbeSource",
     "ProbeTarget",
     "Prober",
     "probe_http",

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
 from exporter.core.probing import (
     DEFAULT_MAX_SERIES,
     NS_PER_S,
@@ -74,13 +75,16 @@ class Prober:
         wall_clock: Callable[[], float] = time.time,
         wake_early: float = DEFAULT_WAKE_EARLY,
         launch_window: float = DEFAULT_LAUNCH_WINDOW,
+        classic_layout: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections
         self.phase_seed = phase_seed
         self.on_result = on_result
-        self.ledger = ProbeLedger(max_series=max_series, state_of=state_of)
+        self.ledger = ProbeLedger(
+            max_series=max_series, state_of=state_of, classic_layout=classic_layout
+        )
         self.schedule: ProbeSchedule[ProbeTarget] = ProbeSchedule(round(launch_window * NS_PER_S))
         self._probe = probe
         self._clock_ns = clock_ns

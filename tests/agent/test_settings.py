@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
 from exporter.core.units import parse_duration
 from exporter.settings import (
     ConfigError,
@@ -36,7 +37,7 @@ def test_defaults_with_node_name_from_downward_api_env(cgroup_root: str) -> None
     assert s.sample_interval == 1.0
     assert s.kubeconfig is None
     assert s.log_level == "info"
-    # DESIGN.md §5's correlation defaults.
+    # The correlation defaults of docs/correlation.md.
     assert (s.episode_settle, s.baseline_window, s.recovery_window) == (30.0, 300.0, 30.0)
     assert (s.recovery_tolerance, s.recovery_max, s.spike_ratio) == (0.2, 600.0, 2.0)
 
@@ -85,6 +86,9 @@ def test_empty_otlp_listen_disables_the_receiver(cgroup_root: str) -> None:
         ({"node_name": "a", "recovery_tolerance": "nan"}, "must be a finite number, 0 or more"),
         ({"node_name": "a", "spike_ratio": "1"}, "--spike-ratio: '1' must be above 1"),
         ({"node_name": "a", "spike_ratio": "x2"}, "--spike-ratio: 'x2' is not a number"),
+        ({"node_name": "a", "classic_buckets": "5ms,1ms"}, "--classic-buckets: classic bucket"),
+        ({"node_name": "a", "classic_buckets": "5ms,,1s"}, "--classic-buckets: '5ms,,1s'"),
+        ({"node_name": "a", "classic_buckets": "0s,1s"}, "must be positive, finite"),
     ],
 )
 def test_invalid_values_name_the_option(
@@ -94,6 +98,14 @@ def test_invalid_values_name_the_option(
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
         load_settings(values, {})
     assert "\n" not in str(info.value)
+
+
+def test_classic_buckets_default_and_from_env(cgroup_root: str) -> None:
+    s = load_settings(flags(cgroup_root=cgroup_root), {"NODE_NAME": "n"})
+    assert s.classic_buckets == DEFAULT_CLASSIC_LAYOUT and len(s.classic_buckets) == 27
+    env = {"NODE_NAME": "n", "TAILWATCH_CLASSIC_BUCKETS": "5ms, 25ms,0.1,1s"}
+    s = load_settings(flags(cgroup_root=cgroup_root), env)
+    assert s.classic_buckets == (0.005, 0.025, 0.1, 1.0)
 
 
 def test_correlation_windows_from_env_and_file(tmp_path: Path, cgroup_root: str) -> None:

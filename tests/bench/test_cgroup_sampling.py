@@ -1,4 +1,4 @@
-"""Cost of one cgroup sampling pass at the reference node (DESIGN.md §10: 110 pods, 330
+"""Cost of one cgroup sampling pass at the reference node (docs/design.md: 110 pods, 330
 containers), the sampler side by side with a naive pass, on fixture trees and on the
 machine's own cgroupfs. Run: .venv/bin/python -m pytest tests/bench -m bench -s -k cgroup
 
@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.cgroups.collector import CgroupCollector
 from exporter.cgroups.layout import (
     CgroupMode,
     KubepodsTree,
@@ -39,6 +37,7 @@ from exporter.cgroups.parse import (
 )
 from exporter.cgroups.reader import CgroupFile, files_of
 from exporter.cgroups.sampler import CgroupSampler
+from exporter.cgroups.source import CgroupSource
 from exporter.cgroups.synthetic import (
     Runtime,
     TreeLayout,
@@ -50,6 +49,7 @@ from exporter.cgroups.synthetic import (
     write_tree,
 )
 from exporter.core.pods import PodSnapshot
+from exporter.exposition import Exposition
 from tests.cgroups.real_cgroupfs import NotWritable, RealTree
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(600)]
@@ -230,11 +230,11 @@ def side_by_side(
             _time(lambda: naive_pass(root, pods), naive)
             _time(floor.run, reads)
         floor.close()
-        registry = CollectorRegistry()
-        registry.register(CgroupCollector(sampler))
+        # A new exposition each time: the whole render, not one reused from a cache.
+        source = CgroupSource(sampler)
         render = Timing([], [])
         for _ in range(50):
-            _time(lambda: generate_latest(registry), render)
+            _time(lambda: Exposition([source]).render(), render)
         ratio = statistics.median(naive.cpu) / statistics.median(ours.cpu)
         print(f"\n[{label}] 330 containers, {PASSES} passes each, interleaved")
         print(f"  sampler  {ours.row()}")

@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.cgroups.collector import CgroupCollector
 from exporter.cgroups.sampler import CgroupSampler
+from exporter.cgroups.source import CgroupSource
+from exporter.exposition import Exposition
 from tests.cgroups.cgroup_scenarios import FIXTURES, SCENARIOS, build, regenerate, snapshots
 
 UPDATE = os.environ.get("TAILWATCH_UPDATE_GOLDEN") == "1"
@@ -31,9 +31,7 @@ def exposition(name: str) -> str:
     sampler = CgroupSampler(FIXTURES / name, lambda: snapshots(name), timer=lambda: next(ticks))
     sampler.sample(1.0)
     sampler.close()
-    registry = CollectorRegistry()
-    registry.register(CgroupCollector(sampler))
-    return generate_latest(registry).decode()
+    return Exposition([CgroupSource(sampler)]).render()
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -10,9 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.cgroups.collector import CgroupCollector
 from exporter.cgroups.reader import FdBudget
 from exporter.cgroups.sampler import (
     DROP_PARSE_ERROR,
@@ -22,6 +20,7 @@ from exporter.cgroups.sampler import (
     CgroupSample,
     CgroupSampler,
 )
+from exporter.cgroups.source import CgroupSource
 from exporter.cgroups.synthetic import (
     ContainerUsage,
     MiB,
@@ -35,6 +34,7 @@ from exporter.cgroups.synthetic import (
 )
 from exporter.core.events import PodEventKind
 from exporter.core.pods import PodSnapshot
+from exporter.exposition import Exposition
 from tests.cgroups.cgroup_scenarios import FIXTURES, SCENARIOS, scenario_pods, snapshots
 
 EXPORTED = {
@@ -236,9 +236,7 @@ def test_deleted_pod_series_disappear_and_files_are_closed() -> None:
 
 def _exposition(sampler: CgroupSampler, now: float) -> str:
     sampler.sample(now)
-    registry = CollectorRegistry()
-    registry.register(CgroupCollector(sampler))
-    return generate_latest(registry).decode()
+    return Exposition([CgroupSource(sampler)]).render()
 
 
 def _container_path(name: str, root: Path, pod_index: int, container_name: str) -> Path:

@@ -13,15 +13,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cgroups.collector import CgroupCollector
 from exporter.cgroups.layout import CgroupMode
 from exporter.cgroups.sampler import DROP_VANISHED, CgroupSampler
+from exporter.cgroups.source import CgroupSource
 from exporter.cgroups.synthetic import hex_id
 from exporter.core.events import PodEventKind, Workload
 from exporter.core.pods import ContainerSnapshot, PodSnapshot
+from exporter.exposition import Exposition
 from tests.cgroups.real_cgroupfs import NotWritable, RealTree
 
 UID = "3f6c2a1e-9b8d-4c7a-8e5f-0a1b2c3d4e5f"
@@ -72,10 +72,9 @@ def pods() -> list[PodSnapshot]:
 def scrape(sampler: CgroupSampler) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
     """name, container, extra labels -> value, parsed back from the exposition text."""
     sampler.sample(time.monotonic())
-    registry = CollectorRegistry()
-    registry.register(CgroupCollector(sampler))
+    text = Exposition([CgroupSource(sampler)]).render()
     out: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = dict(s.labels)
             container = labels.pop("container", "")

@@ -1,8 +1,9 @@
-"""A node's metric state, deterministic, held by the agent's own collectors as agent.py wires
-them: for the exposition tests (a fixture cgroup tree, a few Services) and the exposition
-benchmark (the reference node of DESIGN.md §10: 110 pods, 330 containers, 20 Services).
+"""A node's metric state, deterministic, held by the agent's own metric sources as agent.py
+wires them: for the exposition tests (a fixture cgroup tree, a few Services) and the
+benchmarks (the reference node of docs/design.md, *Reference load and budgets*: 110 pods,
+330 containers, 20 Services).
 
-Everything the collectors read is set through the same objects the agent updates (the
+Everything the sources read is set through the same objects the agent updates (the
 metrics tables, the prober's ledger, the client latency series, a cgroup sampler over a
 real tree), with fixed clocks and seeded latencies, so two builds render the same text.
 """
@@ -14,28 +15,28 @@ import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from exporter.cgroups import CgroupCollector, CgroupSampler
+from exporter.catalogue import EPISODE_P99_RATIO, EPISODE_RECOVERY, MetricSource
+from exporter.cgroups import CgroupSampler, CgroupSource
 from exporter.core.buckets import FixedBuckets
 from exporter.core.correlation import Correlator
 from exporter.core.endpoints import EndpointCounts
 from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
 from exporter.core.pods import PodSnapshot
 from exporter.core.probing import FailureReason, ProbeLedger, ProbeTarget
 from exporter.core.services import ServiceRef
 from exporter.exposition import Exposition
 from exporter.kube.watching import WatchHealth
 from exporter.metrics import (
-    EPISODE_P99_RATIO,
-    EPISODE_RECOVERY,
-    AgentCollector,
     AgentMetrics,
+    AgentSource,
     ClientLatency,
-    ClientLatencyCollector,
+    ClientLatencySource,
     EpisodeMetrics,
-    ServiceCollector,
+    ServiceSource,
 )
-from exporter.otlp import OtlpCollector
-from exporter.probe import ProbeCollector
+from exporter.otlp import OtlpSource
+from exporter.probe import ProbeSource
 
 T0 = 1_790_000_000.0  # wall clock of the state (2026-09-21)
 MONOTONIC = 5_000.0  # the agent's monotonic clock at the scrape
@@ -66,6 +67,7 @@ class NodeState:
         endpoints: int,
         samples_per_series: int = 200,
         seed: int = 7,
+        classic_layout: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT,
     ) -> None:
         self.rng = random.Random(seed)
         self.pods = list(pods)
@@ -75,9 +77,13 @@ class NodeState:
             cgroup_root, lambda: tuple(self.pods), timer=_pass_timer().__next__
         )
         self.state = dict.fromkeys(self.refs, "steady")
-        self.ledger = ProbeLedger(state_of=lambda ns, svc: self.state[ServiceRef(ns, svc)])
+        self.ledger = ProbeLedger(
+            state_of=lambda ns, svc: self.state[ServiceRef(ns, svc)], classic_layout=classic_layout
+        )
         self.client = ClientLatency(
-            slo_of=lambda ref: SLO, state_of=lambda ns, svc: self.state[ServiceRef(ns, svc)]
+            slo_of=lambda ref: SLO,
+            state_of=lambda ns, svc: self.state[ServiceRef(ns, svc)],
+            classic_layout=classic_layout,
         )
         self.outcomes = {"accepted": 120_000, "unmapped": 12, "malformed": 1}
         self.healths = [
@@ -102,23 +108,24 @@ class NodeState:
             for i in range(endpoints)
         ]  # fmt: skip
         self.ledger.set_targets(self.targets)
-        self.exposition = Exposition(
-            [
-                AgentCollector(
-                    self.metrics,
-                    pods=lambda: self.pods,
-                    watches=lambda: self.healths,
-                    endpoints=self.endpoint_counts,
-                    extra_dropped=[self.sampler.dropped, lambda: {"otlp_body_too_large": 1}],
-                    clock=lambda: MONOTONIC,
-                ),
-                ClientLatencyCollector(self.client),
-                CgroupCollector(self.sampler),
-                OtlpCollector(lambda: self.outcomes),
-                ProbeCollector(self.ledger),
-                ServiceCollector(self.episodes, self.correlator, self.slos),
-            ]
-        )
+        self.cgroup_source = CgroupSource(self.sampler)
+        # In the agent's order (exporter/agent.py).
+        self.sources: list[MetricSource] = [
+            AgentSource(
+                self.metrics,
+                pods=lambda: self.pods,
+                watches=lambda: self.healths,
+                endpoints=self.endpoint_counts,
+                extra_dropped=[self.sampler.dropped, lambda: {"otlp_body_too_large": 1}],
+                clock=lambda: MONOTONIC,
+            ),
+            ClientLatencySource(self.client),
+            self.cgroup_source,
+            OtlpSource(lambda: self.outcomes),
+            ProbeSource(self.ledger),
+            ServiceSource(self.episodes, self.correlator, self.slos),
+        ]
+        self.exposition = Exposition(self.sources)
         self._fill(samples_per_series)
         self.sample()
 

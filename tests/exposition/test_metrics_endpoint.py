@@ -1,6 +1,7 @@
 """/metrics of the running agent over HTTP: what prometheus_client would render for the same
-state, OpenMetrics and gzip as Prometheus asks for them, an event visible at the next
-scrape, the series of a deleted pod gone; and the JSON API routes."""
+state, OpenMetrics and gzip as Prometheus asks for them, protobuf with native histograms as
+Prometheus asks with native histograms on, an event visible at the next scrape, the series
+of a deleted pod gone; and the JSON API routes."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.agent import Agent
 from exporter.cgroups.synthetic import TreeLayout, write_tree
+from exporter.exposition import PROTOBUF_CONTENT_TYPE
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.cluster import Cluster
 from tests.agent.conftest import running_agent
 from tests.agent.test_cgroups_e2e import synthetic
 from tests.conftest import wait_for
-from tests.exposition.test_exposition import PROMETHEUS_ACCEPT, families
+from tests.exposition.prometheus_proto import delimited
+from tests.exposition.test_exposition import PROMETHEUS_ACCEPT, PROTOBUF_ACCEPT, families
 
 LAYOUT = TreeLayout(version="v2", driver="systemd", runtime="containerd")
 AGE = "tailwatch_watch_last_event_age_seconds"  # moves with the clock between two renders
@@ -125,6 +128,23 @@ async def test_metrics_endpoint_follows_the_agent(
 
     after = await wait_for(gone, "the series of the deleted pod to go")
     assert with_pod(after, pods[1])
+
+    # Protobuf, gzip, as Prometheus asks for it with native histograms: every family with
+    # series, the latency histograms as native histograms (no classic buckets).
+    status, body, headers = await get(agent, "/metrics", Accept=PROTOBUF_ACCEPT,
+                                      **{"Accept-Encoding": "gzip"})  # fmt: skip
+    assert status == 200
+    assert headers["Content-Type"] == PROTOBUF_CONTENT_TYPE
+    assert headers["Content-Encoding"] == "gzip"
+    decoded = {f.name: f for _, f in delimited(gzip.decompress(body))}
+    cpu = decoded["tailwatch_container_cpu_usage_seconds_total"]
+    assert {p.value for m in cpu.metric for p in m.label if p.name == "pod"} == {pods[1]}
+    durations = decoded["tailwatch_collector_duration_seconds"]
+    (histogram,) = [m.histogram for m in durations.metric]
+    assert histogram.sample_count > 0
+    assert (histogram.schema, histogram.zero_threshold) == (4, 2**-20)
+    assert not histogram.bucket
+    assert sum(s.length for s in histogram.positive_span) == len(histogram.positive_delta)
 
     # Plain text for a scraper that asks for nothing.
     status, body, headers = await get(agent, "/metrics", **{"Accept-Encoding": "identity"})

@@ -32,3 +32,23 @@ def histogram_quantile(q: float, cumulative: Sequence[tuple[float, float]]) -> f
 def buckets(cumulative_le: Sequence[tuple[str, float]]) -> list[tuple[float, float]]:
     """`le` strings as numbers."""
     return [(float(le), n) for le, n in cumulative_le]
+
+
+def native_histogram_quantile(
+    q: float, buckets: Sequence[tuple[int, int]], zero_count: int, schema: int
+) -> float:
+    """PromQL's histogram_quantile over a native histogram with only positive buckets: the
+    bucket (2^((i-1)/2^schema), 2^(i/2^schema)] of rank q·n, interpolated linearly inside it
+    (the zero bucket reads as 0)."""
+    total = zero_count + sum(n for _, n in buckets)
+    rank = q * total
+    if rank <= zero_count:
+        return 0.0
+    seen = float(zero_count)
+    for index, count in sorted(buckets):
+        if seen + count >= rank:
+            lower = 2.0 ** ((index - 1) / 2**schema)
+            upper = 2.0 ** (index / 2**schema)
+            return lower + (upper - lower) * (rank - seen) / count
+        seen += count
+    raise AssertionError("the last bucket holds every value")

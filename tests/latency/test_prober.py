@@ -17,12 +17,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from exporter.core.histogram import RELATIVE_ACCURACY
 from exporter.core.probing import NS_PER_S, FailureReason, ProbeResult, ProbeTarget
-from exporter.probe import ProbeCollector, ProbeOutcome, Prober, probe_http
+from exporter.exposition import Exposition
+from exporter.probe import ProbeOutcome, Prober, ProbeSource, probe_http
 from tests.conftest import wait_for
 from tests.latency.quantiles import buckets, exact_quantile, histogram_quantile
 from tests.latency.targets import Blackhole, Stall, TargetServer, constant, unused_port
@@ -51,9 +50,7 @@ def of(results: list[ProbeResult], target: ProbeTarget) -> list[ProbeResult]:
 
 
 def exposition(prober: Prober) -> str:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProbeCollector(prober.ledger))
-    return generate_latest(registry).decode()
+    return Exposition([ProbeSource(prober.ledger)]).render()
 
 
 async def test_a_target_stall_lands_in_the_tail_as_the_intended_schedule_says() -> None:

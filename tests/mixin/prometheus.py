@@ -99,12 +99,23 @@ class Prometheus:
         return active
 
 
+#: The flag that makes Prometheus 2.40+ ask targets for protobuf and store native histograms.
+NATIVE_HISTOGRAMS = "--enable-feature=native-histograms"
+
+
 @contextmanager
 def running_prometheus(
-    directory: Path, config: dict[str, Any], rule_files: tuple[Path, ...] = ()
+    directory: Path,
+    config: dict[str, Any],
+    rule_files: tuple[Path, ...] = (),
+    *,
+    native_histograms: bool = False,
+    ready: bool = True,
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port with `config` (rule_files added), storage in
-    `directory`; stopped (SIGTERM, then waited for) on exit."""
+    `directory`, with native histograms on if asked; stopped (SIGTERM, then waited for) on
+    exit. With `ready=False` it is yielded as soon as started: the caller waits for
+    `Prometheus.ready()` (to start several at once)."""
     binary = shutil.which("prometheus")
     assert binary, "Debian's prometheus package is needed (make system-deps)"
     config = {**config, "rule_files": [str(p) for p in rule_files]}
@@ -120,6 +131,7 @@ def running_prometheus(
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
+                *([NATIVE_HISTOGRAMS] if native_histograms else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -127,7 +139,10 @@ def running_prometheus(
         )
     server = Prometheus(f"http://127.0.0.1:{port}", log)
     try:
-        wait_until(lambda: server.ready() or proc.poll() is not None, "Prometheus to be ready", 30)
+        if ready:
+            wait_until(
+                lambda: server.ready() or proc.poll() is not None, "Prometheus to be ready", 30
+            )
         assert proc.poll() is None, f"prometheus exited: {log.read_text()[-2000:]}"
         yield server
     finally:

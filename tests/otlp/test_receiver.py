@@ -33,15 +33,15 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.core.catalog import ServiceCatalog
 from exporter.core.services import ServiceRef
+from exporter.exposition import Exposition
 from exporter.otlp import (
     IngestLimits,
     LatencyDelta,
-    OtlpCollector,
     OtlpReceiver,
+    OtlpSource,
     ReceiverLimits,
 )
 from exporter.settings import ListenAddress
@@ -82,9 +82,7 @@ class Agent:
         return sum(d.count for d in self.deltas), sum(d.sum_seconds for d in self.deltas)
 
     def exposition(self) -> str:
-        registry = CollectorRegistry()
-        registry.register(OtlpCollector(self.receiver.outcomes))
-        return generate_latest(registry).decode()
+        return Exposition([OtlpSource(self.receiver.outcomes)]).render()
 
 
 @asynccontextmanager
