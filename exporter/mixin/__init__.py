@@ -1,7 +1,7 @@
 """The monitoring mixin: one `MixinConfig` flows into the Grafana dashboards, the recording
-rules and the alerts that `tailwatch generate` writes (DESIGN.md §7). Only generation uses
-it; the agent never imports it (an import-linter contract), and only the dashboards need
-grafanalib, imported when they are built."""
+rules and the alerts that `tailwatch generate` writes (docs/design.md, *Interfaces*). Only
+generation uses it; the agent never imports it (an import-linter contract), and only the
+dashboards need grafanalib, imported when they are built."""
 
 from __future__ import annotations
 

@@ -100,7 +100,9 @@ class _Alerts:
             f'impact=~"{"|".join(t.rollout_impacts)}"',
         )
         not_recovered = q.raw("tailwatch_episodes_not_recovered_total")
-        recovering = q.raw("tailwatch_probe_duration_seconds_count", 'state="recovering"')
+        recovering = q.histograms.count_rate(
+            "tailwatch_probe_duration_seconds", self.r.latency_window, 'state="recovering"'
+        )
         ewin = duration(w.episodes)
         rules = [
             # Agents may name different causes for one disruption (only the node of a
@@ -117,13 +119,14 @@ class _Alerts:
                 f'{{{{ $value | printf "%.1f" }}}}x.',
                 f"{SERVICE} has an open episode (a lifecycle disruption or a latency spike) "
                 f'and the p99 latency of its address is {{{{ $value | printf "%.1f" }}}}x its '
-                f"steady p99 of the last {duration(w.baseline)} (threshold "
+                f"steady p99 of the {duration(w.baseline)} before the last "
+                f"{self.r.latency_window} (threshold "
                 f"{_number(t.disruption_p99_ratio)}x).",
                 pending=t.disruption_for,
             ),
             self.alert(
                 "TailwatchSlowRecovery",
-                f"max by ({ns_svc}) (rate({recovering}[{self.r.latency_window}])) > 0",
+                f"max by ({ns_svc}) ({recovering}) > 0",
                 "warning",
                 f"{SERVICE} has not recovered {duration(t.slow_recovery)} after an episode ended.",
                 f"Every endpoint of {SERVICE} is ready again, but its rolling p99 has stayed above "
@@ -223,10 +226,11 @@ class _Alerts:
 
     def agent(self) -> Group:
         q, t, w = self.q, self.c.thresholds, self.c.windows
-        lag = q.raw("tailwatch_probe_schedule_lag_seconds_bucket")
+        h = q.histograms
         failures = q.raw("tailwatch_probe_failures_total", 'reason!="missed"')
-        probes = q.raw("tailwatch_probe_duration_seconds_count")
         fwin, lwin = duration(w.probe_failures), duration(w.prober_lag)
+        probes = h.count_rate("tailwatch_probe_duration_seconds", fwin)
+        lag = h.rate("tailwatch_probe_schedule_lag_seconds", lwin)
         fkeys = q.by("namespace", "service", "target")
         rules = [
             self.alert(
@@ -255,7 +259,7 @@ class _Alerts:
             self.alert(
                 "TailwatchProbeFailures",
                 f"sum by ({fkeys}) (rate({failures}[{fwin}]))\n/\n"
-                f"sum by ({fkeys}) (rate({probes}[{fwin}]))\n"
+                f"sum by ({fkeys}) ({probes})\n"
                 f"> {_number(t.probe_failure_ratio)}",
                 "warning",
                 f"Probes of {SERVICE} ({{{{ $labels.target }}}}) are failing.",
@@ -268,7 +272,7 @@ class _Alerts:
             self.alert(
                 "TailwatchProberLagging",
                 "histogram_quantile(0.99,\n"
-                f"  sum by ({q.by(q.node, 'instance', 'le')}) (rate({lag}[{lwin}]))\n"
+                f"  sum by ({h.by(q.node, 'instance')}) ({lag})\n"
                 f") > {_number(t.prober_lag_p99_seconds)}",
                 "warning",
                 f"The prober of {AGENT} starts its probes late.",

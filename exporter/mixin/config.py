@@ -1,7 +1,7 @@
 """The one configuration object of the monitoring mixin: selectors, SLO, windows, thresholds,
-runbook base URL and dashboard UIDs. Dashboards, recording rules and alerts are all built
-from a `MixinConfig`, so a change here changes all three together (the kubernetes-mixin
-`_config` model).
+runbook base URL, dashboard UIDs and the histogram form the rules read. Dashboards,
+recording rules and alerts are all built from a `MixinConfig`, so a change here changes all
+three together (the kubernetes-mixin `_config` model).
 
 Every duration is a number of seconds in a field made with `duration()` (a window) or
 `pending()` (an alert's `for`), so that `MixinConfig.scaled()` can shrink them all at once
@@ -156,6 +156,14 @@ class MixinConfig:
     dashboards: Dashboards = field(default_factory=Dashboards)
     #: Each alert's `runbook_url` is this plus `#<alertname in lower case>`.
     runbook_base_url: str = "https://github.com/tailwatch/tailwatch/blob/main/docs/runbooks.md"
+    #: The form in which Prometheus stores the agents' latency histograms, which the rules
+    #: read: False for classic histograms (`_bucket{le}`, `_sum`, `_count`: a Prometheus
+    #: without native histograms, which scrapes the text format), True for native histograms
+    #: (Prometheus >= 2.40 with `--enable-feature=native-histograms`, which scrapes the
+    #: protobuf format). False by default, as the chart's `prometheus.nativeHistograms`.
+    #: `tailwatch generate` writes the rules of both forms whatever it says; the dashboards
+    #: read either form (docs/dashboards.md).
+    native_histograms: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.slo.objective < 1:

@@ -2,14 +2,18 @@
 directory laid out like this repository, or check that the files there are current.
 
 Files (paths relative to the output directory):
-- `dashboards/<name>.json`, and their copies in `helm/tailwatch/files/dashboards/`;
-- `alerts/tailwatch.rules.yaml` (a plain Prometheus rule file), its copy in
-  `helm/tailwatch/files/rules/`, and `alerts/tailwatch.prometheusrule.yaml`
+- `dashboards/<name>.json`, and their copies in `helm/tailwatch/files/dashboards/` (they read
+  classic and native histograms alike);
+- for each histogram form the rules may read, whatever the config's `native_histograms`:
+  `alerts/tailwatch.rules.yaml` (classic) and `alerts/tailwatch-native.rules.yaml` (native),
+  plain Prometheus rule files, their copies in `helm/tailwatch/files/rules/`, and
+  `alerts/tailwatch.prometheusrule.yaml` and `alerts/tailwatch-native.prometheusrule.yaml`
   (the same groups in a prometheus-operator PrometheusRule).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,11 +26,22 @@ from exporter.mixin.rulefiles import prometheus_rule_yaml, rules_yaml
 
 WHAT = ("dashboards", "alerts", "all")
 DASHBOARD_DIRS = (Path("dashboards"), Path("helm/tailwatch/files/dashboards"))
-RULE_FILES = (
-    Path("alerts/tailwatch.rules.yaml"),
-    Path("helm/tailwatch/files/rules/tailwatch.rules.yaml"),
-)
-PROMETHEUS_RULE = Path("alerts/tailwatch.prometheusrule.yaml")
+#: By histogram form (`native_histograms`): the plain rule file and its chart copy.
+RULE_FILES = {
+    False: (
+        Path("alerts/tailwatch.rules.yaml"),
+        Path("helm/tailwatch/files/rules/tailwatch.rules.yaml"),
+    ),
+    True: (
+        Path("alerts/tailwatch-native.rules.yaml"),
+        Path("helm/tailwatch/files/rules/tailwatch-native.rules.yaml"),
+    ),
+}
+#: By histogram form: the PrometheusRule.
+PROMETHEUS_RULES = {
+    False: Path("alerts/tailwatch.prometheusrule.yaml"),
+    True: Path("alerts/tailwatch-native.prometheusrule.yaml"),
+}
 
 
 class GeneratorUnavailable(RuntimeError):
@@ -66,10 +81,12 @@ def render(what: str, config: MixinConfig) -> dict[Path, bytes]:
             for directory in DASHBOARD_DIRS:
                 files[directory / f"{name}.json"] = text.encode()
     if what in ("alerts", "all"):
-        rules = rules_yaml(config).encode()
-        for path in RULE_FILES:
-            files[path] = rules
-        files[PROMETHEUS_RULE] = prometheus_rule_yaml(config).encode()
+        for native, paths in RULE_FILES.items():
+            form = dataclasses.replace(config, native_histograms=native)
+            rules = rules_yaml(form).encode()
+            for path in paths:
+                files[path] = rules
+            files[PROMETHEUS_RULES[native]] = prometheus_rule_yaml(form).encode()
     return files
 
 

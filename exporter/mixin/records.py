@@ -1,5 +1,6 @@
-"""The recording rules: per-Service latency quantiles by state aggregated across agents, the
-share of probes slower than each Service's SLO over the burn-rate windows, the fan-out
+"""The recording rules: per-Service latency quantiles by state aggregated across agents (from
+classic or native histograms, as the config says), the share of probes slower than each
+Service's SLO over the burn-rate windows (from the agents' slow-probe counters), the fan-out
 probability, the cross-node joins no single agent can make, and container ratios.
 
 `Records` names every recorded series for one config; dashboards and alerts refer to them
@@ -26,11 +27,20 @@ class Records:
 
     def __init__(self, config: MixinConfig) -> None:
         w = config.windows
+        h = PromQL(config).histograms
         self.latency_window = duration(w.latency)
         lat = self.latency_window
-        self.probe_buckets = (
-            f"namespace_service_target_state_le:tailwatch_probe_duration_seconds_bucket:rate{lat}"
-        )
+        # Classic histograms: the bucket rates summed over every agent, recorded once for
+        # the quantile rules. Native histograms: none (see `_Builder.latency`).
+        self.probe_rate: str | None = None
+        self.client_rate: str | None = None
+        if not h.native:
+            self.probe_rate = h.bucket_record(
+                "namespace_service_target_state", "tailwatch_probe_duration_seconds", f"rate{lat}"
+            )
+            self.client_rate = h.bucket_record(
+                "namespace_service_state", "tailwatch_client_request_duration_seconds", f"rate{lat}"
+            )
         self.probe_quantiles = (
             f"namespace_service_target_state:tailwatch_probe_duration_seconds:quantile{lat}"
         )
@@ -40,15 +50,11 @@ class Records:
             f"p99_rate{duration(w.baseline)}"
         )
         self.probe_p99_ratio = "namespace_service_target:tailwatch_probe_p99:ratio_to_baseline"
-        self.client_buckets = (
-            f"namespace_service_state_le:tailwatch_client_request_duration_seconds_bucket:rate{lat}"
-        )
         self.client_quantiles = (
             f"namespace_service_state:tailwatch_client_request_duration_seconds:quantile{lat}"
         )
         self.endpoint_pods = "namespace_service_pod:tailwatch_probe_endpoint_pods:group"
-        self.slo_threshold = "namespace_service_le:tailwatch_service_slo_seconds:max"
-        self.slo_within = f"namespace_service:tailwatch_slo_probes_within:rate{lat}"
+        self.slo_slow = f"namespace_service:tailwatch_slo_probes_slow:rate{lat}"
         self.slo_probes = f"namespace_service:tailwatch_slo_probes:rate{lat}"
         self.slow_windows = tuple(
             sorted(
@@ -90,50 +96,98 @@ class _Builder:
         self.q = PromQL(config)
         self.r = Records(config)
 
+    def _quantile(
+        self,
+        phi: str,
+        metric: str,
+        labels: tuple[str, ...],
+        record: str | None,
+        recorded_by: tuple[str, ...],
+    ) -> str:
+        """The `phi` quantile of `metric` by `labels` over the latency window: from the
+        bucket rates `record`ed by `recorded_by` (classic), or from the agents' histograms
+        themselves (native: `record` is None)."""
+        h = self.q.histograms
+        if record is None:
+            return (
+                f"histogram_quantile({phi},\n"
+                f"  sum by ({h.by(*labels)}) (\n"
+                f"    {h.rate(metric, self.r.latency_window)}\n"
+                "  )\n)"
+            )
+        if labels == recorded_by:
+            return f"histogram_quantile({phi}, {record})"
+        return f"histogram_quantile({phi},\n  sum by ({h.by(*labels)}) ({record})\n)"
+
     def latency(self) -> Group:
         q, r, lat = self.q, self.r, self.r.latency_window
+        h = q.histograms
         base = duration(self.config.windows.baseline)
-        endpoint_probes = q.raw("tailwatch_probe_duration_seconds_count", 'target="endpoint"')
+        probe = "tailwatch_probe_duration_seconds"
+        client = "tailwatch_client_request_duration_seconds"
+        by_state = ("namespace", "service", "target", "state")
+        client_by_state = ("namespace", "service", "state")
+        endpoint, steady_state = 'target="endpoint"', 'state="steady"'
+        # Classic: record the bucket rates once and compute every quantile from them.
+        # Native: Prometheus 2.42 to 2.46 records native histograms but drops a few percent
+        # of them ("Rule evaluation result discarded ... observations found in buckets",
+        # prometheus/prometheus#12713) and writes a stale marker in their place, so every
+        # quantile read from such a record would have gaps. Each quantile rule reads the
+        # agents' histograms instead: one series per label set, cheap to read.
+        probe_rates, client_rates = [], []
+        if r.probe_rate is not None and r.client_rate is not None:
+            probe_rates = [
+                _record(r.probe_rate, f"sum by ({h.by(*by_state)}) (\n  {h.rate(probe, lat)}\n)")
+            ]
+            client_rates = [
+                _record(
+                    r.client_rate,
+                    f"sum by ({h.by(*client_by_state)}) (\n  {h.rate(client, lat)}\n)",
+                )
+            ]
+        # The steady baseline reads only steady samples, so an ongoing disruption never
+        # raises its own baseline, and ends one latency window ago: the first slow probes
+        # of an episode are recorded as steady until the agent opens it, and must not raise
+        # the very baseline the episode is compared with.
+        back = f"[{base}] offset {lat}"
+        if h.native:
+            # Prometheus before 2.45 has no sum_over_time() of native histograms (2.42
+            # returns nothing): rate the steady series themselves over the window.
+            steady = f"rate({h.series(probe, steady_state)}{back})"
+        else:
+            # Sum the recorded per-second rates over the window.
+            steady = f"sum_over_time({r.probe_rate}{{{steady_state}}}{back})"
         rules = [
-            _record(
-                r.probe_buckets,
-                f"sum by ({q.by('namespace', 'service', 'target', 'state', 'le')}) (\n"
-                f"  rate({q.raw('tailwatch_probe_duration_seconds_bucket')}[{lat}])\n)",
-            ),
+            *probe_rates,
             *(
                 _record(
                     r.probe_quantiles,
-                    f"histogram_quantile({quantile}, {r.probe_buckets})",
+                    self._quantile(quantile, probe, by_state, r.probe_rate, by_state),
                     quantile=quantile,
                 )
                 for quantile in QUANTILES
             ),
             _record(
                 r.probe_p99,
-                "histogram_quantile(0.99,\n"
-                f"  sum by ({q.by('namespace', 'service', 'target', 'le')}) ({r.probe_buckets})\n)",
+                self._quantile("0.99", probe, by_state[:3], r.probe_rate, by_state),
                 quantile="0.99",
             ),
-            # The steady baseline sums the recorded per-second rates over the window: only
-            # steady samples, so an ongoing disruption never raises its own baseline.
             _record(
                 r.probe_baseline_p99,
                 "histogram_quantile(0.99,\n"
-                f"  sum by ({q.by('namespace', 'service', 'target', 'le')}) (\n"
-                f'    sum_over_time({r.probe_buckets}{{state="steady"}}[{base}])\n'
+                f"  sum by ({h.by('namespace', 'service', 'target')}) (\n"
+                f"    {steady}\n"
                 "  )\n)",
                 quantile="0.99",
             ),
             _record(r.probe_p99_ratio, f"{r.probe_p99}\n/\n{r.probe_baseline_p99}"),
-            _record(
-                r.client_buckets,
-                f"sum by ({q.by('namespace', 'service', 'state', 'le')}) (\n"
-                f"  rate({q.raw('tailwatch_client_request_duration_seconds_bucket')}[{lat}])\n)",
-            ),
+            *client_rates,
             *(
                 _record(
                     r.client_quantiles,
-                    f"histogram_quantile({quantile}, {r.client_buckets})",
+                    self._quantile(
+                        quantile, client, client_by_state, r.client_rate, client_by_state
+                    ),
                     quantile=quantile,
                 )
                 for quantile in QUANTILES
@@ -141,40 +195,33 @@ class _Builder:
             # Which pods back which Service: the endpoint targets the agents probe.
             _record(
                 r.endpoint_pods,
-                f"group by ({q.by('namespace', 'service', 'pod')}) (\n  {endpoint_probes}\n)",
+                f"group by ({q.by('namespace', 'service', 'pod')}) (\n"
+                f"  {h.count(probe, endpoint)}\n)",
             ),
         ]
         return {"name": "tailwatch-latency.rules", "rules": rules}
 
     def slo(self) -> Group:
-        q, r, c = self.q, self.r, self.config
+        q, r, c, lat = self.q, self.r, self.config, self.r.latency_window
         ns_svc = q.by("namespace", "service")
-        slo_seconds = q.raw("tailwatch_service_slo_seconds")
+        service = 'target="service"'
+        slow = q.raw("tailwatch_probe_slow_total", service)
+        probes = q.histograms.count_rate("tailwatch_probe_duration_seconds", lat, service)
         rules = [
-            # The agents export each Service's SLO threshold with the exact `le` string of
-            # its SLO bucket (slo_le): the join below reads that one bucket, no interpolation.
-            _record(
-                r.slo_threshold,
-                f"max by ({q.by('namespace', 'service', 'le')}) (\n"
-                f'  label_replace({slo_seconds}, "le", "$1", "slo_le", "(.+)")\n)',
-            ),
-            _record(
-                r.slo_within,
-                f"sum by ({ns_svc}) (\n"
-                f'  {r.probe_buckets}{{target="service"}}\n'
-                f"  and on ({q.by('namespace', 'service', 'le')})\n"
-                f"  {r.slo_threshold}\n)",
-            ),
+            # The agents count the probes slower than each Service's SLO (only Services with
+            # one have the counter): exact whatever the histogram form or its buckets.
+            _record(r.slo_slow, f"sum by ({ns_svc}) (\n  rate({slow}[{lat}])\n)"),
             _record(
                 r.slo_probes,
-                f'sum by ({ns_svc}) ({r.probe_buckets}{{target="service", le="+Inf"}})\n'
-                f"and on ({ns_svc})\n{r.slo_threshold}",
+                f"sum by ({ns_svc}) (\n  {probes}\n)\nand on ({ns_svc})\n{r.slo_slow}",
             ),
+            # Longer windows add up the recorded per-second rates: a 3-day window costs 3
+            # days of two recorded series per Service.
             *(
                 _record(
                     r.slow_ratio(window),
-                    f"1 - (\n  sum_over_time({r.slo_within}[{duration(window)}])\n  /\n"
-                    f"  sum_over_time({r.slo_probes}[{duration(window)}])\n)",
+                    f"sum_over_time({r.slo_slow}[{duration(window)}])\n/\n"
+                    f"sum_over_time({r.slo_probes}[{duration(window)}])",
                 )
                 for window in r.slow_windows
             ),

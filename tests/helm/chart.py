@@ -20,6 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "tailwatch"
 RULES_FILE = CHART / "files" / "rules" / "tailwatch.rules.yaml"
+# The rules the PrometheusRule carries with prometheus.nativeHistograms=true.
+NATIVE_RULES_FILE = CHART / "files" / "rules" / "tailwatch-native.rules.yaml"
 DASHBOARDS_DIR = CHART / "files" / "dashboards"
 RELEASE = "tw"
 NAMESPACE = "monitoring"

@@ -1,6 +1,7 @@
 """The Helm chart as a reviewer reads it: rendered by the real Helm engine, linted, every
-manifest valid for every supported Kubernetes minor, least privilege, DESIGN.md §11 security,
-wiring that holds together, and the generated rules and dashboards carried unchanged."""
+manifest valid for every supported Kubernetes minor, least privilege, the security posture
+of docs/design.md, wiring that holds together, and the generated rules and dashboards
+carried unchanged."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.helm.chart import (
     EVERYTHING_ON,
     KUBERNETES_VERSIONS,
     NAMESPACE,
+    NATIVE_RULES_FILE,
     RELEASE,
     RULES_FILE,
     VALUE_SETS,
@@ -41,7 +43,7 @@ from tests.helm.chart import (
 # their structure is checked by the tests below.
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 READ = {"get", "list", "watch"}
-# DESIGN.md §2, as (API group, resource, verb).
+# docs/design.md, *Kubernetes contract*, as (API group, resource, verb).
 WATCH_RULES = {
     (group, resource, verb)
     for group, resource in (("", "pods"), ("", "services"), ("discovery.k8s.io", "endpointslices"))
@@ -121,7 +123,7 @@ def test_the_kinds_each_value_set_renders(value_set: str, manifests: list[Manife
     assert kinds == sorted(expected)
 
 
-# -- Security (DESIGN.md §11) and least privilege (§2) --------------------------------------
+# -- Security and least privilege (docs/design.md) --------------------------------------------
 
 
 def test_pod_and_container_security_context_by_default() -> None:
@@ -299,7 +301,8 @@ def test_otlp_binds_pod_addresses_or_the_node_address_with_host_network() -> Non
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     container = agent_container(host_network)
-    # DESIGN.md §11: in the node's network namespace, the receiver binds the node address only.
+    # docs/design.md, *Security posture*: in the node's network namespace, the receiver binds
+    # the node address only.
     assert flags(container)["otlp-listen"] == "$(HOST_IP):4318"
     assert all("hostPort" not in p for p in container["ports"])  # implied by hostNetwork
     disabled = render({"otlp": {"enabled": False}})
@@ -420,13 +423,15 @@ def test_user_labels_cannot_override_the_chart_labels() -> None:
 # -- The generated rules and dashboards, carried unchanged ------------------------------------
 
 
-def test_prometheus_rule_carries_the_generated_rule_file(tmp_path: Path) -> None:
-    manifests = render(EVERYTHING_ON)
+@pytest.mark.parametrize("native", [False, True], ids=["classic", "native-histograms"])
+def test_prometheus_rule_carries_the_generated_rule_file(native: bool, tmp_path: Path) -> None:
+    # prometheus.nativeHistograms picks the rules for the form the Prometheus stores.
+    manifests = render({**EVERYTHING_ON, "prometheus": {"nativeHistograms": native}})
     rule = one(manifests, "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["role"] == "alert-rules"
     assert set(rule["spec"]) == {"groups"}
-    generated = yaml.safe_load(RULES_FILE.read_text())
+    generated = yaml.safe_load((NATIVE_RULES_FILE if native else RULES_FILE).read_text())
     assert rule["spec"]["groups"] == generated["groups"]
     # And Prometheus accepts the groups exactly as the operator will hand them over.
     rules_file = tmp_path / "rules.yaml"

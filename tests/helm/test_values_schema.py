@@ -62,6 +62,10 @@ def install_error(values: dict[str, Any]) -> str:
         ({"metrics": {"port": "9808"}}, "at '/metrics/port': got string, want integer"),
         ({"image": {"tag": 1.2}}, "at '/image/tag': got number, want string"),
         ({"hostNetwork": "yes"}, "at '/hostNetwork': got string, want boolean"),
+        (
+            {"prometheus": {"nativeHistograms": "yes"}},
+            "at '/prometheus/nativeHistograms': got string, want boolean",
+        ),
         ({"tolerations": {"operator": "Exists"}}, "at '/tolerations': got object, want array"),
         ({"nodeSelector": {"pool": 1}}, "at '/nodeSelector/pool': got number, want string"),
         ({"resources": {"limits": {"memory": True}}}, "at '/resources/limits/memory'"),
@@ -113,6 +117,10 @@ def test_missing_generated_files_fail_with_the_command_that_makes_them(tmp_path:
     shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("files"))
     for values, message in (
         ({"prometheusRule": {"enabled": True}}, "files/rules/tailwatch.rules.yaml is missing"),
+        (
+            {"prometheusRule": {"enabled": True}, "prometheus": {"nativeHistograms": True}},
+            "files/rules/tailwatch-native.rules.yaml is missing",
+        ),
         ({"dashboards": {"enabled": True}}, "files/dashboards/*.json are missing"),
     ):
         with helm.Chart.load(chart) as loaded, pytest.raises(helm.HelmRenderError) as failed:

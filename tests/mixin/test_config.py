@@ -59,11 +59,37 @@ def test_overrides_apply_to_nested_fields_and_parse_durations() -> None:
             "needs exactly long, short, factor, for, severity",
         ),
         ({"windows": "1m"}, "windows must be a mapping"),
+        ({"native_histograms": "yes"}, "native_histograms: 'yes' must be of type bool"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(MixinConfigError, match=re.escape(message)):
         from_mapping(overrides)
+
+
+def test_the_histogram_form_is_classic_by_default_and_switches_every_rule() -> None:
+    assert MixinConfig().native_histograms is False
+    native = from_mapping({"native_histograms": True})
+    assert native.native_histograms is True
+    assert fast_profile(base=native).native_histograms is True
+
+    def exprs(config: MixinConfig) -> list[str]:
+        # The classic rules also record bucket rates, which the native ones do not.
+        return [
+            r["expr"]
+            for g in rule_groups(config)
+            for r in g["rules"]
+            if "_bucket:" not in r.get("record", "")
+        ]
+
+    histogram_rules = [
+        (c, n) for c, n in zip(exprs(MixinConfig()), exprs(native), strict=True) if c != n
+    ]
+    # Quantiles, baseline, endpoint pods, SLO probes, recovery, failures, lag.
+    assert len(histogram_rules) >= 8
+    classic = re.compile(r"\btailwatch_\w+_(?:bucket|count)\b")
+    assert all(classic.search(c) for c, _ in histogram_rules)
+    assert not any(classic.search(n) for _, n in histogram_rules)
 
 
 def test_the_fast_profile_scales_every_window_and_keeps_thresholds() -> None:

@@ -1,10 +1,14 @@
 """Dashboard lint: unique panel ids, the datasource variable on every panel and query, units
 set, a sane grid, stable UIDs, and every query (variables substituted) accepted by a real
-Prometheus — for the committed dashboards and a multi-cluster config."""
+Prometheus, without and with native histograms — for the committed dashboards, a
+multi-cluster config and a native-histogram config. The dashboards read both histogram forms,
+so the histogram switch leaves them unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ LINT_VALUES = {
     "__range": "1h",
 }
 MULTI_CLUSTER = from_mapping({"selectors": {"multi_cluster": True}})
+NATIVE = from_mapping({"native_histograms": True})
 
 
 def committed() -> dict[str, dict[str, Any]]:
@@ -40,7 +45,11 @@ def built(config: MixinConfig) -> dict[str, dict[str, Any]]:
     return {name: json.loads(dashboard_json(build(config))) for name, build in DASHBOARDS.items()}
 
 
-VARIANTS = {"committed": committed, "multi-cluster": lambda: built(MULTI_CLUSTER)}
+VARIANTS = {
+    "committed": committed,
+    "multi-cluster": lambda: built(MULTI_CLUSTER),
+    "native": lambda: built(NATIVE),
+}
 
 
 @pytest.fixture(params=sorted(VARIANTS))
@@ -127,15 +136,43 @@ def test_only_multi_cluster_dashboards_have_a_cluster_variable(
         assert has_cluster == cluster_in_queries
 
 
+@pytest.mark.parametrize("form", ["classic", "native"])
 def test_every_query_parses_in_prometheus(
-    dashboards: dict[str, dict[str, Any]], prometheus: Prometheus
+    dashboards: dict[str, dict[str, Any]], form: str, request: pytest.FixtureRequest
 ) -> None:
+    """Against a Prometheus without native histograms, and one with them."""
+    server: Prometheus = request.getfixturevalue(
+        "native_prometheus" if form == "native" else "prometheus"
+    )
     checked = 0
     for name, dashboard in dashboards.items():
         for query in queries(name, dashboard):
-            prometheus.query(substitute(query.expr, LINT_VALUES))  # raises on a bad query
+            server.query(substitute(query.expr, LINT_VALUES))  # raises on a bad query
             checked += 1
     assert checked > 60
+
+
+def test_the_histogram_switch_leaves_the_dashboards_unchanged() -> None:
+    for config in (MixinConfig(), MULTI_CLUSTER):
+        native = dataclasses.replace(config, native_histograms=True)
+        assert built(native) == built(config)
+
+
+#: A classic histogram series, and the family it belongs to.
+CLASSIC_SERIES = re.compile(r"\b(tailwatch_\w+?)_(?:bucket|count|sum)\{")
+
+
+def test_every_query_that_reads_a_classic_histogram_reads_the_native_one_too() -> None:
+    """Each panel works whichever form the Prometheus stores (docs/dashboards.md)."""
+    read = 0
+    for name, dashboard in committed().items():
+        for query in queries(name, dashboard):
+            for family in set(CLASSIC_SERIES.findall(query.expr)):
+                read += 1
+                assert re.search(rf"\b{family}\{{", query.expr), (
+                    f"{name}: {query.panel} {query.ref} reads {family} only as classic"
+                )
+    assert read >= 10
 
 
 def test_the_grafanalib_entry_points_build_the_committed_dashboards() -> None:

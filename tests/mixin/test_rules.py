@@ -1,6 +1,8 @@
-"""The generated rule files: promtool accepts each of them, the promtool unit tests in
-alerts/tests pass, every alert is shown to fire and to stay quiet there, and every alert
-carries a severity, a summary, a description and a runbook link that resolves."""
+"""The generated rule files of both histogram forms: promtool accepts each of them, the
+promtool unit tests in alerts/tests pass (on the classic rules: promtool 2.42's test input
+cannot write native histograms, tests/mixin/test_e2e_prometheus.py runs the native ones), every
+alert is shown to fire and to stay quiet there, every alert carries a severity, a summary, a
+description and a runbook link that resolves, and the two forms have the same alerts."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import pytest
 import yaml
 
 from exporter.mixin import ALERTS, MixinConfig, fast_profile, from_mapping, rules_yaml
-from exporter.mixin.generate import PROMETHEUS_RULE, RULE_FILES
+from exporter.mixin.generate import PROMETHEUS_RULES, RULE_FILES
 from tests.mixin.conftest import REPO
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="needs Debian's prometheus package")
 UNIT_TESTS = sorted((REPO / "alerts" / "tests").glob("*.yaml"))
+FORMS = {"classic": False, "native": True}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -35,36 +38,44 @@ def check_rules(path: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def generated_groups() -> list[dict[str, Any]]:
-    groups: list[dict[str, Any]] = yaml.safe_load(
-        (REPO / "alerts" / "tailwatch.rules.yaml").read_text()
-    )["groups"]
+def generated_groups(native: bool = False) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = yaml.safe_load((REPO / RULE_FILES[native][0]).read_text())[
+        "groups"
+    ]
     return groups
 
 
-def alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in generated_groups() for rule in group["rules"] if "alert" in rule]
+def alert_rules(native: bool = False) -> list[dict[str, Any]]:
+    return [
+        rule for group in generated_groups(native) for rule in group["rules"] if "alert" in rule
+    ]
 
 
-@pytest.mark.parametrize("path", RULE_FILES, ids=str)
+@pytest.mark.parametrize("path", [path for paths in RULE_FILES.values() for path in paths], ids=str)
 def test_promtool_accepts_the_rule_file(path: Path) -> None:
     check_rules(REPO / path)
 
 
-def test_promtool_accepts_the_groups_of_the_prometheus_rule(tmp_path: Path) -> None:
-    manifest = yaml.safe_load((REPO / PROMETHEUS_RULE).read_text())
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_promtool_accepts_the_groups_of_the_prometheus_rule(form: str, tmp_path: Path) -> None:
+    native = FORMS[form]
+    manifest = yaml.safe_load((REPO / PROMETHEUS_RULES[native]).read_text())
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
     assert manifest["kind"] == "PrometheusRule"
-    assert manifest["spec"]["groups"] == generated_groups()
+    assert manifest["spec"]["groups"] == generated_groups(native)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"groups": manifest["spec"]["groups"]}))
     check_rules(spec)
 
 
-def test_promtool_accepts_the_fast_profile_and_a_multi_cluster_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_promtool_accepts_the_fast_profile_and_a_multi_cluster_config(
+    form: str, tmp_path: Path
+) -> None:
+    native = {"native_histograms": FORMS[form]}
     for name, config in {
-        "fast": fast_profile(),
-        "multi-cluster": from_mapping({"selectors": {"multi_cluster": True}}),
+        "fast": fast_profile(base=from_mapping(native)),
+        "multi-cluster": from_mapping({"selectors": {"multi_cluster": True}, **native}),
     }.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(rules_yaml(config))
@@ -118,8 +129,39 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_entry() -> N
         assert name.lower() in anchors, f"docs/runbooks.md has no section for {name}"
 
 
-def test_every_recording_rule_is_used_by_a_dashboard_or_another_rule() -> None:
-    rules = [rule for group in generated_groups() for rule in group["rules"]]
+def test_both_forms_have_the_same_alerts_and_records_but_the_classic_bucket_rates() -> None:
+    """Only the expressions differ, and the classic rules record the bucket rates their
+    quantiles read (the native quantile rules read the agents' histograms)."""
+
+    def shape(native: bool) -> list[tuple[str, str, Any, Any]]:
+        return [
+            (
+                group["name"],
+                rule.get("alert") or rule["record"],
+                rule.get("for"),
+                (rule.get("labels"), rule.get("annotations")),
+            )
+            for group in generated_groups(native)
+            for rule in group["rules"]
+            if "_bucket:" not in rule.get("record", "")
+        ]
+
+    assert shape(native=True) == shape(native=False)
+    bucket_records = [
+        rule["record"]
+        for group in generated_groups(native=False)
+        for rule in group["rules"]
+        if "_bucket:" in rule.get("record", "")
+    ]
+    assert bucket_records == [
+        "namespace_service_target_state_le:tailwatch_probe_duration_seconds_bucket:rate1m",
+        "namespace_service_state_le:tailwatch_client_request_duration_seconds_bucket:rate1m",
+    ]
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_every_recording_rule_is_used_by_a_dashboard_or_another_rule(form: str) -> None:
+    rules = [rule for group in generated_groups(FORMS[form]) for rule in group["rules"]]
     users = "\n".join(
         [rule["expr"] for rule in rules]
         + [p.read_text() for p in (REPO / "dashboards").glob("*.json")]

@@ -24,19 +24,16 @@ def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -
     Every agent that probes a Service reports its episodes, so counts take the max across
     agents, not the sum."""
     by = q.by(*keys)
-    by_le = q.by(*keys, "le")
     episodes = q.raw("tailwatch_episodes_total", *matchers)
     impact_levels = "\nor\n".join(
         f"((\n  {indent(_in_range(_with_impact(q, matchers, impact)))}\n) > 0) * 0 + {level}"
         for impact, level in IMPACT_LEVELS.items()
     )
-    ratio = q.raw("tailwatch_episode_p99_ratio_bucket", *matchers)
-    recovery = q.raw("tailwatch_episode_recovery_seconds_bucket", *matchers)
     queries = p.instant_targets(
         f"round(max by ({by}) (\n  {indent(_in_range(episodes))}\n))",
         f"max by ({by}) (\n  {indent(impact_levels)}\n)",
-        f"histogram_quantile(1, sum by ({by_le}) (\n  {indent(_in_range(ratio))}\n))",
-        f"histogram_quantile(0.9, sum by ({by_le}) (\n  {indent(_in_range(recovery))}\n))",
+        quantile_in_range(q, "1", "tailwatch_episode_p99_ratio", matchers, keys),
+        quantile_in_range(q, "0.9", "tailwatch_episode_recovery_seconds", matchers, keys),
     )
     impact_words = p.value_mappings(
         {str(level): (impact, color) for impact, level, color in _impact_colors()}
@@ -56,6 +53,19 @@ def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -
             "Value #D": ("Recovery p90", "s"),
         },
         mappings={"Value #B": impact_words},
+    )
+
+
+def quantile_in_range(
+    q: PromQL, quantile: str, metric: str, matchers: tuple[str, ...], keys: tuple[str, ...]
+) -> str:
+    """A quantile by `keys` of the observations of a histogram in the time range; its
+    series appear with their first observation, like the counters."""
+    return q.histogram(
+        lambda h: (
+            f"histogram_quantile({quantile}, sum by ({h.by(*keys)}) (\n"
+            f"  {indent(_in_range(h.series(metric, *matchers)))}\n))"
+        )
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from exporter.mixin.config import MixinConfig
 from exporter.mixin.dashboards import panels as p
+from exporter.mixin.dashboards.episodes import quantile_in_range
 from exporter.mixin.promql import PromQL, increase_with_new_series, indent
 
 CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
@@ -76,19 +77,15 @@ def build(config: MixinConfig) -> Any:
         ),
         8,
     )
-    workload = "namespace, workload_kind, workload"
-    startup = increase_with_new_series(raw("tailwatch_pod_startup_seconds_bucket"), "$__range")
-    termination = increase_with_new_series(
-        raw("tailwatch_pod_termination_seconds_bucket"), "$__range"
-    )
+    workload = ("namespace", "workload_kind", "workload")
     grid.add(
         p.table(
             "Pod startup and termination (time range)",
             "90th percentiles over the time range: arrival on the node to first Ready, and "
             "deletion to gone, by workload.",
             p.instant_targets(
-                f"histogram_quantile(0.9, sum by ({workload}, le) (\n  {indent(startup)}\n))",
-                f"histogram_quantile(0.9, sum by ({workload}, le) (\n  {indent(termination)}\n))",
+                quantile_in_range(q, "0.9", "tailwatch_pod_startup_seconds", (node,), workload),
+                quantile_in_range(q, "0.9", "tailwatch_pod_termination_seconds", (node,), workload),
             ),
             "s",
             columns={
@@ -195,7 +192,16 @@ def build(config: MixinConfig) -> Any:
         ),
         8,
     )
-    lag = f"sum by (le) ({rate('tailwatch_probe_schedule_lag_seconds_bucket')})"
+
+    def quantile(phi: str, metric: str, *labels: str) -> str:
+        """The `phi` quantile by `labels` of a histogram of the node's agent."""
+        return q.histogram(
+            lambda h: (
+                f"histogram_quantile({phi}, "
+                f"{h.sum(labels, h.rate(metric, '$__rate_interval', node))})"
+            )
+        )
+
     grid.add(
         p.timeseries(
             "Prober schedule lag",
@@ -203,8 +209,8 @@ def build(config: MixinConfig) -> Any:
             "any tail latency it reports.",
             p.targets(
                 *(
-                    (f"histogram_quantile({quantile}, {lag})", name)
-                    for quantile, name in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p99.9"))
+                    (quantile(phi, "tailwatch_probe_schedule_lag_seconds"), name)
+                    for phi, name in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p99.9"))
                 )
             ),
             "s",
@@ -218,8 +224,7 @@ def build(config: MixinConfig) -> Any:
             "p99 wall time of each sampling pass, by collector.",
             p.targets(
                 (
-                    "histogram_quantile(0.99, sum by (collector, le) "
-                    f"({rate('tailwatch_collector_duration_seconds_bucket')}))",
+                    quantile("0.99", "tailwatch_collector_duration_seconds", "collector"),
                     "{{collector}}",
                 )
             ),

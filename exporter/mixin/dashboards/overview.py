@@ -7,8 +7,12 @@ from typing import Any
 
 from exporter.mixin.config import MixinConfig
 from exporter.mixin.dashboards import panels as p
-from exporter.mixin.dashboards.episodes import episode_table, not_recovered_stat
-from exporter.mixin.promql import PromQL, duration, increase_with_new_series, indent
+from exporter.mixin.dashboards.episodes import (
+    episode_table,
+    not_recovered_stat,
+    quantile_in_range,
+)
+from exporter.mixin.promql import PromQL, duration
 from exporter.mixin.records import Records
 
 NS = 'namespace=~"$namespace"'
@@ -58,7 +62,7 @@ def build(config: MixinConfig) -> Any:
         p.timeseries(
             "p99 / steady baseline",
             f"p99 now (all states, {r.latency_window} window) divided by the steady p99 of the "
-            f"last {duration(config.windows.baseline)}. Above "
+            f"{duration(config.windows.baseline)} before that window. Above "
             f"{t.disruption_p99_ratio:g}x during an episode, TailwatchDisruptionImpact fires.",
             p.targets((q.rec(r.probe_p99_ratio, NS, SVC, 'target="service"'), SERVICE_LEGEND)),
             "suffix:x",
@@ -150,7 +154,6 @@ def build(config: MixinConfig) -> Any:
     keys = ("namespace", "service", "cause")
     grid.add(episode_table(q, (NS, SVC), keys), 16, 9)
     grid.add(not_recovered_stat(q, (NS, SVC)), 8, 9)
-    recovery = q.raw("tailwatch_episode_recovery_seconds_bucket", NS, SVC)
     grid.add(
         p.stat(
             "Recovery p90 by Service",
@@ -158,8 +161,13 @@ def build(config: MixinConfig) -> Any:
             "back within the baseline tolerance, over the episodes of the time range.",
             [
                 p.target(
-                    f"histogram_quantile(0.9, sum by ({q.by('namespace', 'service', 'le')}) (\n"
-                    f"  {indent(increase_with_new_series(recovery, '$__range'))}\n))",
+                    quantile_in_range(
+                        q,
+                        "0.9",
+                        "tailwatch_episode_recovery_seconds",
+                        (NS, SVC),
+                        ("namespace", "service"),
+                    ),
                     SERVICE_LEGEND,
                     instant=True,
                 )

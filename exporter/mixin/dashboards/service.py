@@ -57,7 +57,8 @@ def build(config: MixinConfig) -> Any:
     grid.add(
         p.timeseries(
             "p99 / steady baseline",
-            f"p99 now over the steady p99 of the last {duration(config.windows.baseline)}.",
+            f"p99 now over the steady p99 of the {duration(config.windows.baseline)} before "
+            f"the last {r.latency_window}.",
             p.targets((q.rec(r.probe_p99_ratio, NS, SVC), "{{target}}")),
             "suffix:x",
             thresholds=((t.degraded_p99_ratio, "orange"), (t.disruption_p99_ratio, "red")),
@@ -68,8 +69,9 @@ def build(config: MixinConfig) -> Any:
     grid.add(
         p.timeseries(
             "Probes slower than the SLO",
-            "Share of probes of the Service's address over its tailwatch.io/slo-latency, over "
-            "the page alert's two windows.",
+            "Share of probes of the Service's address over its tailwatch.io/slo-latency (the "
+            "agents count them exactly, failed probes included), over the page alert's two "
+            "windows.",
             p.targets(
                 (q.rec(r.slow_ratio(first.short), NS, SVC), duration(first.short)),
                 (q.rec(r.slow_ratio(first.long), NS, SVC), duration(first.long)),
@@ -91,7 +93,31 @@ def build(config: MixinConfig) -> Any:
         ),
         8,
     )
-    probes = q.raw("tailwatch_probe_duration_seconds_count", NS, SVC)
+    client = "tailwatch_client_request_duration_seconds"
+    client_requests = q.histogram(lambda h: h.count_rate(client, "$__rate_interval", NS, SVC))
+    client_slow = rate("tailwatch_client_request_slow_total", SVC)
+    grid.add(
+        p.timeseries(
+            "Client requests slower than the SLO (OTLP)",
+            "Share of the requests clients reported over OTLP that were slower than the "
+            "Service's tailwatch.io/slo-latency, by state (the agents count them against the "
+            "SLO exactly).",
+            p.targets(
+                (
+                    f"sum by (state) ({client_slow})\n/\n"
+                    f"sum by (state) (\n  {indent(client_requests)}\n)",
+                    "{{state}}",
+                )
+            ),
+            "percentunit",
+            thresholds=((1 - config.slo.objective, "red"),),
+        ),
+        8,
+    )
+    probes = q.histogram(
+        lambda h: h.count_rate("tailwatch_probe_duration_seconds", "$__rate_interval", NS, SVC)
+    )
+    probes_by_target = f"sum by (target) (\n  {indent(probes)}\n)"
     grid.add(
         p.timeseries(
             "Probe failures by reason",
@@ -100,22 +126,22 @@ def build(config: MixinConfig) -> Any:
             p.targets(
                 (
                     f"sum by (target, reason) ({rate('tailwatch_probe_failures_total', SVC)})\n"
-                    f"or on ()\nsum by (target) (rate({probes}[$__rate_interval])) * 0",
+                    f"or on ()\n{probes_by_target} * 0",
                     "{{target}} {{reason}}",
                 )
             ),
             "ops",
         ),
-        12,
+        8,
     )
     grid.add(
         p.timeseries(
             "Probes per second",
             "Probes run per second by target, from every agent.",
-            p.targets((f"sum by (target) (rate({probes}[$__rate_interval]))", "{{target}}")),
+            p.targets((probes_by_target, "{{target}}")),
             "ops",
         ),
-        12,
+        8,
     )
 
     grid.row("Endpoints and episodes")
