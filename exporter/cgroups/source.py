@@ -66,7 +66,7 @@ class _Pass:
 
     def pressure(self) -> Iterator[Series]:
         for key, s in zip(self.keys, self.samples, strict=True):
-            for p in sorted(s.pressure, key=attrgetter("resource")):
+            for p in s.pressure:
                 if p.full_seconds is not None:
                     yield (*key, p.resource, "full"), p.full_seconds
                 yield (*key, p.resource, "some"), p.some_seconds
