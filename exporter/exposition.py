@@ -43,7 +43,12 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.catalogue import Family, FamilySnapshot, HistogramValue, Kind, MetricSource
-from exporter.core.histogram import NATIVE_SCHEMA, NATIVE_ZERO_THRESHOLD, le_string
+from exporter.core.histogram import (
+    NATIVE_SCHEMA,
+    NATIVE_ZERO_THRESHOLD,
+    cumulative_buckets,
+    le_values,
+)
 
 GZIP_LEVEL = 1  # exposition text compresses ~20x at level 1; higher levels cost 3x the CPU
 
@@ -138,11 +143,6 @@ def family_head(name: str, kind: str, documentation: str) -> FamilyHead:
     )
 
 
-@lru_cache(maxsize=64)
-def _le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    return (*(le_string(b) for b in bounds), "+Inf")
-
-
 class HistogramLines:
     """The sample lines of one histogram series (buckets, count, sum) with its label
     strings built once, rendered again only when its version (e.g. count and sum) moves."""
@@ -152,7 +152,7 @@ class HistogramLines:
     def __init__(self, name: str, labels: Sequence[tuple[str, str]], bounds: tuple[float, ...]):
         self.bounds = bounds
         self._prefixes = [
-            f"{name}_bucket{label_text([*labels, ('le', le)])} " for le in _le_values(bounds)
+            f"{name}_bucket{label_text([*labels, ('le', le)])} " for le in le_values(bounds)
         ]
         plain = label_text(labels)
         self._count_prefix = f"{name}_count{plain} "
@@ -164,7 +164,7 @@ class HistogramLines:
         """The lines of `h` (whose bounds are these), rendered again only when its version
         changed (None: every time)."""
         version = h.version
-        if version is not None and (version is self._version or version == self._version):
+        if _same_version(version, self._version):
             return self.text
         total = h.sum
         cumulative = list(accumulate(h.bucket_counts))
@@ -583,9 +583,7 @@ def metric_family(snapshot: FamilySnapshot) -> Metric:
     if family.kind is Kind.HISTOGRAM:
         histogram = HistogramMetricFamily(family.name, family.help, labels=labels)
         for key, h in series:
-            cumulative = accumulate(h.bucket_counts)
-            buckets = list(zip(_le_values(h.bounds), cumulative, strict=True))
-            histogram.add_metric(list(key), buckets, h.sum)
+            histogram.add_metric(list(key), cumulative_buckets(h.bounds, h.bucket_counts), h.sum)
         return histogram
     metric: CounterMetricFamily | GaugeMetricFamily
     if family.kind is Kind.COUNTER:

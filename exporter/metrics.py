@@ -45,7 +45,6 @@ from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.histogram import (
     DEFAULT_CLASSIC_LAYOUT,
     LatencySeries,
-    layout_for,
     le_string,
 )
 from exporter.core.pods import PodSnapshot
@@ -126,8 +125,7 @@ class ClientLatency:
         series = self.series.get(key)
         if series is None:
             slo = self.slo_of(service)
-            layout = layout_for(slo, self.classic_layout)
-            series = self.series[key] = LatencySeries(layout, slo)
+            series = self.series[key] = LatencySeries.of_service(slo, self.classic_layout)
         series.record_ranges(buckets, sum_seconds)
 
     def forget(self, service: ServiceRef) -> None:

@@ -61,12 +61,3 @@ class FixedBuckets:
 
     def native_buckets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return self.native_indexes, self.native_counts
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """(`le`, cumulative count) pairs ending with +Inf, for a HistogramMetricFamily."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out

@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
+from itertools import accumulate
 
 # -- the fine histogram ------------------------------------------------------------------
 
@@ -47,7 +48,6 @@ def native_index(seconds: float) -> int:
     return bisect.bisect_left(_EDGE_MANTISSAS, mantissa) + (exponent - 1) * _PER_DOUBLING
 
 
-_index = native_index
 _MIN_INDEX = native_index(math.nextafter(NATIVE_ZERO_THRESHOLD, math.inf))
 _MAX_INDEX = native_index(MAX_TRACKED)
 
@@ -89,8 +89,8 @@ def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increm
     width = upper - lower
     first = lower + 0.5 * width / count
     last = upper - 0.5 * width / count
-    lo_index = _index(first) if first > MIN_TRACKED else _MIN_INDEX
-    hi_index = _index(last) if last > MIN_TRACKED else _MIN_INDEX
+    lo_index = native_index(first) if first > MIN_TRACKED else _MIN_INDEX
+    hi_index = native_index(last) if last > MIN_TRACKED else _MIN_INDEX
     out: dict[int, int] = {}
     zero = 0
     if count <= hi_index - lo_index + 1:  # fewer values than buckets: place each value
@@ -98,7 +98,7 @@ def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increm
         for j in range(count):
             x = lower + (j + 0.5) * step
             if x > MIN_TRACKED:
-                i = _index(x)
+                i = native_index(x)
                 out[i] = out.get(i, 0) + 1
             else:
                 zero += 1
@@ -122,8 +122,8 @@ class FineHistogram:
     `RELATIVE_ACCURACY` of the exact nearest-rank quantile for values in (MIN_TRACKED,
     MAX_TRACKED]. Histograms merge by adding counts and subtract (a newer snapshot minus an
     older one of the same stream gives the window between them), which is what a rolling
-    view needs. Memory is bounded by the
-    index range: at most ~510 buckets whatever is recorded.
+    view needs. Memory is bounded by the index range: at most ~510 buckets whatever is
+    recorded.
     """
 
     __slots__ = ("_buckets", "count", "zero_count")
@@ -196,10 +196,6 @@ class FineHistogram:
                 out._buckets[i] = left
         return out
 
-    def buckets(self) -> list[tuple[int, int]]:
-        """(native index, count) of every non-empty bucket, by index."""
-        return sorted(self._buckets.items())
-
     def copy(self) -> FineHistogram:
         out = FineHistogram()
         out._buckets = dict(self._buckets)
@@ -266,7 +262,6 @@ DEFAULT_CLASSIC_LAYOUT: tuple[float, ...] = (
     *(1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
     10.0,
 )
-BASE_LAYOUT = DEFAULT_CLASSIC_LAYOUT
 
 
 def check_layout(bounds: tuple[float, ...]) -> tuple[float, ...]:
@@ -302,6 +297,20 @@ def layout_for(
 def le_string(bound: float) -> str:
     """The `le` label value of a boundary, the way the rest of the agent writes it."""
     return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+@lru_cache(maxsize=64)
+def le_values(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` values of a classic layout's buckets, ending with +Inf."""
+    return (*(le_string(b) for b in bounds), "+Inf")
+
+
+def cumulative_buckets(
+    bounds: tuple[float, ...], bucket_counts: Iterable[int]
+) -> list[tuple[str, int]]:
+    """(`le`, cumulative count) pairs of classic buckets (`bucket_counts` per bucket, the
+    last one +Inf), as a HistogramMetricFamily takes them."""
+    return list(zip(le_values(bounds), accumulate(bucket_counts), strict=True))
 
 
 _SPREAD_CACHE_SIZE = 4096
@@ -347,7 +356,9 @@ class LatencySeries:
     __slots__ = ("_native_indexes", "_slo_bucket", "_spreads", "bounds", "bucket_counts", "count",
                  "fine", "slo", "sum")  # fmt: skip
 
-    def __init__(self, bounds: tuple[float, ...] = BASE_LAYOUT, slo: float | None = None) -> None:
+    def __init__(
+        self, bounds: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT, slo: float | None = None
+    ) -> None:
         self.bounds = bounds
         self.slo = slo
         self._slo_bucket = -1
@@ -361,6 +372,13 @@ class LatencySeries:
         self.sum = 0.0
         self.count = 0
         self._native_indexes: list[int] = []
+
+    @classmethod
+    def of_service(
+        cls, slo: float | None, base: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
+    ) -> LatencySeries:
+        """A series of a Service with this SLO: the classic layout `base` plus the SLO."""
+        return cls(layout_for(slo, base), slo)
 
     @property
     def version(self) -> Hashable:
@@ -442,13 +460,3 @@ class LatencySeries:
 
     def quantile(self, q: float) -> float | None:
         return self.fine.quantile(q)
-
-    def cumulative_buckets(self) -> list[tuple[str, float]]:
-        """(`le`, cumulative count) pairs, ending with +Inf, for a HistogramMetricFamily."""
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip(self.bounds, self.bucket_counts, strict=False):
-            running += n
-            out.append((le_string(bound), running))
-        out.append(("+Inf", running + self.bucket_counts[-1]))
-        return out

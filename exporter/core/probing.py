@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from exporter.core.catalog import TargetSpec
-from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT, FineHistogram, LatencySeries, layout_for
+from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT, FineHistogram, LatencySeries
 
 #: A probe that has not completed this long after its intended start has failed. Not tied to
 #: the interval: a stall longer than the interval must show at its full length in the tail.
@@ -380,8 +380,8 @@ class ProbeLedger:
             if len(self.durations) >= self.max_series:
                 self.dropped["probe_series_limit"] = self.dropped.get("probe_series_limit", 0) + 1
                 return None
-            layout = layout_for(target.slo, self.classic_layout)
-            series = self.durations[key] = LatencySeries(layout, target.slo)
+            series = LatencySeries.of_service(target.slo, self.classic_layout)
+            self.durations[key] = series
         return series
 
     def _count(self, target: ProbeTarget, reason: FailureReason | None, n: int, at: float) -> None:

@@ -33,6 +33,7 @@ from exporter.cgroups.synthetic import (
     write_usage,
 )
 from exporter.core.events import PodEventKind
+from exporter.core.histogram import cumulative_buckets
 from exporter.core.pods import PodSnapshot
 from exporter.exposition import Exposition
 from tests.cgroups.cgroup_scenarios import FIXTURES, SCENARIOS, scenario_pods, snapshots
@@ -454,8 +455,8 @@ def test_pass_duration_comes_from_the_injected_timer() -> None:
     assert sampler.sample(2.0).duration_seconds == pytest.approx(0.0125)
     h = sampler.durations
     assert (h.count, h.total) == (2, pytest.approx(0.0165))
-    assert dict(h.cumulative())["0.005"] == 1
-    assert dict(h.cumulative())["+Inf"] == 2
+    assert dict(cumulative_buckets(h.bounds, h.bucket_counts))["0.005"] == 1
+    assert dict(cumulative_buckets(h.bounds, h.bucket_counts))["+Inf"] == 2
     sampler.close()
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.core.buckets import FixedBuckets
 from exporter.core.histogram import (
-    BASE_LAYOUT,
+    DEFAULT_CLASSIC_LAYOUT,
     MAX_TRACKED,
     MIN_TRACKED,
     NATIVE_SCHEMA,
@@ -22,6 +22,7 @@ from exporter.core.histogram import (
     FineHistogram,
     LatencySeries,
     check_layout,
+    cumulative_buckets,
     layout_for,
     le_string,
     native_index,
@@ -51,7 +52,7 @@ def filled(values: list[float]) -> FineHistogram:
 
 
 def numeric(series: LatencySeries) -> list[tuple[float, float]]:
-    return buckets(series.cumulative_buckets())
+    return buckets(cumulative_buckets(series.bounds, series.bucket_counts))
 
 
 # -- fine histogram ------------------------------------------------------------------------
@@ -177,10 +178,15 @@ def test_record_range_with_a_huge_count_costs_buckets_not_values() -> None:
 
 
 def test_classic_layout_is_small_and_readable() -> None:
-    assert len(BASE_LAYOUT) == 27
-    assert BASE_LAYOUT[0] == 0.0005 and BASE_LAYOUT[-1] == 10.0
-    assert max(b / a for a, b in itertools.pairwise(BASE_LAYOUT)) <= 5 / 3
-    assert [le_string(b) for b in BASE_LAYOUT[:4]] == ["0.0005", "0.0007", "0.001", "0.0015"]
+    assert len(DEFAULT_CLASSIC_LAYOUT) == 27
+    assert DEFAULT_CLASSIC_LAYOUT[0] == 0.0005 and DEFAULT_CLASSIC_LAYOUT[-1] == 10.0
+    assert max(b / a for a, b in itertools.pairwise(DEFAULT_CLASSIC_LAYOUT)) <= 5 / 3
+    assert [le_string(b) for b in DEFAULT_CLASSIC_LAYOUT[:4]] == [
+        "0.0005",
+        "0.0007",
+        "0.001",
+        "0.0015",
+    ]
 
 
 @given(slos)
@@ -188,14 +194,16 @@ def test_layout_of_a_service_has_its_slo_as_an_exact_boundary(slo: float) -> Non
     layout = layout_for(slo)
     assert slo in layout
     assert list(layout) == sorted(set(layout))
-    assert len(layout) <= len(BASE_LAYOUT) + 1  # the series budget: one extra bucket at most
+    assert (
+        len(layout) <= len(DEFAULT_CLASSIC_LAYOUT) + 1
+    )  # the series budget: one extra bucket at most
     for bound in layout:
         assert float(le_string(bound)) == bound  # the le string round-trips
 
 
 def test_layout_is_the_same_on_every_agent_for_a_service() -> None:
     assert layout_for(0.05) == layout_for(0.05)
-    assert layout_for(None) == BASE_LAYOUT
+    assert layout_for(None) == DEFAULT_CLASSIC_LAYOUT
     assert layout_for(0.04, (0.01, 0.1)) == (0.01, 0.04, 0.1)
     assert le_string(0.05) == "0.05" and le_string(math.inf) == "+Inf"
     with pytest.raises(ValueError, match="positive"):
@@ -211,7 +219,9 @@ def test_a_classic_layout_must_be_positive_finite_and_increasing(bad: tuple[floa
 @given(
     slos,
     st.lists(
-        st.one_of(latencies, st.sampled_from(BASE_LAYOUT), st.just(0.05)), min_size=1, max_size=200
+        st.one_of(latencies, st.sampled_from(DEFAULT_CLASSIC_LAYOUT), st.just(0.05)),
+        min_size=1,
+        max_size=200,
     ),
 )
 def test_exposition_counts_are_exact_at_every_boundary(slo: float, values: list[float]) -> None:
@@ -219,7 +229,7 @@ def test_exposition_counts_are_exact_at_every_boundary(slo: float, values: list[
     for v in values:
         series.record(v)
     ordered = sorted(values)
-    for le, cumulative in series.cumulative_buckets():
+    for le, cumulative in cumulative_buckets(series.bounds, series.bucket_counts):
         bound = float(le)
         assert cumulative == bisect.bisect_right(ordered, bound)  # values <= le, exactly
     assert series.count == len(values)
@@ -261,12 +271,12 @@ def test_native_histogram_quantile_across_agents_is_within_15_percent(
 def test_classic_histogram_quantile_is_off_by_at_most_its_bucket_ratio(
     values: list[float], q: float
 ) -> None:
-    series = LatencySeries(BASE_LAYOUT)
+    series = LatencySeries(DEFAULT_CLASSIC_LAYOUT)
     for v in values:
         series.record(v)
     exact = exact_quantile(values, q)
     estimate = histogram_quantile(q, numeric(series))
-    assert exact / (5 / 3) <= estimate <= exact * 5 / 3 or estimate <= BASE_LAYOUT[0]
+    assert exact / (5 / 3) <= estimate <= exact * 5 / 3 or estimate <= DEFAULT_CLASSIC_LAYOUT[0]
 
 
 @given(slos, st.lists(latencies, max_size=100), st.lists(st.tuples(latencies, latencies,
@@ -278,7 +288,7 @@ def test_slow_count_is_what_lies_above_the_slo(
     for v in values:
         series.record(v)
     series.record_ranges([(min(a, b), max(a, b), n) for a, b, n in ranges])
-    within = dict(series.cumulative_buckets())[le_string(slo)]
+    within = dict(cumulative_buckets(series.bounds, series.bucket_counts))[le_string(slo)]
     assert series.slow_count == series.count - within
     assert series.slow_count >= sum(1 for v in values if v > slo)
     if not ranges:
@@ -286,11 +296,11 @@ def test_slow_count_is_what_lies_above_the_slo(
 
 
 def test_a_series_without_an_slo_counts_nothing_slow_and_refuses_a_foreign_slo() -> None:
-    series = LatencySeries(BASE_LAYOUT)
+    series = LatencySeries(DEFAULT_CLASSIC_LAYOUT)
     series.record(99.0)
     assert series.slow_count == 0
     with pytest.raises(ValueError, match="not a bound"):
-        LatencySeries(BASE_LAYOUT, 0.042)
+        LatencySeries(DEFAULT_CLASSIC_LAYOUT, 0.042)
 
 
 def test_native_view_of_a_series_and_of_fixed_buckets() -> None:
@@ -317,7 +327,7 @@ def test_record_ranges_with_client_bounds_at_the_slo_keep_the_slo_count_exact() 
         [(lo, hi, n) for lo, hi, n in zip(bounds[:-1], bounds[1:], counts, strict=True)],
         total=4.2,
     )
-    cumulative = dict(series.cumulative_buckets())
+    cumulative = dict(cumulative_buckets(series.bounds, series.bucket_counts))
     assert cumulative["0.05"] == 60  # exactly the client's count at or below its 50 ms bound
     assert cumulative["+Inf"] == 109 == series.count == series.fine.count
     assert series.sum == 4.2

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 
 T = TypeVar("T")
 
@@ -146,9 +146,4 @@ def running_prometheus(
         assert proc.poll() is None, f"prometheus exited: {log.read_text()[-2000:]}"
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)

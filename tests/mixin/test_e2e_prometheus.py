@@ -45,7 +45,7 @@ from exporter.mixin import MixinConfig, Records, fast_profile, rules_yaml
 from exporter.mixin.dashboards import DASHBOARDS
 from exporter.mixin.generate import RULE_FILES, dashboard_json
 from exporter.simulator.shop import AGENT_NODE
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_process
 from tests.mixin.conftest import REPO
 from tests.mixin.dashboards import Query, queries, substitute
 from tests.mixin.prometheus import Prometheus, running_prometheus, wait_until
@@ -215,7 +215,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 ],
                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env,
             )  # fmt: skip
-        stack.callback(_stop, demo)
+        stack.callback(stop_process, demo, 20)
         node = wait_until(
             lambda: _agent_node(agent) or demo.poll() is not None, "the demo's agent", 60
         )
@@ -255,15 +255,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             )
             for form, server in servers.items()
         }
-
-
-def _stop(demo: subprocess.Popen[bytes]) -> None:
-    demo.terminate()
-    try:
-        demo.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        demo.kill()
-        demo.wait()
 
 
 @pytest.fixture(scope="module", params=sorted(FORMS))
