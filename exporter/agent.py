@@ -189,7 +189,23 @@ class Agent:
             ]
         )
         self.registry = self.exposition.registry
-        self._known_services: set[Any] = set()
+        # Per opted-in Service: the probe targets this agent has for it, and whether it
+        # reports the Service (it has latency for it: docs/scale.md). Each change of a
+        # Service costs O(that Service), never O(all Services).
+        self._probe_targets: dict[ServiceRef, frozenset[ProbeTarget]] = {}
+        self._reported: set[ServiceRef] = set()
+        self._client_services: set[ServiceRef] = set()
+        self.service_watch = ServiceWatch(
+            self.catalog, self.metrics, self._services_changed, self.clock
+        )
+        self.slice_watch = EndpointSliceWatch(
+            self.catalog,
+            self.metrics,
+            self.endpoint_listeners,
+            self._services_changed,
+            self.clock,
+            reports=self.reports,
+        )
 
     async def _sample_cgroups(self, stop: asyncio.Event) -> None:
         """Sample cgroups every --sample-interval in one dedicated thread: a pass is a few
@@ -276,6 +292,7 @@ class Agent:
                 # of stalling the loop, and the prober's measurements, for tens of ms.
                 gc.freeze()
                 frozen = True
+            self.slice_watch.flush()
             self._episode_changes(self.correlator.tick(self.clock()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -285,7 +302,12 @@ class Agent:
         return self.correlator.as_json(self.clock())
 
     def _slos(self) -> dict[ServiceRef, float]:
-        return {ref: s.slo for ref, s in self.catalog.specs.items() if s.slo is not None}
+        slos = {}
+        for ref in self._reported:
+            spec = self.catalog.specs.get(ref)
+            if spec is not None and spec.slo is not None:
+                slos[ref] = spec.slo
+        return slos
 
     def _slo_of(self, service: Any) -> float | None:
         spec = self.catalog.specs.get(service)
@@ -293,24 +315,68 @@ class Agent:
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
         self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+        if delta.service not in self._client_services:
+            self._client_services.add(delta.service)
+            self._services_changed({delta.service})
         self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
 
     def _endpoint_counts(self) -> dict[Any, Any]:
-        opted_in = set(self.catalog.specs) | set(self.catalog.skipped)
-        return {ref: c for ref, c in self.catalog.endpoints.counts().items() if ref in opted_in}
+        counts = {}
+        for ref in self._reported:
+            c = self.catalog.endpoints.counts_of(ref)
+            if c is not None:
+                counts[ref] = c
+        return counts
 
-    def _services_changed(self) -> None:
-        """Services or endpoints changed: drop the series of Services no longer opted in."""
-        current = set(self.catalog.specs) | set(self.catalog.skipped)
-        for gone in self._known_services - current:
-            self.metrics.forget_service(gone)
-            self.client_latency.forget(gone)
-            self.episode_metrics.forget_service(gone)
-        self._known_services = current
-        self.correlator.set_services(current)
-        for ref in current:
-            self.correlator.endpoints_changed(ref, self.catalog.endpoints.view(ref))
-        self.prober.set_targets(ProbeTarget.from_spec(t) for t in self.catalog.targets())
+    # -- the Services this agent probes and reports ------------------------------------------
+
+    def probes_address(self, ref: ServiceRef) -> bool:
+        """Is this agent one of the k that probe the Service's address? (All of them when
+        it sees no peers.)"""
+        return True
+
+    def reports(self, ref: ServiceRef) -> bool:
+        """Does this agent report the Service: its endpoint events, counts, SLO, episodes?
+        Only if it has latency for it: it probes its address, hosts one of its endpoints or
+        receives its clients' OTLP. So a disruption leaves k plus a few local records, not
+        one per node (docs/scale.md)."""
+        return ref in self._reported
+
+    def _services_changed(self, refs: set[ServiceRef]) -> None:
+        """These Services changed (spec, opt-in, endpoints, or whether this agent probes
+        their address): update their targets and what this agent reports of them."""
+        for ref in refs:
+            self._update_service(ref)
+
+    def _update_service(self, ref: ServiceRef) -> None:
+        catalog = self.catalog
+        opted_in = catalog.opted_in(ref)
+        address = opted_in and self.probes_address(ref)
+        reported = opted_in and (
+            address or bool(catalog.local_endpoints(ref)) or ref in self._client_services
+        )
+        if reported:
+            self._reported.add(ref)
+            self.correlator.add_service(ref)
+            self.correlator.endpoints_changed(ref, catalog.endpoints.view(ref))
+        elif ref in self._reported:
+            self._reported.discard(ref)
+            self.correlator.remove_service(ref)
+            self.metrics.forget_service(ref)
+            self.episode_metrics.forget_service(ref)
+        if not opted_in:
+            self._client_services.discard(ref)
+            self.client_latency.forget(ref)
+        wanted = frozenset(
+            ProbeTarget.from_spec(t) for t in catalog.targets_of(ref, address=address)
+        )
+        held = self._probe_targets.get(ref, frozenset())
+        if wanted != held:
+            self.prober.update_targets(held - wanted, wanted - held)
+            if wanted:
+                self._probe_targets[ref] = wanted
+            else:
+                del self._probe_targets[ref]
 
     def targets(self) -> dict[str, Any]:
         """The JSON of /api/v1/targets."""
@@ -387,7 +453,7 @@ class Agent:
                     ),
                     reflector(
                         ResourceSpec("services", "/api/v1/services", label_selector=opted_in),
-                        ServiceWatch(self.catalog, self.metrics, self._services_changed),
+                        self.service_watch,
                         self.services_health,
                     ),
                     # EndpointSlices carry their Service's labels: the same selector applies.
@@ -397,13 +463,7 @@ class Agent:
                             "/apis/discovery.k8s.io/v1/endpointslices",
                             label_selector=opted_in,
                         ),
-                        EndpointSliceWatch(
-                            self.catalog,
-                            self.metrics,
-                            self.endpoint_listeners,
-                            self._services_changed,
-                            self.clock,
-                        ),
+                        self.slice_watch,
                         self.slices_health,
                     ),
                 ]

@@ -12,6 +12,7 @@ from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.lifecycle import PodLifecycleTracker
 from exporter.core.pods import MalformedObject
+from exporter.core.services import ServiceRef
 from exporter.logs import LogOnce
 from exporter.metrics import AgentMetrics
 
@@ -90,34 +91,44 @@ class PodWatch(_Handler):
             self._emit(event)
 
 
+Changed = Callable[[set[ServiceRef]], None]
+
+
 class ServiceWatch(_Handler):
-    """Feeds the opted-in Services into the catalog; `changed` runs after every update."""
+    """Feeds the opted-in Services into the catalog; `changed` gets the Services that changed
+    after every update."""
 
     kind = "service"
 
     def __init__(
-        self, catalog: ServiceCatalog, metrics: AgentMetrics, changed: Callable[[], None]
+        self,
+        catalog: ServiceCatalog,
+        metrics: AgentMetrics,
+        changed: Changed,
+        clock: Callable[[], float],
     ) -> None:
         super().__init__(metrics)
         self.catalog = catalog
         self.changed = changed
+        self.clock = clock
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
-        for exc in self.catalog.sync_services(items):
+        for exc in self.catalog.sync_services(items, self.clock()):
             self.malformed(exc)
-        self.changed()
+        self.changed(self.catalog.take_changed())
 
     def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
         try:
-            self.catalog.apply_service(event_type, obj)
+            self.catalog.apply_service(event_type, obj, self.clock())
         except MalformedObject as exc:
             self.malformed(exc)
             return
-        self.changed()
+        self.changed(self.catalog.take_changed())
 
 
 class EndpointSliceWatch(_Handler):
-    """Feeds the opted-in Services' EndpointSlices into the endpoint tracker."""
+    """Feeds the opted-in Services' EndpointSlices into the endpoint tracker; reports the
+    endpoint events of the Services this agent `reports` (it has latency for them)."""
 
     kind = "endpointslice"
 
@@ -126,27 +137,34 @@ class EndpointSliceWatch(_Handler):
         catalog: ServiceCatalog,
         metrics: AgentMetrics,
         listeners: list[EndpointListener],
-        changed: Callable[[], None],
+        changed: Changed,
         clock: Callable[[], float],
+        *,
+        reports: Callable[[ServiceRef], bool] = lambda ref: True,
     ) -> None:
         super().__init__(metrics)
         self.catalog = catalog
         self.listeners = listeners
         self.changed = changed
         self.clock = clock
+        self.reports = reports
 
-    def _emit(self, event: EndpointEvent) -> None:
-        self.metrics.record_endpoint(event)
-        event_log.info("endpoint event", extra=event.as_log_fields())
-        notify(self.listeners, event)
+    def _emit(self, events: list[EndpointEvent]) -> None:
+        """First the changed Services (targets, which Services this agent reports), then
+        the events of those it reports."""
+        self.changed(self.catalog.take_changed())
+        for event in events:
+            if not self.reports(event.service):
+                continue
+            self.metrics.record_endpoint(event)
+            event_log.info("endpoint event", extra=event.as_log_fields())
+            notify(self.listeners, event)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.catalog.endpoints.sync(items, self.clock())
         for exc in result.malformed:
             self.malformed(exc)
-        for event in result.events:
-            self._emit(event)
-        self.changed()
+        self._emit(result.events)
 
     def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
         try:
@@ -154,6 +172,9 @@ class EndpointSliceWatch(_Handler):
         except MalformedObject as exc:
             self.malformed(exc)
             return
-        for event in events:
-            self._emit(event)
-        self.changed()
+        self._emit(events)
+
+    def flush(self) -> None:
+        """Report the slice removals held for their grace (`EndpointTracker.flush`)."""
+        if self.catalog.endpoints.held:
+            self._emit(self.catalog.endpoints.flush(self.clock()))

@@ -481,6 +481,16 @@ class Correlator:
             if ref not in self.services:
                 self.services[ref] = _ServiceView(ref)
 
+    def add_service(self, ref: ServiceRef) -> None:
+        """Keep episodes for `ref` from now on (this agent has latency for it)."""
+        if ref not in self.services:
+            self.services[ref] = _ServiceView(ref)
+
+    def remove_service(self, ref: ServiceRef) -> None:
+        """Forget `ref` with its episode (gone, or this agent no longer has latency for it)."""
+        if self.services.pop(ref, None) is not None:
+            self._index_stale = True
+
     def _view(self, ref: ServiceRef) -> _ServiceView | None:
         return self.services.get(ref)
 

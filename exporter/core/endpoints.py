@@ -20,6 +20,9 @@ from exporter.core.pods import MalformedObject
 from exporter.core.services import ServiceRef
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+#: How long a Service's opt-in adopts new slices silently, and a slice removal that may be
+#: the Service going (deleted or opted out) is held before it is reported.
+DEFAULT_GRACE = 5.0
 
 
 class EndpointEventKind(StrEnum):
@@ -170,53 +173,209 @@ def _slice_uid(obj: Mapping[str, Any]) -> str | None:
 class EndpointTracker:
     """All endpoints of the opted-in Services, diffed per Service on every change.
 
+    Every change costs O(the Service it touches): slices are indexed by Service, and each
+    Service's merged view, counts and addresses are kept and recomputed only when one of
+    its slices changes (docs/scale.md).
+
     `recent_window` seconds: how long a removed endpoint is remembered so that the same
     pod identity coming back is reported as `replaced` (same node) or `moved` (another
     node) instead of `added`. At most `max_recent` removed endpoints are remembered.
+
+    With `opted_in_only`, only the Services marked with `opt_in` are reported (events and
+    counts); the slices of other Services are kept silently, since a slice can arrive
+    before its Service. Opting in and out is silent both ways (docs/services.md):
+    - a Service opted in adopts its endpoints as its starting state, and so do slices that
+      first appear within `grace` seconds after that (the EndpointSlice controller copies
+      the label to them after the Service);
+    - a Service opted out or deleted takes its state with it. Its slices may go before it
+      does, so a deleted slice that would remove endpoints of an opted-in Service is held
+      for `grace` seconds (`flush`): dropped silently if the Service goes meanwhile, else
+      reported `removed` with the time the slice went.
     """
 
-    def __init__(self, *, recent_window: float = 600.0, max_recent: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        recent_window: float = 600.0,
+        max_recent: int = 4096,
+        opted_in_only: bool = False,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
         self._slices: dict[str, EndpointSliceSnapshot] = {}
+        self._by_service: dict[ServiceRef, dict[str, EndpointSliceSnapshot]] = {}
+        self._views: dict[ServiceRef, dict[str, Endpoint]] = {}
+        self._counts: dict[ServiceRef, EndpointCounts] = {}
+        self._addresses: dict[str, dict[ServiceRef, int]] = {}
         self._recent: OrderedDict[tuple[ServiceRef, str], tuple[float, Endpoint]] = OrderedDict()
         self._recent_window = recent_window
         self._max_recent = max_recent
+        self._opted_in_only = opted_in_only
+        self._adopt_until: dict[ServiceRef, float] = {}  # the opted-in Services
+        self._held: dict[str, tuple[float, EndpointSliceSnapshot]] = {}  # uid: (went at, slice)
+        self.grace = grace
         self._synced = False
+        self._touched: set[ServiceRef] = set()
 
     @property
     def synced(self) -> bool:
         return self._synced
 
+    @property
+    def held(self) -> int:
+        """Slice removals waiting for their grace to pass."""
+        return len(self._held)
+
+    # -- which Services are reported ---------------------------------------------------
+
+    def _reported(self, service: ServiceRef) -> bool:
+        return not self._opted_in_only or service in self._adopt_until
+
+    def opt_in(self, service: ServiceRef, now: float, *, adopt: bool = True) -> None:
+        """Report `service` from now on; its endpoints now are its starting state. With
+        `adopt` (a Service that existed before it was opted in), so are the slices that
+        first appear within the grace; else (a new Service) their endpoints are `added`."""
+        if service not in self._adopt_until:
+            self._adopt_until[service] = now + self.grace if adopt else now
+            self._touched.add(service)
+
+    def opt_out(self, service: ServiceRef) -> None:
+        """Stop reporting `service` (deleted, or its label removed), silently."""
+        if self._adopt_until.pop(service, None) is None:
+            return
+        for uid in [u for u, (_, s) in self._held.items() if s.service == service]:
+            del self._held[uid]
+            self._unstore(uid)
+        self._merge(service)
+        self._touched.add(service)
+
+    def take_touched(self) -> set[ServiceRef]:
+        """The Services whose view or reporting changed since the last call."""
+        touched, self._touched = self._touched, set()
+        return touched
+
+    # -- views ---------------------------------------------------------------------------
+
     def view(self, service: ServiceRef) -> dict[str, Endpoint]:
         """The Service's endpoints by identity, merged over its slices."""
-        merged: dict[str, Endpoint] = {}
-        for snapshot in self._slices.values():
-            if snapshot.service == service:
-                for endpoint in snapshot.endpoints:
-                    # The same pod in two slices (a slice being repacked): prefer ready.
-                    held = merged.get(endpoint.identity)
-                    if held is None or (endpoint.ready and not held.ready):
-                        merged[endpoint.identity] = endpoint
-        return merged
+        return self._views.get(service, {})
 
     def services(self) -> set[ServiceRef]:
-        return {s.service for s in self._slices.values()}
+        return {s for s in self._views if self._reported(s)}
 
     def counts(self) -> dict[ServiceRef, EndpointCounts]:
-        out: dict[ServiceRef, EndpointCounts] = {}
-        for service in self.services():
-            endpoints = self.view(service).values()
-            out[service] = EndpointCounts(
-                ready=sum(e.ready for e in endpoints),
-                serving=sum(e.serving for e in endpoints),
-                terminating=sum(e.terminating for e in endpoints),
-            )
-        return out
+        """Ready, serving and terminating endpoints of each reported Service (an opted-in
+        Service without slices has none of each)."""
+        if not self._opted_in_only:
+            return dict(self._counts)
+        return {s: self._counts.get(s, EndpointCounts()) for s in self._adopt_until}
+
+    def counts_of(self, service: ServiceRef) -> EndpointCounts | None:
+        if not self._reported(service):
+            return None
+        return self._counts.get(service, EndpointCounts())
 
     def service_of_address(self, address: str) -> ServiceRef | None:
-        for snapshot in self._slices.values():
-            if any(e.address == address for e in snapshot.endpoints):
-                return snapshot.service
-        return None
+        services = self._addresses.get(address) or {}
+        return min((s for s in services if self._reported(s)), key=str, default=None)
+
+    # -- storage (views are recomputed by `_merge`) ------------------------------------------
+
+    def _store(self, snapshot: EndpointSliceSnapshot) -> None:
+        if snapshot.uid in self._slices:
+            self._unstore(snapshot.uid)
+        self._slices[snapshot.uid] = snapshot
+        self._by_service.setdefault(snapshot.service, {})[snapshot.uid] = snapshot
+
+    def _unstore(self, uid: str) -> None:
+        old = self._slices.pop(uid)
+        slices = self._by_service[old.service]
+        del slices[uid]
+        if not slices:
+            del self._by_service[old.service]
+
+    def _merge(self, service: ServiceRef) -> None:
+        """Recompute the Service's view, counts and addresses from its slices."""
+        for endpoint in self._views.pop(service, {}).values():
+            refs = self._addresses[endpoint.address]
+            del refs[service]
+            if not refs:
+                del self._addresses[endpoint.address]
+        self._counts.pop(service, None)
+        slices = self._by_service.get(service)
+        if slices is None:
+            return
+        merged: dict[str, Endpoint] = {}
+        for snapshot in slices.values():
+            for endpoint in snapshot.endpoints:
+                # The same pod in two slices (a slice being repacked): prefer ready.
+                held = merged.get(endpoint.identity)
+                if held is None or (endpoint.ready and not held.ready):
+                    merged[endpoint.identity] = endpoint
+        self._views[service] = merged
+        for endpoint in merged.values():
+            self._addresses.setdefault(endpoint.address, {})[service] = 1
+        values = merged.values()
+        self._counts[service] = EndpointCounts(
+            ready=sum(e.ready for e in values),
+            serving=sum(e.serving for e in values),
+            terminating=sum(e.terminating for e in values),
+        )
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def _commit(
+        self, services: set[ServiceRef], now: float, quiet: set[ServiceRef]
+    ) -> list[EndpointEvent]:
+        """Merge the stored changes of `services` and report them, but for those in `quiet`.
+        Until merged, `_views` still holds each Service's state before the change."""
+        events: list[EndpointEvent] = []
+        for service in sorted(services, key=str):
+            before = self._views.get(service, {})
+            self._merge(service)
+            self._touched.add(service)
+            if self._synced and service not in quiet and self._reported(service):
+                events.extend(self._diff(service, before, now))
+        return events
+
+    def _adopting(self, snapshot: EndpointSliceSnapshot, now: float) -> bool:
+        """A slice new to its Service within the grace after the Service was opted in."""
+        until = self._adopt_until.get(snapshot.service)
+        old = self._slices.get(snapshot.uid)
+        new = old is None or old.service != snapshot.service
+        return new and until is not None and now < until
+
+    def _would_remove(self, uid: str) -> bool:
+        """Would deleting this slice remove an endpoint of a reported Service?"""
+        snapshot = self._slices[uid]
+        if not self._synced or not self._reported(snapshot.service):
+            return False
+        others = {
+            e.identity
+            for other, s in self._by_service[snapshot.service].items()
+            if other != uid
+            for e in s.endpoints
+        }
+        return any(e.identity not in others for e in snapshot.endpoints)
+
+    def _put(self, snapshot: EndpointSliceSnapshot, now: float, changed: set[ServiceRef],
+             quiet: set[ServiceRef]) -> None:  # fmt: skip
+        self._held.pop(snapshot.uid, None)  # deleted and back: it left the selector and returned
+        changed.add(snapshot.service)
+        old = self._slices.get(snapshot.uid)
+        if old is not None:
+            changed.add(old.service)
+        if self._adopting(snapshot, now):
+            quiet.add(snapshot.service)
+        self._store(snapshot)
+
+    def _remove(self, uid: str, now: float, changed: set[ServiceRef]) -> None:
+        if uid not in self._slices or uid in self._held:
+            return
+        if self._would_remove(uid):
+            self._held[uid] = (now, self._slices[uid])  # `flush` reports it later
+            return
+        changed.add(self._slices[uid].service)
+        self._unstore(uid)
 
     def sync(self, objects: Iterable[Mapping[str, Any]], now: float) -> EndpointSyncResult:
         """A full list: silent the first time, else the changes of the gap."""
@@ -232,43 +391,40 @@ class EndpointTracker:
                     fresh[uid] = self._slices[uid]  # unreadable now: keep what we knew
                 continue
             fresh[snapshot.uid] = snapshot
-        if not self._synced:
-            self._slices = fresh
-            self._synced = True
-            return result
-        touched = {s.service for s in fresh.values()} | self.services()
-        before = {service: self.view(service) for service in touched}
-        self._slices = fresh
-        for service in sorted(touched, key=str):
-            result.events.extend(self._diff(service, before[service], now))
+        changed: set[ServiceRef] = set()
+        quiet: set[ServiceRef] = set()
+        for uid, snapshot in fresh.items():
+            if self._slices.get(uid) != snapshot:
+                self._put(snapshot, now, changed, quiet)
+        for uid in [u for u in self._slices if u not in fresh]:
+            self._remove(uid, now, changed)
+        result.events.extend(self._commit(changed, now, quiet))
+        self._synced = True
         return result
 
     def apply(self, event_type: str, obj: Mapping[str, Any], now: float) -> list[EndpointEvent]:
         """One watch event (ADDED, MODIFIED, DELETED); raises `MalformedObject`."""
+        changed: set[ServiceRef] = set()
+        quiet: set[ServiceRef] = set()
         if event_type == "DELETED":
             uid = _slice_uid(obj)
             if uid is None:
                 raise MalformedObject("missing_field", "endpointslice metadata.uid missing")
-            gone = self._slices.get(uid)
-            if gone is None:
-                return []
-            held = self.view(gone.service)
-            del self._slices[uid]
-            return self._diff(gone.service, held, now) if self._synced else []
-        if event_type not in ("ADDED", "MODIFIED"):
+            self._remove(uid, now, changed)
+        elif event_type in ("ADDED", "MODIFIED"):
+            self._put(parse_endpoint_slice(obj), now, changed, quiet)
+        else:
             raise MalformedObject("bad_event_type", f"unknown watch event type {event_type!r}")
-        snapshot = parse_endpoint_slice(obj)
-        services = {snapshot.service}
-        old = self._slices.get(snapshot.uid)
-        if old is not None:
-            services.add(old.service)
-        views = {s: self.view(s) for s in services}
-        self._slices[snapshot.uid] = snapshot
-        if not self._synced:
-            return []
+        return self.flush(now) + self._commit(changed, now, quiet)
+
+    def flush(self, now: float) -> list[EndpointEvent]:
+        """Report the held slice removals whose grace has passed, at the time each went."""
         events: list[EndpointEvent] = []
-        for service in sorted(services, key=str):
-            events.extend(self._diff(service, views[service], now))
+        for uid, (went, snapshot) in list(self._held.items()):
+            if now - went >= self.grace:
+                del self._held[uid]
+                self._unstore(uid)
+                events.extend(self._commit({snapshot.service}, went, set()))
         return events
 
     def _remember_removed(self, service: ServiceRef, endpoint: Endpoint, now: float) -> None:

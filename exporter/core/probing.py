@@ -359,16 +359,44 @@ class ProbeLedger:
         self.lag = LatencySeries(classic_layout)
         self.dropped: dict[str, int] = {}
         self.statuses: dict[ProbeTarget, TargetStatus] = {}
+        self._series_refs: dict[SeriesKey, int] = {}  # targets per label set
+        self._failure_refs: dict[tuple[str, str, str], int] = {}
+        self._states: set[str] = set()  # every `state` a series was made for
 
     def set_targets(self, targets: Iterable[ProbeTarget]) -> None:
-        current = set(targets)
-        self.statuses = {t: self.statuses.get(t) or TargetStatus(t) for t in current}
-        live_series = {t.series for t in current}
-        for key in [k for k in self.durations if k[:4] not in live_series]:
-            del self.durations[key]
-        live_failures = {s[:3] for s in live_series}
-        for fkey in [k for k in self.failures if k[:3] not in live_failures]:
-            del self.failures[fkey]
+        wanted = set(targets)
+        self.update_targets([t for t in self.statuses if t not in wanted], wanted)
+
+    def update_targets(self, remove: Iterable[ProbeTarget], add: Iterable[ProbeTarget]) -> None:
+        """Targets come and go: O(the targets changed). A target's series go with it unless
+        another target has the same labels; a failure counter (no pod label) goes when no
+        target shares its labels."""
+        for target in remove:
+            if self.statuses.pop(target, None) is None:
+                continue
+            if self._release(self._series_refs, target.series):
+                for state in self._states:
+                    self.durations.pop((*target.series, state), None)
+            if self._release(self._failure_refs, target.series[:3]):
+                for reason in FailureReason:
+                    self.failures.pop((*target.series[:3], reason.value), None)
+        for target in add:
+            if target in self.statuses:
+                continue
+            self.statuses[target] = TargetStatus(target)
+            self._series_refs[target.series] = self._series_refs.get(target.series, 0) + 1
+            fkey = target.series[:3]
+            self._failure_refs[fkey] = self._failure_refs.get(fkey, 0) + 1
+
+    @staticmethod
+    def _release(refs: dict[Any, int], key: Any) -> bool:
+        """Drop one reference; True when it was the last."""
+        left = refs[key] - 1
+        if left:
+            refs[key] = left
+            return False
+        del refs[key]
+        return True
 
     def is_active(self, target: ProbeTarget) -> bool:
         return target in self.statuses
@@ -382,6 +410,7 @@ class ProbeLedger:
                 return None
             series = LatencySeries.of_service(target.slo, self.classic_layout)
             self.durations[key] = series
+            self._states.add(state)
         return series
 
     def _count(self, target: ProbeTarget, reason: FailureReason | None, n: int, at: float) -> None:
@@ -449,8 +478,9 @@ class ProbeLedger:
     def latency_of(self, target: ProbeTarget) -> FineHistogram:
         """The fine histogram of a target over all states."""
         merged = FineHistogram()
-        for key, series in self.durations.items():
-            if key[:4] == target.series:
+        for state in self._states:
+            series = self.durations.get((*target.series, state))
+            if series is not None:
                 merged.merge(series.fine)
         return merged
 

@@ -107,11 +107,16 @@ class Prober:
     def set_targets(self, targets: Iterable[ProbeTarget]) -> None:
         """Replace the set of targets: new ones start on their grid, removed ones stop."""
         wanted = set(targets)
+        current = self.ledger.statuses
+        self.update_targets([t for t in current if t not in wanted], wanted)
+
+    def update_targets(self, remove: Iterable[ProbeTarget], add: Iterable[ProbeTarget]) -> None:
+        """Remove some targets and add others: O(the targets changed), whatever the total."""
+        remove, add = list(remove), list(add)
         now = self._clock_ns()
-        for gone in self.schedule.keys():  # noqa: SIM118 (a copy: we remove)
-            if gone not in wanted:
-                self.schedule.remove(gone)
-        for target in wanted:
+        for gone in remove:
+            self.schedule.remove(gone)
+        for target in add:
             interval_ns = round(target.interval * NS_PER_S)
             phase = phase_fraction(self.phase_seed, str(target))
             self.schedule.add(
@@ -121,7 +126,7 @@ class Prober:
                 phase_ns=int(phase * interval_ns),
                 now_ns=now,
             )
-        self.ledger.set_targets(wanted)
+        self.ledger.update_targets(remove, add)
         if self._wake is not None:
             _resolve(self._wake)
 

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from exporter.agent import Agent
+from exporter.core.endpoints import EndpointEvent
 from exporter.core.services import ServiceRef
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
@@ -83,3 +84,78 @@ async def test_endpoint_churn_and_targets(api: ApiServer, agent: Agent) -> None:
                     lambda o: o["metadata"]["labels"].pop("tailwatch.io/probe"))  # fmt: skip
     await wait_for(lambda: ServiceRef("data", "db") not in agent.catalog.specs, "opt-out")
     assert events(agent) == {}
+
+
+def web_service(name: str) -> dict[str, Any]:
+    return service(name, namespace="shop", cluster_ip=None, ports=(("http", 80, 8080),))
+
+
+def web_slice(name: str, *pods: dict[str, Any], labelled: bool = True) -> dict[str, Any]:
+    body = endpoint_slice(web_service(name), [endpoint_of_pod(p) for p in pods],
+                          ports=(("http", 8080),))  # fmt: skip
+    if not labelled:
+        del body["metadata"]["labels"]["tailwatch.io/probe"]
+    return body
+
+
+async def scrape(agent: Agent) -> str:
+    url = f"http://{agent.settings.listen}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return await resp.text()
+
+
+async def test_deletion_and_opt_out_take_every_series_in_either_order(
+    api: ApiServer, agent: Agent
+) -> None:
+    """Kubernetes deletes a Service before its slices; opting out relabels the Service and
+    then its slices, but the two watches may deliver them in either order."""
+    agent.catalog.endpoints.grace = 60.0  # the slice watch may be this far ahead
+    seen: list[EndpointEvent] = []
+    agent.endpoint_listeners.append(seen.append)
+    pods = [objects.deployment_pod("web", namespace="shop", node="node-a", seed=i,
+                                   pod_ip=f"127.32.0.{i + 1}") for i in range(2)]  # fmt: skip
+    names = ("deleted", "slices-first", "service-first")
+    for name in names:
+        api.store.create("services", web_service(name))
+        api.store.create("endpointslices", web_slice(name, *pods))
+    for name in names:
+        ref = ServiceRef("shop", name)
+        await wait_for(lambda r=ref: agent.catalog.endpoints.counts_of(r) is not None
+                       and agent.catalog.endpoints.counts_of(r).ready == 2, name)  # type: ignore[union-attr]  # fmt: skip
+    await wait_for(lambda: len(agent.prober.targets) == 6, "two endpoint targets per Service")
+    text = await scrape(agent)
+    for name in names:
+        assert f'service="{name}"' in text
+
+    def slice_name(name: str) -> str:
+        return str(web_slice(name)["metadata"]["name"])
+
+    # Deleted: the Service goes, then the garbage collector deletes its slice.
+    api.store.delete("services", "shop", "deleted")
+    await wait_for(lambda: not agent.catalog.opted_in(ServiceRef("shop", "deleted")), "deleted")
+    api.store.delete("endpointslices", "shop", slice_name("deleted"))
+    # Opted out, the slice watch first: the slice leaves the selector before the Service.
+    api.store.patch("endpointslices", "shop", slice_name("slices-first"),
+                    lambda o: o["metadata"]["labels"].pop("tailwatch.io/probe"))  # fmt: skip
+    await wait_for(lambda: agent.catalog.endpoints.held == 1, "the slice's removal held")
+    api.store.patch("services", "shop", "slices-first",
+                    lambda o: o["metadata"]["labels"].pop("tailwatch.io/probe"))  # fmt: skip
+    # Opted out, the Service first.
+    api.store.patch("services", "shop", "service-first",
+                    lambda o: o["metadata"]["labels"].pop("tailwatch.io/probe"))  # fmt: skip
+    api.store.patch("endpointslices", "shop", slice_name("service-first"),
+                    lambda o: o["metadata"]["labels"].pop("tailwatch.io/probe"))  # fmt: skip
+
+    def all_gone() -> bool:
+        return (
+            not any(agent.catalog.opted_in(ServiceRef("shop", n)) for n in names)
+            and agent.catalog.endpoints.held == 0
+            and not agent.prober.targets
+            and agent.slices_health.events.get("DELETED", 0) == 3
+        )
+
+    await wait_for(all_gone, "every Service and slice gone")
+    text = await scrape(agent)
+    leftovers = [line for line in text.splitlines() if 'namespace="shop"' in line]
+    assert leftovers == []
+    assert sorted({e.kind.value for e in seen}) == ["added", "ready"]  # none invented

@@ -65,7 +65,7 @@ def catalog() -> ServiceCatalog:
     web_ = service("web", namespace="shop", cluster_ip="10.96.0.7")
     pod = objects.deployment_pod("web", namespace="shop", node="node-a", pod_ip="10.244.1.5")
     view = ServiceCatalog(node="node-a")
-    assert view.sync_services([web_]) == []
+    assert view.sync_services([web_], 0.0) == []
     slice_ = endpoint_slice(web_, [endpoint_of_pod(pod)])
     slice_["metadata"]["uid"] = "s1"
     view.endpoints.sync([slice_], 0.0)

@@ -22,7 +22,7 @@ def catalog_with_pods(*nodes: str) -> tuple[ServiceCatalog, list[dict[str, objec
         for i, node in enumerate(nodes)
     ]  # fmt: skip
     catalog = ServiceCatalog(node="node-a")
-    assert catalog.sync_services([WEB, service("other", probe=False)]) == []
+    assert catalog.sync_services([WEB, service("other", probe=False)], 0.0) == []
     slice_ = endpoint_slice(WEB, [endpoint_of_pod(p) for p in pods])
     slice_["metadata"]["uid"] = "s1"
     catalog.endpoints.sync([slice_], 0.0)
@@ -44,15 +44,15 @@ def test_targets_are_the_service_and_its_local_endpoints() -> None:
 def test_a_skipped_service_is_kept_with_its_reason_and_not_probed() -> None:
     catalog = ServiceCatalog(node="node-a")
     bad = service("bad", annotations={"tailwatch.io/probe-interval": "often"})
-    catalog.sync_services([bad])
+    catalog.sync_services([bad], 0.0)
     assert catalog.targets() == []
     assert "probe-interval" in catalog.skipped[ServiceRef("default", "bad")]
     fixed = service("bad")
-    catalog.apply_service("MODIFIED", fixed)
+    catalog.apply_service("MODIFIED", fixed, 1.0)
     assert catalog.skipped == {}
     assert len(catalog.targets()) == 1
     unlabelled = service("bad", probe=False)
-    catalog.apply_service("MODIFIED", unlabelled)
+    catalog.apply_service("MODIFIED", unlabelled, 2.0)
     assert catalog.targets() == []
 
 

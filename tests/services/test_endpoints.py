@@ -107,8 +107,14 @@ def test_slices_of_one_service_are_merged() -> None:
     assert events == []
     events = tracker.apply("DELETED", slice_of(seed=2), 2.0)
     assert events == []
-    events = tracker.apply("DELETED", slice_of(seed=1), 3.0)
+    # Deleting the last slice would remove both: held, since the Service may be going.
+    assert tracker.apply("DELETED", slice_of(seed=1), 3.0) == []
+    assert set(tracker.view(REF)) == {"shop/web-0", "shop/web-1"}
+    assert tracker.flush(3.0 + tracker.grace - 0.1) == []
+    events = tracker.flush(3.0 + tracker.grace)
     assert sorted(kinds(events)) == [("removed", "shop/web-0"), ("removed", "shop/web-1")]
+    assert {e.at for e in events} == {3.0}  # when the slice went, not when it was reported
+    assert tracker.view(REF) == {}
 
 
 def test_relist_reports_the_gap_once() -> None:
