@@ -108,6 +108,111 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+LIST_MODES = ("auto", "stream", "list")  # exporter.kube.watching.LIST_MODES
+
+
+def parse_list_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in LIST_MODES:
+        raise ValueError(f"{text!r} is not one of {', '.join(LIST_MODES)}")
+    return mode
+
+
+def parse_positive_int(text: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} must be a whole number, 1 or more")
+    return int(text)
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_SELECTOR_WORD = r"[^\s=!(),<>]+"  # what the selector lexer reads as one identifier
+_SELECTOR_TERM = re.compile(
+    rf"!\s*(?P<absent>{_SELECTOR_WORD})"
+    rf"|(?P<key>{_SELECTOR_WORD})(?:\s*(?:==|=|!=)\s*(?P<value>{_SELECTOR_WORD})?"
+    rf"|\s*[<>]\s*(?P<number>{_SELECTOR_WORD})"
+    rf"|\s+(?:in|notin)\s*\((?P<values>[^()]*)\))?"
+)
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"key {key!r}: the prefix must be a lowercase DNS subdomain"
+    if len(name) > 63 or not _LABEL_NAME.match(name):
+        return f"key {key!r}: the name must be 1-63 alphanumerics, '-', '_' or '.'"
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+        return f"value {value!r} is not a label value"
+    return None
+
+
+def _selector_terms(text: str) -> list[str]:
+    """The comma-separated requirements of a selector; commas inside (...) do not split."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth not in (0, 1):
+            raise ValueError("unbalanced or nested parentheses")
+        if char == "," and depth == 0:
+            terms.append(text[start:i].strip())
+            start = i + 1
+    if depth:
+        raise ValueError("unbalanced parentheses")
+    return [*terms, text[start:].strip()]
+
+
+def _selector_problem(term: str) -> str | None:
+    if not term:
+        return "an empty requirement (a stray comma?)"
+    match = _SELECTOR_TERM.fullmatch(term)
+    if match is None:
+        return f"{term!r} is not a requirement"
+    values = [match["value"] or ""]
+    if match["number"] is not None:
+        if not match["number"].isdigit():
+            return f"{term!r} compares with a value that is not a whole number"
+        values = [match["number"]]
+    elif match["values"] is not None:
+        values = [v.strip() for v in match["values"].split(",")]
+        if values == [""]:
+            return f"{term!r} has an empty set of values"
+    for problem in (
+        _label_key_problem(match["absent"] or match["key"]),
+        *map(_label_value_problem, values),
+    ):
+        if problem:
+            return problem
+    return None
+
+
+def parse_label_selector(text: str) -> str:
+    """A Kubernetes label selector (`a=b,c!=d,e in (f,g),!h,i`), checked as the API server
+    checks it before it is sent; empty stays empty (the caller decides what that means)."""
+    text = text.strip()
+    if not text:
+        return ""
+    try:
+        problems = [_selector_problem(term) for term in _selector_terms(text)]
+    except ValueError as exc:
+        problems = [str(exc)]
+    problem = next((p for p in problems if p), None)
+    if problem:
+        raise ValueError(f"{text!r} is not a label selector: {problem}")
+    return text
+
+
+def parse_optional_namespace(text: str) -> str | None:
+    text = text.strip()
+    if text and (len(text) > 63 or not _DNS_LABEL.match(text)):
+        raise ValueError(f"{text!r} is not a valid Kubernetes namespace name")
+    return text or None
+
+
 def parse_optional_path(text: str) -> str | None:
     return text.strip() or None
 
@@ -164,6 +269,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
     Option("log-level", "debug, info, warning or error", parse_log_level, "info"),
     Option(
+        "list-mode",
+        "how watches get the full state from the API server's watch cache: auto (a streaming "
+        "list, or lists at resourceVersion=0 where the server has none), stream or list",
+        parse_list_mode,
+        "auto",
+    ),
+    Option(
         "classic-buckets",
         "bounds of the latency histograms' classic layout in the text formats, comma-separated "
         "(default: 27 bounds from 0.5ms to 10s); the same on every agent of a cluster",
@@ -207,6 +319,30 @@ OPTIONS: tuple[Option, ...] = (
         parse_spike_ratio,
         "2",
     ),
+    # Service addresses probed by k agents, not all (docs/design.md, *Architecture*). Peer
+    # discovery needs both a selector and the namespace; without either, every agent probes
+    # every Service address (Settings.peer_discovery).
+    Option(
+        "service-probers",
+        "agents that probe each Service address (target=service), chosen among the peers",
+        parse_positive_int,
+        "3",
+    ),
+    Option(
+        "peer-selector",
+        "label selector of the agent pods (in --pod-namespace) that share the probing of "
+        "Service addresses; empty: no sharing, every agent probes every Service address",
+        parse_label_selector,
+        "app.kubernetes.io/name=tailwatch",
+    ),
+    Option(
+        "pod-namespace",
+        "namespace of this agent's pod, where its peers are (default: env POD_NAMESPACE); "
+        "unset: no sharing, every agent probes every Service address",
+        parse_optional_namespace,
+        default="",
+        env_fallback="POD_NAMESPACE",
+    ),
 )
 
 
@@ -219,6 +355,7 @@ class Settings:
     otlp_listen: ListenAddress | None
     sample_interval: float
     log_level: str
+    list_mode: str = "auto"  # auto, stream or list: see exporter.kube.watching
     episode_settle: float = 30.0
     baseline_window: float = 300.0
     recovery_window: float = 30.0
@@ -226,6 +363,15 @@ class Settings:
     recovery_max: float = 600.0
     spike_ratio: float = 2.0
     classic_buckets: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
+    service_probers: int = 3
+    peer_selector: str = "app.kubernetes.io/name=tailwatch"
+    pod_namespace: str | None = None
+
+    @property
+    def peer_discovery(self) -> bool:
+        """k agents per Service address: needs a peer selector and the pod's namespace. Off,
+        every agent probes every Service address (the agent says so in a log line)."""
+        return bool(self.peer_selector) and self.pod_namespace is not None
 
 
 def read_config_file(path: str) -> dict[str, str]:

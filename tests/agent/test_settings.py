@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
 from exporter.core.units import parse_duration
@@ -14,8 +16,11 @@ from exporter.settings import (
     ConfigError,
     ListenAddress,
     load_settings,
+    parse_label_selector,
     parse_listen,
 )
+from exporter.simulator.selectors import SelectorError
+from exporter.simulator.selectors import parse_label_selector as api_parse_label_selector
 
 
 def flags(**values: str | None) -> dict[str, str | None]:
@@ -89,6 +94,14 @@ def test_empty_otlp_listen_disables_the_receiver(cgroup_root: str) -> None:
         ({"node_name": "a", "classic_buckets": "5ms,1ms"}, "--classic-buckets: classic bucket"),
         ({"node_name": "a", "classic_buckets": "5ms,,1s"}, "--classic-buckets: '5ms,,1s'"),
         ({"node_name": "a", "classic_buckets": "0s,1s"}, "must be positive, finite"),
+        ({"node_name": "a", "service_probers": "0"}, "--service-probers: '0' must be a whole"),
+        ({"node_name": "a", "service_probers": "2.5"}, "--service-probers: '2.5' must be"),
+        ({"node_name": "a", "service_probers": "-1"}, "--service-probers: '-1' must be"),
+        ({"node_name": "a", "peer_selector": "app tailwatch"}, "--peer-selector: 'app tailwatch'"),
+        ({"node_name": "a", "peer_selector": "app=tw,"}, "a stray comma"),
+        ({"node_name": "a", "peer_selector": "App.io/name=tw"}, "prefix must be a lowercase DNS"),
+        ({"node_name": "a", "peer_selector": "app in ()"}, "has an empty set of values"),
+        ({"node_name": "a", "pod_namespace": "Monitoring"}, "--pod-namespace: 'Monitoring' is"),
     ],
 )
 def test_invalid_values_name_the_option(
@@ -115,6 +128,73 @@ def test_correlation_windows_from_env_and_file(tmp_path: Path, cgroup_root: str)
     s = load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env)
     assert (s.episode_settle, s.recovery_max, s.baseline_window) == (10.0, 1200.0, 600.0)
     assert s.spike_ratio == 4.0  # env beats the file
+
+
+def test_service_probing_by_peers_defaults_and_sources(cgroup_root: str) -> None:
+    s = load_settings(flags(cgroup_root=cgroup_root), {"NODE_NAME": "n", "POD_NAMESPACE": "mon"})
+    assert s.service_probers == 3
+    assert s.peer_selector == "app.kubernetes.io/name=tailwatch"
+    assert s.pod_namespace == "mon"  # the downward API's metadata.namespace
+    assert s.peer_discovery
+    env = {
+        "NODE_NAME": "n",
+        "POD_NAMESPACE": "mon",
+        "TAILWATCH_POD_NAMESPACE": "explicit",
+        "TAILWATCH_SERVICE_PROBERS": "5",
+        "TAILWATCH_PEER_SELECTOR": " app.kubernetes.io/instance in (tw, tw2),!canary ",
+    }
+    s = load_settings(flags(cgroup_root=cgroup_root), env)
+    assert (s.pod_namespace, s.service_probers) == ("explicit", 5)
+    assert s.peer_selector == "app.kubernetes.io/instance in (tw, tw2),!canary"
+    s = load_settings(flags(cgroup_root=cgroup_root, service_probers="1"), env)
+    assert s.service_probers == 1
+
+
+def test_peer_discovery_is_off_without_a_selector_or_a_namespace(cgroup_root: str) -> None:
+    # Without POD_NAMESPACE (run outside the chart) every agent probes every Service address.
+    s = load_settings(flags(cgroup_root=cgroup_root), {"NODE_NAME": "n"})
+    assert s.pod_namespace is None and not s.peer_discovery
+    env = {"NODE_NAME": "n", "POD_NAMESPACE": "mon", "TAILWATCH_PEER_SELECTOR": ""}
+    s = load_settings(flags(cgroup_root=cgroup_root), env)
+    assert s.peer_selector == "" and not s.peer_discovery
+    s = load_settings(flags(cgroup_root=cgroup_root, peer_selector="  "), {"NODE_NAME": "n"})
+    assert s.peer_selector == "" and not s.peer_discovery
+
+
+def test_service_probing_settings_from_the_config_file(tmp_path: Path, cgroup_root: str) -> None:
+    config = tmp_path / "tailwatch.yaml"
+    config.write_text("service-probers: 2\npeer_selector: app.kubernetes.io/component=agent\n")
+    env = {"NODE_NAME": "n", "POD_NAMESPACE": "mon"}
+    s = load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env)
+    assert (s.service_probers, s.peer_selector) == (2, "app.kubernetes.io/component=agent")
+    config.write_text("peer-selector:\n")  # null: empty, no sharing
+    assert not load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env).peer_discovery
+
+
+SELECTOR_PARTS = [
+    "a", "b", "x.y/z", "in", "notin", "=", "==", "!=", "!", "(", ")", ",", " ", ">", "<", "1",
+    "-", "A", "_", ".", "/", "ab-c", "Ex/a",
+]  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(SELECTOR_PARTS), min_size=1, max_size=10).map("".join))
+def test_peer_selector_accepts_what_the_api_server_accepts(text: str) -> None:
+    """The API's own parser (as the simulator implements it) is the reference."""
+    try:
+        api_parse_label_selector(text)
+        accepted = True
+    except SelectorError:
+        accepted = False
+    if not text.strip():
+        assert parse_label_selector(text) == ""  # empty: no sharing, not an error
+        return
+    try:
+        assert parse_label_selector(text) == text.strip()
+    except ValueError:
+        assert not accepted, text
+    else:
+        assert accepted, text
 
 
 def test_env_value_errors_name_the_variable(cgroup_root: str) -> None:

@@ -19,6 +19,7 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from exporter import __version__
+from exporter.simulator.selectors import parse_label_selector
 from tests.helm.chart import (
     CHART,
     DASHBOARDS_DIR,
@@ -227,6 +228,49 @@ def test_downward_api_gives_node_name_host_ip_and_namespace(manifests: list[Mani
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["HOST_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def agent_config(manifests: list[Manifest]) -> dict[str, Any]:
+    """The agent's --config file, as the chart renders it."""
+    config_maps = [m for m in objects(manifests, "ConfigMap") if "config.yaml" in m["data"]]
+    assert len(config_maps) == 1
+    return yaml.safe_load(config_maps[0]["data"]["config.yaml"])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("values", "release"),
+    [({}, RELEASE), ({"nameOverride": "latency"}, "other"), ({"fullnameOverride": "x"}, "r2")],
+)
+def test_agents_share_service_probes_with_exactly_the_releases_agent_pods(
+    values: dict[str, Any], release: str
+) -> None:
+    manifests = render(values, release=release)
+    config = agent_config(manifests)
+    assert config["service-probers"] == 3
+    # The default peer selector is the DaemonSet's own selector: its pods, whatever the
+    # release and name, and neither the helm test pod nor another release's agents.
+    selector = parse_label_selector(config["peer-selector"])
+    ds = one(manifests, "DaemonSet")
+    match_labels = ds["spec"]["selector"]["matchLabels"]
+    assert {(r.key, r.values) for r in selector.requirements} == {
+        (key, (value,)) for key, value in match_labels.items()
+    }
+    assert selector.matches(ds["spec"]["template"]["metadata"]["labels"])
+    assert not selector.matches(helm_test_pod(manifests)["metadata"]["labels"])
+    other_release = one(render(values, release=release + "-b"), "DaemonSet")
+    assert not selector.matches(other_release["spec"]["template"]["metadata"]["labels"])
+    # The peers are looked for in the pod's own namespace: POD_NAMESPACE, --pod-namespace's
+    # fallback (test_downward_api_gives_node_name_host_ip_and_namespace).
+    assert "POD_NAMESPACE" in {e["name"] for e in agent_container(manifests)["env"]}
+
+
+def test_service_probers_and_peer_selector_reach_the_agent_as_set() -> None:
+    config = agent_config(
+        render({"config": {"service-probers": 5, "peer-selector": "team=sre,!canary"}})
+    )
+    assert (config["service-probers"], config["peer-selector"]) == (5, "team=sre,!canary")
+    # Empty turns the sharing off: every agent probes every Service address.
+    assert agent_config(render({"config": {"peer-selector": ""}}))["peer-selector"] == ""
 
 
 def test_probes_hit_health_and_readiness_on_the_metrics_port(manifests: list[Manifest]) -> None:

@@ -157,6 +157,8 @@ def test_every_flag_and_variable_the_chart_passes_is_the_agents(value_set: str) 
     env_names = {e["name"] for e in container["env"]}
     assert "NODE_NAME" in env_names
     assert next(o for o in OPTIONS if o.name == "node-name").env_fallback == "NODE_NAME"
+    assert "POD_NAMESPACE" in env_names
+    assert next(o for o in OPTIONS if o.name == "pod-namespace").env_fallback == "POD_NAMESPACE"
 
 
 # -- The container, run -----------------------------------------------------------------------

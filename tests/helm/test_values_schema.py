@@ -5,6 +5,7 @@ exactly the agent's own (exporter/settings.py), with the same defaults and no lo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import helm_python as helm
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.settings import OPTIONS
 from tests.helm.chart import CHART, NAMESPACE, RELEASE, walk_schema
@@ -19,7 +22,12 @@ from tests.helm.chart import CHART, NAMESPACE, RELEASE, walk_schema
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
 # Options the chart sets from its own values (flags and the downward API), not from `config`.
-CHART_SET_OPTIONS = {"node-name", "kubeconfig", "cgroup-root", "listen", "otlp-listen"}
+CHART_SET_OPTIONS = {
+    "node-name", "kubeconfig", "cgroup-root", "listen", "otlp-listen", "pod-namespace",
+}  # fmt: skip
+# Options whose `config` default is null: the chart renders its own value in their place
+# (peer-selector: the DaemonSet's selector labels; tests/helm/test_chart_render.py).
+CHART_DERIVED_DEFAULTS = {"peer-selector"}
 # Kubernetes objects passed through as they are: the API server checks their shape.
 PASS_THROUGH = {
     "global",
@@ -84,6 +92,12 @@ def install_error(values: dict[str, Any]) -> str:
         ({"config": {"episode-settle": 30}}, "at '/config/episode-settle': got number"),
         ({"config": {"recovery-tolerance": -0.1}}, "at '/config/recovery-tolerance': minimum"),
         ({"config": {"spike-ratio": 1}}, "at '/config/spike-ratio': exclusiveMinimum"),
+        ({"config": {"service-probers": 0}}, "at '/config/service-probers': minimum: got 0"),
+        ({"config": {"service-probers": 2.5}}, "at '/config/service-probers': got number"),
+        ({"config": {"service-probers": "3"}}, "at '/config/service-probers': got string"),
+        ({"config": {"peer-selector": "app tailwatch"}}, "at '/config/peer-selector': 'app"),
+        ({"config": {"peer-selector": "app=tw,"}}, "at '/config/peer-selector': 'app=tw,'"),
+        ({"config": {"peer-selector": ["app=tw"]}}, "at '/config/peer-selector': got array"),
         ({"serviceMonitor": {"interval": "-30s"}}, "at '/serviceMonitor/interval': '-30s'"),
         ({"serviceMonitor": {"scrapeTimeout": "10"}}, "at '/serviceMonitor/scrapeTimeout'"),
         ({"readinessProbe": {"periodSeconds": 0}}, "at '/readinessProbe/periodSeconds': minimum"),
@@ -157,12 +171,21 @@ def test_config_holds_exactly_the_agents_options_with_the_agents_defaults() -> N
     assert set(VALUES["config"]) == schema_keys
     for name, value in VALUES["config"].items():
         option = by_name[name]
+        if name in CHART_DERIVED_DEFAULTS:
+            assert value is None, name
+            continue
         assert option.parse(str(value)) == option.parse(option.default or ""), name
 
 
 SAMPLES = [
     "1s", "1.5s", "250ms", "1m30s", "10us", "2h", "0s", "0.0ms", "-1s", "1", "fast", "1 s",
     "s", "", "1d", "1e3s",
+]  # fmt: skip
+# Label selectors, good and bad (peer-selector).
+SELECTORS = [
+    "app.kubernetes.io/name=tailwatch", "a in (b, c),!d", "a!=b, c", "a notin (,x)", "a>1",
+    "a b", "a,", ",a", "a=b=c", "Ex/a=b", "a/b/c=d", "a in ()", "a in (b", "a>b", "-a", "a=-b",
+    "((a))", "a in (b)c", "  ", "x" * 64, "a=" + "x" * 64, "a\tin\t(b)",
 ]  # fmt: skip
 
 
@@ -171,8 +194,8 @@ def test_config_the_schema_accepts_is_config_the_agent_accepts(name: str) -> Non
     option = next(o for o in OPTIONS if o.name == name)
     kind = SCHEMA["properties"]["config"]["properties"][name]["type"]
     samples: list[Any] = (
-        [*SAMPLES, "debug", "info", "warning", "error", "INFO"]
-        if kind == "string"
+        [*SAMPLES, *SELECTORS, "debug", "info", "warning", "error", "INFO", "auto", "list"]
+        if "string" in kind  # a type or a list of types
         else [-1, 0, 0.2, 1, 1.0001, 2, 100]
     )
     accepted = 0
@@ -185,3 +208,26 @@ def test_config_the_schema_accepts_is_config_the_agent_accepts(name: str) -> Non
             accepted += 1
             option.parse(str(sample))  # raises if the schema let through what the agent refuses
     assert accepted > 0
+
+
+SELECTOR_PARTS = [
+    "a", "b", "x.y/z", "in", "notin", "=", "==", "!=", "!", "(", ")", ",", " ", "\t", ">", "<",
+    "1", "-", "A", "_", ".", "/", "ab-c", "Ex/a",
+]  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(SELECTOR_PARTS), max_size=10).map("".join))
+def test_the_peer_selector_pattern_accepts_only_what_the_agent_accepts(text: str) -> None:
+    """The schema's pattern (RE2 syntax, the same meaning in Python's re for this one) is a
+    subset of the agent's check: it refuses only blank text the agent would also take."""
+    pattern = SCHEMA["properties"]["config"]["properties"]["peer-selector"]["pattern"]
+    option = next(o for o in OPTIONS if o.name == "peer-selector")
+    try:
+        option.parse(text)
+        agent_accepts = True
+    except ValueError:
+        agent_accepts = False
+    schema_accepts = re.search(pattern, text) is not None
+    assert agent_accepts or not schema_accepts, text
+    assert schema_accepts or not agent_accepts or not text.strip(), text

@@ -30,6 +30,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: agent
 {{- end }}
 
+{{/* The agent's --peer-selector unless config.peer-selector is set: exactly the selector
+     labels above, so that only this release's agents share the probing of Service addresses
+     (not the helm test pod, not another release's agents). */}}
+{{- define "tailwatch.peerSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=agent" (include "tailwatch.name" .) .Release.Name }}
+{{- end }}
+
 {{/* The labels of every object: the app.kubernetes.io/* set with the given component, over
      `extra` (an object's own labels from values), over commonLabels. Ours always win, so
      no value can produce a duplicate key or break a selector.
