@@ -1,10 +1,38 @@
 """List + watch of one Kubernetes resource, the way client-go's reflector does it, on aiohttp.
 
+Lists come from the API server's watch cache, never from etcd in normal operation: a
+consistent list is a storage read, and a restart wave of 5,000 agents would be 5,000 of them.
+How the reflector gets the full state (`list_mode`):
+
+- `stream`, a streaming list: a watch with `sendInitialEvents=true`,
+  `resourceVersionMatch=NotOlderThan` and bookmarks, at `resourceVersion` "" the first time
+  and at the last one seen on a relist. The events before the BOOKMARK annotated
+  `k8s.io/initial-events-end: "true"` build the list (ADDED ones, and any change the server
+  interleaves, as client-go applies them), handed over when that bookmark arrives, at its
+  resourceVersion; the same stream then goes on as an ordinary watch.
+- `list`: a list at `resourceVersion=0` the first time (the cache's state; the cache ignores
+  `limit` and answers in one page, but pages are followed if a server sends them), then a
+  watch. A relist asks for `resourceVersion=<last seen>` with `NotOlderThan` and no limit
+  (a limit would send older servers to etcd): the cache's state, never older than the one
+  the handler holds, so its diff reports exactly the changes of the gap, with no phantom
+  event.
+- `auto` (the default): `stream`, and `list` for the rest of the reflector's life once the
+  server refuses a streaming list (HTTP 400/422 or such an ERROR event: no WatchList
+  feature) or ignores it (a bookmark without the annotation before the end of the initial
+  events).
+
+A (re)list at the last seen version answered with 410 Expired or "Too large resource
+version" (HTTP 504, cause `ResourceVersionTooLarge`) is retried at once with
+`resourceVersion=""`, a consistent read, as client-go does; relists stay consistent until
+one succeeds. Both count in the restarts metric by reason (`gone`,
+`too_large_resource_version`), like every failure.
+
 The stack, innermost first:
-- `list_objects`: a paginated list (limit/continue) that restarts when its continue token
-  expires, returning the items and the list's resourceVersion;
-- `stream_watch`: one watch request, yielding decoded events until the server ends it;
-- `Reflector.run`: forever list, hand the state to the handler, watch from the list's
+- `list_objects`: one list at a resourceVersion, following continue tokens, restarted once
+  if a continue token expires; returns the items and the list's resourceVersion;
+- `stream_watch`: one watch request (optionally a streaming list), yielding decoded events
+  until the server ends it;
+- `Reflector.run`: forever get the state and hand it to the handler, watch from its
   resourceVersion, resume after every clean end, relist on 410 Gone, back off with jitter
   on errors, and treat a watch that ends in under a second with no events as an error.
 
@@ -15,11 +43,12 @@ diffs (see `exporter.core.lifecycle`), so a relist reports only what really chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +59,9 @@ from exporter.kube.config import KubeConnection
 log = logging.getLogger("tailwatch.watch")
 
 MAX_LINE_BYTES = 32 * 1024 * 1024  # a watch event line larger than this is refused
+
+LIST_MODES = ("auto", "stream", "list")  # the `list_mode` of a Reflector (--list-mode)
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # annotates a streaming list's last bookmark
 
 
 class WatchHandler(Protocol):
@@ -128,6 +160,19 @@ class ApiStatusError(WatchError):
         )
 
 
+class ResourceVersionTooLarge(WatchError):
+    """HTTP 504 with cause ResourceVersionTooLarge: the server (its watch cache) has not
+    reached the resourceVersion asked for, e.g. another API server instance that lags."""
+
+    reason = "too_large_resource_version"
+
+
+class WatchListUnsupported(WatchError):
+    """The server refused a streaming list (sendInitialEvents), or ignored it."""
+
+    reason = "watch_list_unsupported"
+
+
 class WatchDecodeError(WatchError):
     reason = "decode_error"
 
@@ -178,25 +223,53 @@ class Backoff:
         self._last_failure = None
 
 
+def _status_error(code: int, status: Mapping[str, Any] | None, message: str) -> WatchError:
+    """The exception for a failed request or an ERROR event carrying `status` (a Status)."""
+    if code == 410:
+        return ResourceExpired(message)
+    if code == 504 and _too_large(status, message):
+        return ResourceVersionTooLarge(message)
+    return ApiStatusError(code, message)
+
+
+def _too_large(status: Mapping[str, Any] | None, message: str) -> bool:
+    """client-go's isTooLargeResourceVersionError: the Status cause, or its message."""
+    details = status.get("details") if status is not None else None
+    causes = details.get("causes") if isinstance(details, Mapping) else None
+    if isinstance(causes, list) and any(
+        isinstance(c, Mapping) and c.get("reason") == "ResourceVersionTooLarge" for c in causes
+    ):
+        return True
+    return message.startswith("Too large resource version")
+
+
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     if resp.status == 200:
         return
+    status: Mapping[str, Any] | None = None
     try:
         body = await resp.json(content_type=None)
-        message = str(body.get("message") or body) if isinstance(body, dict) else str(body)
+        if isinstance(body, dict):
+            status = body
+            message = str(body.get("message") or body)
+        else:
+            message = str(body)
     except (ValueError, aiohttp.ClientError):
         message = resp.reason or "no Status body"
-    if resp.status == 410:
-        raise ResourceExpired(message)
-    raise ApiStatusError(resp.status, message)
+    raise _status_error(resp.status, status, message)
 
 
 class ApiSession:
-    """An aiohttp session bound to one API server, adding credentials to every request."""
+    """An aiohttp session bound to one API server, adding credentials to every request.
+    `user_agent` tells the server (its logs, audit and API priority and fairness) which
+    client this is."""
 
-    def __init__(self, connection: KubeConnection, timing: WatchTiming) -> None:
+    def __init__(
+        self, connection: KubeConnection, timing: WatchTiming, user_agent: str = "tailwatch"
+    ) -> None:
         self.connection = connection
         self.timing = timing
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiSession:
@@ -205,7 +278,7 @@ class ApiSession:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            headers={"Accept": "application/json", "User-Agent": "tailwatch"},
+            headers={"Accept": "application/json", "User-Agent": self.user_agent},
             raise_for_status=False,
         )
         return self
@@ -231,16 +304,35 @@ class ApiSession:
 
 
 async def list_objects(
-    api: ApiSession, resource: ResourceSpec
+    api: ApiSession,
+    resource: ResourceSpec,
+    resource_version: str = "",
+    *,
+    not_older_than: bool = False,
+    paginate: bool = True,
 ) -> tuple[list[Mapping[str, Any]], str]:
-    """A full paginated list; restarts from the first page once if a continue token expires."""
+    """A full list; returns its items and resourceVersion.
+
+    `resource_version` "" is a consistent read (from etcd, unless the server has
+    ConsistentListFromCache), "0" whatever the watch cache holds, and a version with
+    `not_older_than` the cache's state at least that new. `paginate` asks for pages of
+    `page_size` (the watch cache ignores it); continue tokens are followed whenever the server
+    sends them, and the list restarts from the first page once if a token expires.
+    """
     timing = api.timing
     timeout = aiohttp.ClientTimeout(
         total=timing.request_timeout, sock_connect=timing.connect_timeout
     )
+    first = resource.selector_params()
+    if resource_version:
+        first["resourceVersion"] = resource_version
+    if not_older_than:
+        first["resourceVersionMatch"] = "NotOlderThan"
+    if paginate:
+        first["limit"] = str(timing.page_size)
     for attempt in range(2):
         items: list[Mapping[str, Any]] = []
-        params = {**resource.selector_params(), "limit": str(timing.page_size)}
+        params = dict(first)
         try:
             while True:
                 resp = await api.get(resource.path, params, timeout)
@@ -259,7 +351,10 @@ async def list_objects(
                 cont = meta.get("continue") if isinstance(meta, dict) else None
                 if not cont:
                     return items, str(meta.get("resourceVersion") or "")
-                params["continue"] = str(cont)
+                # A continuation carries no resourceVersion: the token holds it.
+                params = {**resource.selector_params(), "continue": str(cont)}
+                if "limit" in first:
+                    params["limit"] = first["limit"]
         except ResourceExpired:
             # The continue token outlived the server's history; a fresh list is consistent.
             if attempt == 1 or "continue" not in params:
@@ -279,12 +374,20 @@ def _split_lines(buffer: bytearray) -> list[bytes]:
 
 
 async def stream_watch(
-    api: ApiSession, resource: ResourceSpec, resource_version: str, timeout_seconds: int
-) -> AsyncIterator[tuple[str, Mapping[str, Any]]]:
+    api: ApiSession,
+    resource: ResourceSpec,
+    resource_version: str,
+    timeout_seconds: int,
+    *,
+    send_initial_events: bool = False,
+) -> AsyncGenerator[tuple[str, Mapping[str, Any]], None]:
     """One watch request from `resource_version`; yields (type, object) until the server ends it.
 
-    ERROR events raise (`ResourceExpired` for 410); a silent connection raises
-    `InactivityTimeout`; a line that is not a JSON watch event raises `WatchDecodeError`.
+    With `send_initial_events`, a streaming list: the server first sends the state (not older
+    than `resource_version`; "" for a consistent one) as events, then a BOOKMARK annotated
+    `k8s.io/initial-events-end`. ERROR events raise (`ResourceExpired` for 410); a silent
+    connection raises `InactivityTimeout`; a line that is not a JSON watch event raises
+    `WatchDecodeError`.
     """
     timing = api.timing
     params = {
@@ -294,6 +397,9 @@ async def stream_watch(
         "allowWatchBookmarks": "true",
         "timeoutSeconds": str(timeout_seconds),
     }
+    if send_initial_events:
+        params["sendInitialEvents"] = "true"
+        params["resourceVersionMatch"] = "NotOlderThan"
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=timing.connect_timeout, sock_read=timing.inactivity_timeout
     )
@@ -335,9 +441,7 @@ def _decode_event(line: bytes) -> tuple[str, Mapping[str, Any]]:
     if etype == "ERROR":
         code = obj.get("code")
         message = str(obj.get("message") or obj.get("reason") or "watch error")
-        if code == 410:
-            raise ResourceExpired(message)
-        raise ApiStatusError(code if isinstance(code, int) else 500, message)
+        raise _status_error(code if isinstance(code, int) else 500, obj, message)
     return etype, obj
 
 
@@ -348,11 +452,29 @@ def _resource_version(obj: Mapping[str, Any]) -> str:
     return ""
 
 
+def _ends_initial_events(bookmark: Mapping[str, Any]) -> bool:
+    meta = bookmark.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and annotations.get(INITIAL_EVENTS_END) == "true"
+
+
+def _object_key(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or not meta.get("name"):
+        return None
+    return str(meta.get("namespace") or ""), str(meta["name"])
+
+
 WATCH_EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED"})
 
 
 class Reflector:
-    """Keeps a handler in sync with one resource for as long as it runs."""
+    """Keeps a handler in sync with one resource for as long as it runs.
+
+    `list_mode` is one of `LIST_MODES` (see the module's docstring); `streaming` says whether
+    the next (re)list is a streaming list, which `auto` turns off for good on a server that
+    does not support them.
+    """
 
     def __init__(
         self,
@@ -361,14 +483,19 @@ class Reflector:
         handler: WatchHandler,
         health: WatchHealth | None = None,
         *,
+        list_mode: str = "auto",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        if list_mode not in LIST_MODES:
+            raise ValueError(f"list_mode {list_mode!r} is not one of {', '.join(LIST_MODES)}")
         self.api = api
         self.resource = resource
         self.handler = handler
         self.health = health or WatchHealth(resource.name)
+        self.list_mode = list_mode
+        self.streaming = list_mode != "list"
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -382,13 +509,25 @@ class Reflector:
         )
         self.delays: list[float] = []  # every backoff slept, for tests and logs
         self._failures_in_a_row = 0
+        self._need_list = True
+        # client-go's isLastSyncResourceVersionUnavailable: the server could not serve a list
+        # at our version (410 or too large), so the next one is consistent.
+        self._consistent_list = False
 
     def _watch_timeout(self) -> int:
         low = self.api.timing.min_watch_timeout
         return max(1, int(low + self._rng.random() * low))
 
-    async def _list(self) -> None:
-        items, rv = await list_objects(self.api, self.resource)
+    def _list_version(self) -> str:
+        """The resourceVersion of the next (re)list, as client-go's relistResourceVersion."""
+        if self._consistent_list:
+            return ""
+        if not self.health.resource_version:
+            return "" if self.streaming else "0"  # the first list
+        return self.health.resource_version
+
+    def _deliver(self, items: list[Mapping[str, Any]], resource_version: str) -> None:
+        """Hand a full state to the handler; the watch goes on from `resource_version`."""
         self.health.last_event_at = self._clock()
         try:
             self.handler.on_list(items)
@@ -397,66 +536,153 @@ class Reflector:
             self.health.count_dropped("handler_error")
         self.health.synced = True
         self.health.failing_since = None
-        self.health.resource_version = rv
+        self.health.resource_version = resource_version
+        self._need_list = False
+        self._consistent_list = False
+
+    async def _list(self) -> None:
+        version = self._list_version()
+        cached = version not in ("", "0")
+        items, rv = await list_objects(
+            self.api, self.resource, version, not_older_than=cached, paginate=not cached
+        )
+        self._deliver(items, rv)
 
     async def _watch(self) -> None:
         """One watch from `health.resource_version`, which advances with every event and
-        bookmark as it arrives, so a watch that breaks resumes from the last one seen."""
+        bookmark as it arrives, so a watch that breaks resumes from the last one seen.
+
+        When a list is due in streaming mode, this watch is the streaming list: its initial
+        events build the state, handed to the handler at the end marker, and the same stream
+        then goes on as an ordinary watch."""
         started = self._clock()
         seen = 0
         health = self.health
-        timeout = self._watch_timeout()
-        async for etype, obj in stream_watch(
-            self.api, self.resource, health.resource_version, timeout
-        ):
-            seen += 1
-            self.health.last_event_at = self._clock()
-            self.health.failing_since = None
-            self.health.events[etype] = self.health.events.get(etype, 0) + 1
-            new_rv = _resource_version(obj)
-            if etype == "BOOKMARK":
-                # The watch cache keeps ~75 s of history: advance or a reconnect hits 410.
-                if new_rv:
-                    health.resource_version = new_rv
-                continue
-            if etype not in WATCH_EVENT_TYPES:
-                self.health.count_dropped("watch_unknown_type")
-                continue
-            try:
-                self.handler.on_event(etype, obj)
-            except Exception:
-                log.exception("handler failed on a %s event of %s", etype, self.resource.name)
-                self.health.count_dropped("handler_error")
-            if new_rv:
-                health.resource_version = new_rv
+        listing = self._need_list
+        initial: dict[tuple[str, str] | int, Mapping[str, Any]] = {}
+        version = self._list_version() if listing else health.resource_version
+        events = stream_watch(
+            self.api, self.resource, version, self._watch_timeout(), send_initial_events=listing
+        )
+        try:
+            async with contextlib.aclosing(events):  # a raise below closes the response
+                async for etype, obj in events:
+                    seen += 1
+                    health.last_event_at = self._clock()
+                    if listing:
+                        listing = not self._initial_event(initial, etype, obj)
+                    else:
+                        self._event(etype, obj)
+        except ApiStatusError as exc:
+            if listing and exc.code in (400, 422):
+                raise WatchListUnsupported(f"the server refused a streaming list: {exc}") from exc
+            raise
         if seen == 0 and self._clock() - started < self.api.timing.short_watch:
             raise ShortWatch(f"watch of {self.resource.name} ended at once with no event")
+        if listing:
+            raise ConnectionFailed(
+                f"the streaming list of {self.resource.name} ended before its last bookmark"
+            )
+
+    def _initial_event(
+        self,
+        initial: dict[tuple[str, str] | int, Mapping[str, Any]],
+        etype: str,
+        obj: Mapping[str, Any],
+    ) -> bool:
+        """One event of a streaming list's initial part; True once it has ended (the list
+        is delivered)."""
+        if etype == "BOOKMARK":
+            if not _ends_initial_events(obj):
+                raise WatchListUnsupported(
+                    "a bookmark without the initial-events-end annotation came before the end "
+                    "of the initial events: sendInitialEvents was ignored"
+                )
+            self._deliver(list(initial.values()), _resource_version(obj))
+            return True
+        if etype not in WATCH_EVENT_TYPES:
+            self.health.count_dropped("watch_unknown_type")
+            return False
+        # A nameless object gets a key of its own: the handler counts it malformed.
+        key = _object_key(obj) or len(initial)
+        if etype == "DELETED":
+            initial.pop(key, None)
+        else:
+            initial[key] = obj
+        return False
+
+    def _event(self, etype: str, obj: Mapping[str, Any]) -> None:
+        """One event of an ordinary watch (or of a streaming list after its end marker)."""
+        health = self.health
+        health.failing_since = None
+        health.events[etype] = health.events.get(etype, 0) + 1
+        new_rv = _resource_version(obj)
+        if etype == "BOOKMARK":
+            # The watch cache keeps ~75 s of history: advance or a reconnect hits 410.
+            if new_rv:
+                health.resource_version = new_rv
+            return
+        if etype not in WATCH_EVENT_TYPES:
+            health.count_dropped("watch_unknown_type")
+            return
+        try:
+            self.handler.on_event(etype, obj)
+        except Exception:
+            log.exception("handler failed on a %s event of %s", etype, self.resource.name)
+            health.count_dropped("handler_error")
+        if new_rv:
+            health.resource_version = new_rv
 
     async def run(self) -> None:
         """Run until cancelled; never raises on API trouble."""
-        need_list = True
         while True:
             try:
-                if need_list:
+                if self._need_list and not self.streaming:
                     await self._list()
-                    need_list = False
                 await self._watch()
                 # A clean end at the server's timeoutSeconds: resume from where we are.
                 self.health.count_restart("closed")
                 self._failures_in_a_row = 0
                 continue
             except WatchError as exc:
-                self.health.count_restart(exc.reason)
-                if isinstance(exc, ResourceExpired):
-                    need_list = True
-                elif isinstance(exc, WatchDecodeError):
-                    # We may have lost an event we could not read: a relist reconciles.
-                    self.health.count_dropped("watch_decode")
-                    need_list = True
-                if self.health.failing_since is None:
-                    self.health.failing_since = self._clock()
                 error = exc
+            if isinstance(error, WatchListUnsupported) and self.list_mode == "auto":
+                self.streaming = False
+                self.health.count_restart(error.reason)
+                log.warning(
+                    "%s: %s; listing from the watch cache (resourceVersion=0, then "
+                    "NotOlderThan) from now on",
+                    self.resource.name,
+                    error,
+                )
+                continue  # no backoff: the list is another kind of request
+            self.health.count_restart(error.reason)
+            if self.health.failing_since is None:
+                self.health.failing_since = self._clock()
+            listing = self._need_list
+            if isinstance(error, WatchDecodeError):
+                # We may have lost an event we could not read: a relist reconciles.
+                self.health.count_dropped("watch_decode")
+                self._need_list = True
+            elif isinstance(error, (ResourceExpired, ResourceVersionTooLarge)):
+                # Our version is gone, or the server has not reached it (another API server
+                # that lags, or a history restored from a backup): relist.
+                self._need_list = True
             self._failures_in_a_row += 1
+            if (
+                listing
+                and isinstance(error, (ResourceExpired, ResourceVersionTooLarge))
+                and not self._consistent_list
+            ):
+                # The server cannot list at our version: one consistent list, at once.
+                log.warning(
+                    "%s: list at resourceVersion %r refused (%s); listing consistently",
+                    self.resource.name,
+                    self._list_version(),
+                    error,
+                )
+                self._consistent_list = True
+                continue
             if isinstance(error, ResourceExpired) and self._failures_in_a_row == 1:
                 log.info("%s: %s; relisting", self.resource.name, error)
                 continue  # an ordinary 410 relists at once, as client-go does

@@ -4,6 +4,13 @@
 thread for synchronous tests (the official client is synchronous). Both are pointed at through
 an ordinary kubeconfig (`write_kubeconfig`). Objects live in a `Store`; tests inject faults
 through `faults` and inspect every request through `requests`.
+
+Every list and watch is recorded with where a real API server (without the
+ConsistentListFromCache feature) serves it (`list_source`): lists at `resourceVersion=0`, or at
+a version with `NotOlderThan` (or without limit and match), and every watch come from the watch
+cache; consistent lists (no resourceVersion), `Exact` ones, legacy exact ones (a version and a
+limit) and continuations come from storage. As the real cache does, the simulated one answers
+in one page whatever the `limit`, and may lag (`faults.cache_lag`).
 """
 
 from __future__ import annotations
@@ -127,6 +134,26 @@ def _resource_version(value: str) -> int:
     return rv
 
 
+def list_source(params: Mapping[str, str]) -> str:
+    """Where a real API server without ConsistentListFromCache serves a list: "cache" (its
+    watch cache) or "storage" (etcd). The request is assumed valid."""
+    if params.get("continue"):
+        return "storage"  # the watch cache keeps no continuation
+    value = params.get("resourceVersion", "")
+    match = params.get("resourceVersionMatch", "")
+    if value == "":
+        return "storage"  # a consistent read
+    if match == "Exact":
+        return "storage"
+    if match == "NotOlderThan" or value == "0":
+        return "cache"
+    try:
+        limit = int(params.get("limit") or 0)
+    except ValueError:
+        limit = 0
+    return "storage" if limit > 0 else "cache"  # with a limit: the legacy exact read
+
+
 def _json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
@@ -146,6 +173,16 @@ def _list_item(obj: Object) -> Object:
     # Items of a typed list carry no kind/apiVersion on the real server; single objects and
     # watch event objects do.
     return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+
+
+async def _send_event(
+    response: web.StreamResponse, record: RequestRecord, event_type: str, obj: Mapping[str, Any]
+) -> None:
+    """Write one watch event, counting it and its bytes in the request's record."""
+    line = encode_event(event_type, obj)
+    record.bytes_sent += len(line)
+    record.events_sent[event_type] = record.events_sent.get(event_type, 0) + 1
+    await response.write(line)
 
 
 @dataclass(frozen=True)
@@ -322,6 +359,7 @@ class ApiServer:
             namespace=route.namespace,
             name=route.name,
             params=params,
+            client=request.headers.get("User-Agent", ""),
         )
         self.requests.add(record)
         response: web.StreamResponse
@@ -336,6 +374,8 @@ class ApiServer:
             response = _status_response(ApiError(500, f"Internal error occurred: {exc}"))
         if not record.status:
             record.status = response.status
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            record.bytes_sent = len(response.body)  # a watch counted its stream as it went
         return response
 
     def _authenticated(self, request: web.Request) -> bool:
@@ -373,7 +413,7 @@ class ApiServer:
             raise error
         if route.verb == "list":
             _bool_param(params, "watch")
-            return _json_response(self._list(route, params))
+            return _json_response(self._list(route, params, record))
         if route.verb == "watch":
             return await self._watch(request, record, route, params)
         assert route.namespace is not None or not rtype.namespaced
@@ -442,7 +482,7 @@ class ApiServer:
                 raise bad_request(f"field label not supported: {name}")
         return Selection(route.rtype, route.namespace, labels, fields)
 
-    def _list_version(self, params: Mapping[str, str], paginated: bool) -> int | None:
+    def _list_version(self, params: Mapping[str, str], source: str) -> int | None:
         """The version a list without a continue token reads at (None: the latest)."""
         value = params.get("resourceVersion", "")
         match = params.get("resourceVersionMatch", "")
@@ -456,21 +496,30 @@ class ApiServer:
                 )
             return None
         requested = _resource_version(value)
-        if requested == 0:
-            if match == "Exact":
-                raise bad_request(
-                    'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden '
-                    'for resourceVersion "0"'
-                )
-            return None
+        if requested == 0 and match == "Exact":
+            raise bad_request(
+                'resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden '
+                'for resourceVersion "0"'
+            )
         if requested > self.store.resource_version:
             raise too_large_resource_version(requested, self.store.resource_version)
-        # A version with a limit and no match reads exactly at it (the legacy rule).
-        if match == "Exact" or (match == "" and paginated):
-            return requested
-        return None
+        if source == "storage":
+            return requested  # Exact, or a version with a limit and no match (legacy exact)
+        return self._cache_version(requested)
 
-    def _list(self, route: _Route, params: Mapping[str, str]) -> dict[str, Any]:
+    def _cache_version(self, not_older_than: int) -> int | None:
+        """The version the watch cache answers at: the latest, or with `faults.cache_lag` that
+        many versions behind (never older than compacted history, nor than asked for)."""
+        lag = self.faults.cache_lag
+        if lag <= 0:
+            return None
+        store = self.store
+        behind = max(store.resource_version - lag, store.compacted_resource_version)
+        return max(behind, not_older_than)
+
+    def _list(
+        self, route: _Route, params: Mapping[str, str], record: RequestRecord
+    ) -> dict[str, Any]:
         """A list page. Pages after the first are read at the first page's version by undoing
         newer history (see `Store.snapshot`), so they are consistent while objects change."""
         selection = self._selection(route, params)
@@ -482,9 +531,19 @@ class ApiServer:
                 raise bad_request("specifying resource version is not allowed when using continue")
             at, start = decode_continue(token)
             version: int | None = None if at == -1 else at
+            record.served_from = "storage"
         else:
             start = ""
-            version = self._list_version(params, limit > 0)
+            source = list_source(params)
+            try:
+                version = self._list_version(params, source)
+            except ApiError as exc:
+                if exc.code != 400:
+                    record.served_from = source  # it reached the data, which refused it
+                raise
+            record.served_from = source
+            if source == "cache":
+                limit = 0  # the watch cache ignores the limit: one page with everything
         try:
             items, snapshot_rv = self.store.snapshot(rtype.plural, version)
         except HistoryCompacted:
@@ -529,18 +588,29 @@ class ApiServer:
         self, request: web.Request, record: RequestRecord, error: ApiError
     ) -> web.StreamResponse:
         response = await self._start_stream(request, record)
-        await response.write(encode_event("ERROR", error.status()))
+        await _send_event(response, record, "ERROR", error.status())
         return response
 
     async def _watch(
         self, request: web.Request, record: RequestRecord, route: _Route, params: Mapping[str, str]
     ) -> web.StreamResponse:
+        record.served_from = "cache"  # every watch, streaming lists included
         selection = self._selection(route, params)
         allow_bookmarks = bool(_bool_param(params, "allowWatchBookmarks"))
         timeout = _int_param(params, "timeoutSeconds") or 0
         send_initial = _bool_param(params, "sendInitialEvents")
         value = params.get("resourceVersion", "")
         match = params.get("resourceVersionMatch", "")
+        support = self.faults.watch_list_unsupported
+        if send_initial is not None and support == "refuse":
+            raise ApiError(
+                422,
+                'ListOptions.meta.k8s.io "" is invalid: sendInitialEvents: Forbidden: '
+                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is "
+                "enabled",
+            )
+        if support == "ignore":
+            send_initial, match = None, ""  # a plain watch, without the end-of-list marker
         if send_initial is not None:
             if match != "NotOlderThan" or not allow_bookmarks:
                 raise ApiError(
@@ -556,7 +626,8 @@ class ApiServer:
         requested = _resource_version(value) if value else 0
         if requested > self.store.resource_version:
             raise too_large_resource_version(requested, self.store.resource_version)
-        # "" and "0" (and sendInitialEvents) start with the current state as ADDED events.
+        # "" and "0" (and sendInitialEvents) start with the current state as ADDED events;
+        # with sendInitialEvents and NotOlderThan, that state is at least `requested`.
         since = None if send_initial or requested == 0 else requested
 
         watch = OpenWatch(selection.rtype.plural, Waker())
@@ -574,11 +645,12 @@ class ApiServer:
             if expired is not None or subscription is None:
                 # The real server answers 200 and then a single ERROR event.
                 assert expired is not None
-                await response.write(encode_event("ERROR", expired.status()))
+                await _send_event(response, record, "ERROR", expired.status())
                 return response
             await self._stream(
                 request=request,
                 response=response,
+                record=record,
                 watch=watch,
                 subscription=subscription,
                 initial=initial,
@@ -601,6 +673,7 @@ class ApiServer:
         *,
         request: web.Request,
         response: web.StreamResponse,
+        record: RequestRecord,
         watch: OpenWatch,
         subscription: Subscription,
         initial: list[HistoryEvent],
@@ -632,28 +705,30 @@ class ApiServer:
             if not stalled:
                 if watch.expired:
                     error = too_old_resource_version(last_rv, self.store.compacted_resource_version)
-                    await response.write(encode_event("ERROR", error.status()))
+                    await _send_event(response, record, "ERROR", error.status())
                     return
                 while watch.raw_lines:
-                    await response.write(watch.raw_lines.popleft() + b"\n")
+                    line = watch.raw_lines.popleft() + b"\n"
+                    record.bytes_sent += len(line)
+                    await response.write(line)
                 pending.extend(subscription.take())
                 for event in pending:
                     delivered = watch_event(event, selection)
                     if delivered is not None:
-                        await response.write(encode_event(*delivered))
+                        await _send_event(response, record, *delivered)
                     last_rv = max(last_rv, event.resource_version)
                 pending = []
                 if initial_events_end:
+                    # The state sent so far is at `last_rv`: the initial events end here.
                     initial_events_end = False
-                    await response.write(
-                        encode_event("BOOKMARK", bookmark(rtype, last_rv, initial_events_end=True))
-                    )
+                    end = bookmark(rtype, last_rv, initial_events_end=True)
+                    await _send_event(response, record, "BOOKMARK", end)
                 if next_bookmark is not None and now >= next_bookmark:
                     version = self.store.bookmark_version(subscription)
                     if version is None:
                         continue  # events arrived meanwhile: they go first
                     last_rv = max(last_rv, version)
-                    await response.write(encode_event("BOOKMARK", bookmark(rtype, last_rv)))
+                    await _send_event(response, record, "BOOKMARK", bookmark(rtype, last_rv))
                     next_bookmark = now + interval
                 if deadline is not None and now >= deadline:
                     return

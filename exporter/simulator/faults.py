@@ -2,6 +2,10 @@
 
 Tests reach these through `server.faults` and `server.requests` while the server runs; every
 method is safe to call from any thread (a `ThreadedApiServer` test calls them from its own).
+
+Every list and watch is recorded with where a real API server (without the
+ConsistentListFromCache feature) would have served it: its watch cache or storage (etcd).
+`RequestLog.storage_reads()` is what grows with the cluster when clients list carelessly.
 """
 
 from __future__ import annotations
@@ -10,10 +14,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from exporter.simulator.watch import Waker
 
 LIST_AND_WATCH = ("list", "watch")
+
+#: How a server without streaming lists answers `sendInitialEvents`: "" (it supports them),
+#: "refuse" (422 Invalid, as a server without the WatchList feature does) or "ignore" (a plain
+#: watch: the parameter and resourceVersionMatch are dropped, no end-of-initial-events marker).
+WatchListSupport = Literal["", "refuse", "ignore"]
 
 
 @dataclass(eq=False)
@@ -60,6 +70,16 @@ class RequestRecord:
     name: str | None
     params: Mapping[str, str]
     status: int = 0
+    client: str = ""  # the User-Agent header
+    # Lists and watches that reached the data: "cache" (the watch cache) or "storage" (etcd),
+    # where a real API server without ConsistentListFromCache serves them; "" otherwise.
+    served_from: str = ""
+    bytes_sent: int = 0  # of the response body; for a watch, everything streamed so far
+    events_sent: dict[str, int] = field(default_factory=dict)  # a watch's events, by type
+
+    @property
+    def events_total(self) -> int:
+        return sum(self.events_sent.values())
 
 
 class RequestLog:
@@ -78,15 +98,48 @@ class RequestLog:
         with self._lock:
             return list(self._records)
 
-    def matching(self, verb: str | None = None, resource: str | None = None) -> list[RequestRecord]:
+    def matching(
+        self, verb: str | None = None, resource: str | None = None, client: str | None = None
+    ) -> list[RequestRecord]:
         return [
             r
             for r in self.records
-            if (verb is None or r.verb == verb) and (resource is None or r.resource == resource)
+            if (verb is None or r.verb == verb)
+            and (resource is None or r.resource == resource)
+            and (client is None or r.client == client)
         ]
 
     def count(self, verb: str | None = None, resource: str | None = None) -> int:
         return len(self.matching(verb, resource))
+
+    def storage_reads(
+        self, resource: str | None = None, client: str | None = None
+    ) -> list[RequestRecord]:
+        """The lists a real API server would have read from etcd (every one is a full read
+        of the resource's range there, whatever the selectors)."""
+        return [r for r in self.matching(None, resource, client) if r.served_from == "storage"]
+
+    def cache_reads(
+        self, resource: str | None = None, client: str | None = None
+    ) -> list[RequestRecord]:
+        """The lists and watches the watch cache would have served."""
+        return [r for r in self.matching(None, resource, client) if r.served_from == "cache"]
+
+    def clients(self) -> set[str]:
+        """Every User-Agent seen."""
+        return {r.client for r in self.records}
+
+    def bytes_sent(self, client: str | None = None, resource: str | None = None) -> int:
+        """Response bytes sent (to `client`, of `resource`), watches' streams included."""
+        return sum(r.bytes_sent for r in self.matching(None, resource, client))
+
+    def events_sent(self, client: str | None = None, resource: str | None = None) -> dict[str, int]:
+        """Watch events sent (to `client`, of `resource`), by type."""
+        totals: dict[str, int] = {}
+        for record in self.matching("watch", resource, client):
+            for etype, n in list(record.events_sent.items()):
+                totals[etype] = totals.get(etype, 0) + n
+        return totals
 
     def lists(self, resource: str | None = None) -> list[RequestRecord]:
         return self.matching("list", resource)
@@ -109,6 +162,11 @@ class Faults:
         self._held_raw_lines: list[tuple[str | None, bytes]] = []
         self._forbidden: dict[str, frozenset[str] | None] = {}
         self.delay: float = 0.0  # seconds added before every response
+        # The watch cache is this many resourceVersions behind storage (never older than the
+        # compacted history): lists it serves read at that version, or at the version asked
+        # for with NotOlderThan if that is newer (as the real cache waits to catch up).
+        self.cache_lag: int = 0
+        self._watch_list: WatchListSupport = ""
         self._stalled = False
 
     # ---- the faults ----------------------------------------------------------------------
@@ -168,6 +226,19 @@ class Faults:
         for watch in targets:
             watch.waker.set()
 
+    @property
+    def watch_list_unsupported(self) -> WatchListSupport:
+        """How watches with `sendInitialEvents` are answered: "" (streaming lists work),
+        "refuse" (422, like a server without the WatchList feature) or "ignore" (served as a
+        plain watch without the parameter, like a server or proxy that drops it)."""
+        return self._watch_list
+
+    @watch_list_unsupported.setter
+    def watch_list_unsupported(self, value: WatchListSupport) -> None:
+        if value not in ("", "refuse", "ignore"):
+            raise ValueError(f"watch_list_unsupported: {value!r} is not '', 'refuse' or 'ignore'")
+        self._watch_list = value
+
     def forbid(self, resource: str, verbs: Iterable[str] | None = None) -> None:
         """Answer 403 Forbidden to `verbs` (default: all) on `resource`, as RBAC would."""
         with self._lock:
@@ -178,12 +249,15 @@ class Faults:
             self._forbidden.pop(resource, None)
 
     def clear(self) -> None:
-        """Back to a healthy server: no pending failures, stall, delay or forbidden resource."""
+        """Back to a healthy server: no pending failures, stall, delay, cache lag, forbidden
+        resource, and streaming lists supported."""
         with self._lock:
             self._failures.clear()
             self._held_raw_lines.clear()
             self._forbidden.clear()
             self.delay = 0.0
+            self.cache_lag = 0
+            self._watch_list = ""
         self.stall_watches(False)
 
     # ---- used by the server --------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The list+watch layer against the API simulator over real HTTP, with injected faults.
 
 After each fault the handler's view must equal the server's state, events must arrive in
-resourceVersion order with none delivered twice, and backoff must stay bounded.
+resourceVersion order with none delivered twice, and backoff must stay bounded. Every test
+on the `running` reflector runs with streaming lists and with lists + watch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import pytest
 from aiohttp import web
 
 from exporter.kube.config import KubeConnection, load_connection
-from exporter.kube.watching import ApiSession, Reflector, ResourceSpec, WatchTiming
+from exporter.kube.watching import (
+    ApiSession,
+    Reflector,
+    ResourceSpec,
+    WatchTiming,
+    list_objects,
+)
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.cluster import Cluster
 from tests.conftest import wait_for
@@ -85,16 +92,21 @@ class Running:
         self.health = reflector.health
 
     async def converged(self, api: ApiServer) -> None:
+        """The handler holds the server's state, and a watch is open (after a list, the
+        watch starts a moment later)."""
         want = server_view(api)
         await wait_for(lambda: self.recorder.state == server_view(api), f"state {want}")
+        await wait_for(lambda: api.faults.open_watches >= 1, "an open watch")
         assert self.recorder.duplicates == []
 
 
-@pytest.fixture
-async def running(api: ApiServer, connection: KubeConnection) -> AsyncIterator[Running]:
+@pytest.fixture(params=["stream", "list"])
+async def running(
+    api: ApiServer, connection: KubeConnection, request: pytest.FixtureRequest
+) -> AsyncIterator[Running]:
     recorder = Recorder()
     async with ApiSession(connection, FAST) as session:
-        reflector = Reflector(session, NODE_A, recorder)
+        reflector = Reflector(session, NODE_A, recorder, list_mode=request.param)
         task = asyncio.create_task(reflector.run())
         try:
             yield Running(reflector, recorder)
@@ -110,21 +122,46 @@ def add_pods(cluster: Cluster, n: int, node: str = "node-a", start: int = 0) -> 
     ]
 
 
-async def test_paginated_list_with_field_selector(
+async def test_the_first_list_comes_from_the_watch_cache_with_the_field_selector(
     api: ApiServer, cluster: Cluster, running: Running
 ) -> None:
     add_pods(cluster, 7)
     add_pods(cluster, 3, node="node-b")
     await running.converged(api)
-    lists = api.requests.lists("pods")
-    assert lists, "the reflector never listed"
-    assert all(r.params.get("limit") == "3" for r in lists)
-    assert any("continue" in r.params for r in lists), "7 pods with limit=3 need pages"
-    assert all(r.params.get("fieldSelector") == "spec.nodeName=node-a" for r in lists)
+    assert len(running.recorder.state) == 7
+    requests = api.requests.matching(resource="pods")
+    assert all(r.params.get("fieldSelector") == "spec.nodeName=node-a" for r in requests)
+    assert api.requests.storage_reads() == []
+    first = requests[0].params
+    if running.reflector.list_mode == "list":
+        # resourceVersion=0 with a limit: the cache ignores it and answers in one page.
+        assert (first["resourceVersion"], first["limit"]) == ("0", "3")
+        assert len(api.requests.lists("pods")) == 1
+    else:
+        assert api.requests.lists("pods") == []
+        assert first["sendInitialEvents"] == "true"
+        assert first["resourceVersionMatch"] == "NotOlderThan"
+        assert first["resourceVersion"] == ""
     watch = api.requests.watches("pods")[0].params
     assert watch["allowWatchBookmarks"] == "true"
     assert 30 <= int(watch["timeoutSeconds"]) < 60  # jittered in [min, 2*min)
-    assert len(running.recorder.state) == 7
+
+
+async def test_a_consistent_list_follows_continue_tokens(
+    api: ApiServer, cluster: Cluster, connection: KubeConnection
+) -> None:
+    """The one list that may come from etcd (after the cache refused our version) is read in
+    pages of `page_size`."""
+    add_pods(cluster, 7)
+    add_pods(cluster, 3, node="node-b")
+    async with ApiSession(connection, FAST) as session:
+        items, rv = await list_objects(session, NODE_A)
+    assert sorted(_key(i) for i in items) == sorted(server_view(api))
+    assert rv == str(api.store.resource_version)
+    lists = api.requests.lists("pods")
+    assert [r.params.get("limit") for r in lists] == ["3", "3", "3"]
+    assert ["continue" in r.params for r in lists] == [False, True, True]
+    assert all(r.params.get("fieldSelector") == "spec.nodeName=node-a" for r in lists)
 
 
 async def test_events_after_the_list_arrive_once_in_order(
