@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from exporter import __version__
 from exporter.cgroups import (
     CgroupSampler,
     CgroupSource,
@@ -28,6 +29,7 @@ from exporter.core.correlation import (
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.peers import PeerSet
 from exporter.core.pods import PodSnapshot
 from exporter.core.services import PROBE_LABEL, ServiceRef
 from exporter.exposition import Exposition
@@ -55,6 +57,7 @@ from exporter.watches import (
     EndpointListener,
     EndpointSliceWatch,
     EventListener,
+    PeerWatch,
     PodWatch,
     ServiceWatch,
     notify,
@@ -148,6 +151,17 @@ class Agent:
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
         self.healths = [self.pods_health, self.services_health, self.slices_health]
+        # The agents that share the probing of Service addresses (docs/scale.md): none to
+        # watch when peer discovery is off; then this agent probes every address itself.
+        self.peers: PeerSet | None = None
+        self.peer_watch: PeerWatch | None = None
+        if settings.peer_selector and settings.pod_namespace:
+            self.peers = PeerSet(settings.node_name, settings.service_probers)
+            self.peer_watch = PeerWatch(
+                self.peers, self.metrics, self._probers_changed, self._peers_listed
+            )
+            self.peers_health = WatchHealth("peers")
+            self.healths.append(self.peers_health)
         # The sampler runs in its own thread; it reads this snapshot, swapped on the loop.
         self._cgroup_pods: tuple[PodSnapshot, ...] = ()
         self.cgroups = CgroupSampler(settings.cgroup_root, lambda: self._cgroup_pods)
@@ -331,9 +345,22 @@ class Agent:
     # -- the Services this agent probes and reports ------------------------------------------
 
     def probes_address(self, ref: ServiceRef) -> bool:
-        """Is this agent one of the k that probe the Service's address? (All of them when
-        it sees no peers.)"""
-        return True
+        """Is this agent one of the k that probe the Service's address? (Every agent that
+        sees no peers is.)"""
+        if self.peer_watch is None:
+            return True
+        # Until the peers are listed, none: else every agent of a cluster starting at once
+        # would probe every Service address for a moment.
+        return self.peer_watch.synced and self.peer_watch.peers.is_prober(str(ref))
+
+    def _peers_listed(self) -> None:
+        """The first list of the peers: now this agent knows which addresses it probes."""
+        self._services_changed({*self.catalog.specs, *self.catalog.skipped})
+
+    def _probers_changed(self, keys: set[str]) -> None:
+        """The peers changed: these Services' addresses are now probed by this agent, or no
+        longer."""
+        self._services_changed({ServiceRef(*key.split("/", 1)) for key in keys})
 
     def reports(self, ref: ServiceRef) -> bool:
         """Does this agent report the Service: its endpoint events, counts, SLO, episodes?
@@ -351,6 +378,11 @@ class Agent:
     def _update_service(self, ref: ServiceRef) -> None:
         catalog = self.catalog
         opted_in = catalog.opted_in(ref)
+        if self.peers is not None:
+            if opted_in:
+                self.peers.add_service(str(ref))
+            else:
+                self.peers.remove_service(str(ref))
         address = opted_in and self.probes_address(ref)
         reported = opted_in and (
             address or bool(catalog.local_endpoints(ref)) or ref in self._client_services
@@ -397,8 +429,45 @@ class Agent:
             {"namespace": ref.namespace, "service": ref.name, "state": "skipped", "reason": why}
             for ref, why in sorted(self.catalog.skipped.items(), key=lambda i: str(i[0]))
         ]
+        for entry in services:
+            ref = ServiceRef(str(entry["namespace"]), str(entry["service"]))
+            entry["address_probed_here"] = entry["state"] == "probed" and self.probes_address(ref)
         targets = self.prober.status()
-        return {"node": self.settings.node_name, "services": services, "targets": targets}
+        return {
+            "node": self.settings.node_name,
+            "address_probing": self._address_probing(),
+            "services": services,
+            "targets": targets,
+        }
+
+    def _address_probing(self) -> dict[str, Any]:
+        """How Service addresses are shared among the agents, for /api/v1/targets."""
+        k = self.settings.service_probers
+        if self.peers is None:
+            return {"mode": "alone", "reason": "peer discovery is off", "k": k, "peers": 0}
+        if self.peers.alone:
+            reason = f"no ready pod matches {self.settings.peer_selector!r}"
+            return {"mode": "alone", "reason": f"{reason} in {self.settings.pod_namespace}",
+                    "k": k, "peers": 0}  # fmt: skip
+        return {
+            "mode": "shared" if self.peers.ready else "waiting",
+            "reason": "" if self.peers.ready else "this agent's own pod is not a ready peer yet",
+            "k": k,
+            "peers": self.peers.peers,
+            "zones": self.peers.zones,
+        }
+
+    def _peer_reflectors(self, reflector: Callable[..., Reflector]) -> list[Reflector]:
+        """The watch of the peer agents' pods, when peer discovery is on."""
+        if self.peer_watch is None:
+            return []
+        namespace = self.settings.pod_namespace
+        spec = ResourceSpec(
+            "peers",
+            f"/api/v1/namespaces/{namespace}/pods",
+            label_selector=self.settings.peer_selector,
+        )
+        return [reflector(spec, self.peer_watch, self.peers_health)]
 
     def readiness(self) -> tuple[bool, str]:
         now = self.monotonic()
@@ -435,15 +504,29 @@ class Agent:
                 "otlp_listen": str(self.settings.otlp_listen or "disabled"),
                 "api": connection.host,
                 "api_config": connection.source,
+                "list_mode": self.settings.list_mode,
+                "address_probing": (
+                    f"shared by {self.settings.service_probers} of the pods matching "
+                    f"{self.settings.peer_selector!r} in {self.settings.pod_namespace}"
+                    if self.peers is not None
+                    else "every Service address (peer discovery off: no --peer-selector "
+                    "or no POD_NAMESPACE)"
+                ),
             },
         )
         node = self.settings.node_name
         opted_in = f"{PROBE_LABEL}=true"
         try:
-            async with ApiSession(connection, self.timing) as api:
+            # The User-Agent names the node: the API server's audit log and metrics (and the
+            # simulator) can tell the agents of a DaemonSet apart.
+            user_agent = f"tailwatch/{__version__} node/{node}"
+            async with ApiSession(connection, self.timing, user_agent=user_agent) as api:
+                mode = self.settings.list_mode
 
                 def reflector(spec: ResourceSpec, handler: Any, health: WatchHealth) -> Reflector:
-                    return Reflector(api, spec, handler, health, clock=self.monotonic)
+                    return Reflector(
+                        api, spec, handler, health, clock=self.monotonic, list_mode=mode
+                    )
 
                 reflectors = [
                     reflector(
@@ -451,6 +534,7 @@ class Agent:
                         PodWatch(self.tracker, self.metrics, self.listeners, self.clock),
                         self.pods_health,
                     ),
+                    *self._peer_reflectors(reflector),
                     reflector(
                         ResourceSpec("services", "/api/v1/services", label_selector=opted_in),
                         self.service_watch,

@@ -11,6 +11,7 @@ from exporter.core.catalog import ServiceCatalog
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.peers import PeerSet
 from exporter.core.pods import MalformedObject
 from exporter.core.services import ServiceRef
 from exporter.logs import LogOnce
@@ -178,3 +179,41 @@ class EndpointSliceWatch(_Handler):
         """Report the slice removals held for their grace (`EndpointTracker.flush`)."""
         if self.catalog.endpoints.held:
             self._emit(self.catalog.endpoints.flush(self.clock()))
+
+
+class PeerWatch(_Handler):
+    """Feeds the peer agents' pods into the peer set; `changed` gets the Services whose
+    address this agent now starts or stops probing."""
+
+    kind = "peer"
+
+    def __init__(
+        self,
+        peers: PeerSet,
+        metrics: AgentMetrics,
+        changed: Callable[[set[str]], None],
+        listed: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(metrics)
+        self.peers = peers
+        self.changed = changed
+        self.listed = listed
+        self.synced = False
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        changed = self.peers.sync(items)
+        for exc in self.peers.last_malformed:
+            self.malformed(exc)
+        if not self.synced:
+            self.synced = True
+            self.listed()
+        else:
+            self.changed(changed)
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            changed = self.peers.apply(event_type, obj)
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        self.changed(changed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,12 +28,13 @@ async def running_agent(
     otlp: bool = False,
     sample_interval: float = 1.0,
     wait_ready: bool = True,
-    **settings_overrides: float,
+    node: str = "node-a",
+    **settings_overrides: object,
 ) -> AsyncIterator[Agent]:
-    """The agent on node-a, in-process, with fast watch timings, stopped on exit.
+    """The agent on `node` (default node-a), in-process, with fast watch timings, stopped on exit.
     `settings_overrides` sets other Settings fields (e.g. the correlation windows)."""
     settings = Settings(
-        node_name="node-a",
+        node_name=node,
         kubeconfig=str(kubeconfig),
         cgroup_root=cgroup_root,
         listen=ListenAddress("127.0.0.1", free_port()),
@@ -66,6 +68,7 @@ class LoopbackBackend:
     def __init__(self) -> None:
         self.delay = 0.0
         self.seen: list[str] = []
+        self.arrivals: list[float] = []  # monotonic time of every request
         self.ports: tuple[int, ...] = ()
 
 
@@ -75,6 +78,7 @@ async def loopback_backend(*hosts: str) -> AsyncIterator[LoopbackBackend]:
 
     async def healthz(request: web.Request) -> web.Response:
         backend.seen.append(request.host)
+        backend.arrivals.append(time.monotonic())
         if backend.delay:
             await asyncio.sleep(backend.delay)
         return web.Response(text="ok")

@@ -1,0 +1,82 @@
+"""Cost of choosing the k agents that probe each Service address (exporter/core/peers.py)
+at the 5,000-node model: 1,000 opted-in Services, 5,000 peers in 3 zones, k = 3. Run:
+.venv/bin/python -m pytest tests/bench/test_peer_selection.py -m bench -s
+
+Measured, as process CPU time: the full setup when the first list arrives (the Services
+already added); a peer joining and leaving this agent's zone (one hash per Service); a peer
+joining and leaving another zone (no hashing); a Service added (one hash per peer of this
+agent's zone); a relist that changes nothing; and `is_prober` over every Service.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from exporter.core.peers import ZONE_LABEL, PeerSet
+
+pytestmark = pytest.mark.bench
+
+PEERS = 5000
+SERVICES = 1000
+ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
+K = 3
+ME = "node-00000"
+REPEATS = 20
+
+
+def pod(node: str, zone: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"tailwatch-{node}",
+            "namespace": "monitoring",
+            "labels": {"app.kubernetes.io/name": "tailwatch", ZONE_LABEL: zone},
+        },
+        "spec": {"nodeName": node},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def cpu(action: Callable[[], object], repeats: int = 1) -> float:
+    """Mean process CPU seconds of one `action`."""
+    started = time.process_time()
+    for _ in range(repeats):
+        action()
+    return (time.process_time() - started) / repeats
+
+
+def test_peer_selection_cost() -> None:
+    pods = [pod(f"node-{i:05d}", ZONES[i % len(ZONES)]) for i in range(PEERS)]
+    keys = [f"ns-{i % 50}/service-{i:04d}" for i in range(SERVICES)]
+    peer_set = PeerSet(ME, K)
+    for key in keys:
+        peer_set.add_service(key)
+    setup = cpu(lambda: peer_set.sync(pods))
+    assert peer_set.ready and peer_set.peers == PEERS
+    probed = len(peer_set.probed())
+
+    mine, other = pod("node-new-a", ZONES[0]), pod("node-new-b", ZONES[1])
+
+    def join_leave(body: dict[str, Any]) -> None:
+        peer_set.apply("ADDED", body)
+        peer_set.apply("DELETED", body)
+
+    my_zone_event = cpu(lambda: join_leave(mine), REPEATS) / 2
+    other_zone_event = cpu(lambda: join_leave(other), REPEATS) / 2
+    added = iter(f"new/service-{i}" for i in range(REPEATS))
+    add_service = cpu(lambda: peer_set.add_service(next(added)), REPEATS)
+    relist = cpu(lambda: peer_set.sync(pods))
+    lookups = cpu(lambda: [peer_set.is_prober(key) for key in keys], REPEATS) / SERVICES
+
+    print(
+        f"\npeer selection, {SERVICES} Services x {PEERS} peers in {len(ZONES)} zones, k={K}: "
+        f"setup after the first list {setup * 1000:.0f} ms CPU (this agent probes {probed}); "
+        f"a peer event in this agent's zone {my_zone_event * 1000:.2f} ms, in another zone "
+        f"{other_zone_event * 1000:.3f} ms; add_service {add_service * 1000:.2f} ms; "
+        f"a relist with no change {relist * 1000:.0f} ms; is_prober {lookups * 1e9:.0f} ns"
+    )
+    # Deterministic sanity, not timing: about k x S/P (0.6) of the Services land here.
+    assert probed < SERVICES * K * 10 / PEERS
