@@ -21,8 +21,8 @@ def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -
     """Per `keys` (e.g. namespace, service, cause): episodes closed in range, their worst
     impact, the worst p99 ratio (upper bound of the highest bucket hit) and recovery p90.
 
-    Every agent that probes a Service reports its episodes, so counts take the max across
-    agents, not the sum."""
+    Every agent that has latency for a Service (the k probing its address, those hosting its
+    endpoints) reports its episodes, so counts take the max across agents, not the sum."""
     by = q.by(*keys)
     episodes = q.raw("tailwatch_episodes_total", *matchers)
     impact_levels = "\nor\n".join(
@@ -43,7 +43,7 @@ def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -
         "Episodes closed in the time range, by cause: how many, the worst impact, the worst "
         "p99 during / baseline (the upper bound of the highest histogram bucket reached) and "
         "the 90th percentile of the time to recover. Counts are the max across agents, as "
-        "every agent probing a Service reports its episodes.",
+        "every agent with latency for a Service reports its episodes.",
         queries,
         "short",
         columns={

@@ -43,7 +43,8 @@ def build(config: MixinConfig) -> Any:
             p.timeseries(
                 f"{name} by Service and state",
                 f"{name} latency of probes of each Service's address (what clients see through "
-                "kube-proxy), summed over every agent, by the state the Service was in when the "
+                "kube-proxy), summed over the k agents probing it, by the state the Service was in "
+                "when the "
                 "probe ran: steady, disrupted (an episode is open) or recovering.",
                 p.targets(
                     (

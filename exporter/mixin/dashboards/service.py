@@ -41,8 +41,8 @@ def build(config: MixinConfig) -> Any:
             p.timeseries(
                 f"{name} by target and state",
                 f"{name} probe latency: target=service is the Service's address through "
-                "kube-proxy (from every agent), target=endpoint the endpoints probed by the "
-                "agent of their node; by the state the Service was in.",
+                "kube-proxy (from the k agents that probe it), target=endpoint the endpoints "
+                "probed by the agent of their node; by the state the Service was in.",
                 p.targets(
                     (
                         q.rec(r.probe_quantiles, NS, SVC, f'quantile="{quantile}"'),
@@ -137,7 +137,8 @@ def build(config: MixinConfig) -> Any:
     grid.add(
         p.timeseries(
             "Probes per second",
-            "Probes run per second by target, from every agent.",
+            "Probes run per second by target: the Service's address from its k probing agents, "
+            "each endpoint from its node's agent.",
             p.targets((probes_by_target, "{{target}}")),
             "ops",
         ),
@@ -160,7 +161,8 @@ def build(config: MixinConfig) -> Any:
     grid.add(
         p.timeseries(
             "Endpoint events",
-            "Endpoint changes of the Service (every agent sees the same: max across agents).",
+            "Endpoint changes of the Service (every agent reporting it sees the same: max across "
+            "agents).",
             p.targets(
                 (
                     f"max by (event) (\n  "
