@@ -155,6 +155,7 @@ class Agent:
         # watch when peer discovery is off; then this agent probes every address itself.
         self.peers: PeerSet | None = None
         self.peer_watch: PeerWatch | None = None
+        self._peer_drain: asyncio.Task[None] | None = None
         if settings.peer_selector and settings.pod_namespace:
             self.peers = PeerSet(settings.node_name, settings.service_probers)
             self.peer_watch = PeerWatch(
@@ -362,6 +363,29 @@ class Agent:
         longer."""
         self._services_changed({ServiceRef(*key.split("/", 1)) for key in keys})
 
+    def _drain_peers_soon(self) -> None:
+        """The peer set's full setup (when this agent joins, or many peers change at once)
+        costs O(Services x peers in its zone): it is done in steps of a few ms, between
+        which the event loop runs the prober and the watches, never in one stall that
+        would show as false latency in every probe of the node."""
+        peers = self.peers
+        if peers is None or not peers.pending:
+            return
+        if self._peer_drain is not None and not self._peer_drain.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test feeding the agent by hand): all at once
+            while peers.pending:
+                self._probers_changed(peers.setup_pending())
+            return
+        self._peer_drain = loop.create_task(self._drain_peers(peers), name="peer-setup")
+
+    async def _drain_peers(self, peers: PeerSet) -> None:
+        while peers.pending:
+            self._probers_changed(peers.setup_pending())
+            await asyncio.sleep(0)
+
     def reports(self, ref: ServiceRef) -> bool:
         """Does this agent report the Service: its endpoint events, counts, SLO, episodes?
         Only if it has latency for it: it probes its address, hosts one of its endpoints or
@@ -374,6 +398,7 @@ class Agent:
         their address): update their targets and what this agent reports of them."""
         for ref in refs:
             self._update_service(ref)
+        self._drain_peers_soon()
 
     def _update_service(self, ref: ServiceRef) -> None:
         catalog = self.catalog
@@ -567,6 +592,8 @@ class Agent:
                     if task is not stopper and task.exception() is not None:
                         raise RuntimeError(f"{task.get_name()} stopped") from task.exception()
         finally:
+            if self._peer_drain is not None:
+                self._peer_drain.cancel()
             if otlp_runner is not None:
                 await otlp_runner.cleanup()
             await runner.cleanup()

@@ -60,11 +60,41 @@ Cost (a DaemonSet at 5,000 nodes, 1,000+ opted-in Services, a few zones)
     - the full setup, when this agent first becomes a ready peer (normally once, after the
       first list), costs O(Services x peers in this agent's zone) hashes: about 1.7 million
       for 1,000 Services and 5,000 peers in 3 zones, about a second of CPU, once. A relist
-      (`sync`) that changes fewer peers than this agent's zone has applies them one by one.
+      (`sync`) that changes fewer peers than this agent's zone has applies them one by one;
+      one that changes more, or moves this agent itself, redoes the full setup.
 
-    Measured by tests/bench/test_peer_selection.py at that size: the setup 1.2 s of CPU, a
-    peer event in this agent's zone 0.8 ms, in another zone 6 us, `add_service` 1 ms, a
-    relist with no change 23 ms (parsing the 5,000 pods), `is_prober` 70 ns.
+    The full setup is not done in one call: the agent's event loop also runs the latency
+    prober, and a second's stall would show as false tail latency in every probe of the
+    node. The call that needs it only marks every Service *pending* (O(Services), no
+    hashing); the caller then drains them in bounded steps, yielding to the loop between:
+
+        while peers.pending:
+            changed = peers.setup_pending(SETUP_STEP)
+            ...  # start and stop the probes of `changed`
+            await asyncio.sleep(0)
+
+    One step of N Services costs N x (peers in this agent's zone + zones) hashes: N = 64 at
+    1,667 peers a zone is about 70 ms of CPU; the default `SETUP_STEP` = 12 about 12 ms, so
+    the whole setup takes 84 steps. A pending Service keeps the `is_prober` answer it had
+    before it became pending until its step sets it up; the step then reports it if its
+    answer changed. So when this agent first becomes ready it takes on no Service before its
+    step comes, the other agents covering its share as they did before; when it becomes
+    ready while alone, it keeps probing everything until then; and a relist that redoes the
+    setup (many peers changed, or this agent rejoined in another zone) leaves its probes as
+    they were. Were its share paused instead, every agent relisting the same change at once
+    would leave the Services with no prober at all for the second the drain takes; keeping
+    the old answers that long only means k-1 or k+1 probers meanwhile. A Service added while
+    a setup is pending has no answer to keep: it is not probed (`alone` cannot hold while a
+    setup is pending) and joins the queue. Peer events skip pending Services (their setup
+    starts from scratch anyway), so they cost no more than before. After the last step every
+    answer is exactly what a computation from scratch gives, whatever happened between the
+    steps.
+
+    Measured by tests/bench/test_peer_selection.py at that size: the setup 1.0 to 1.1 s of
+    CPU in all (as much as in one call), in 84 steps of about 12 ms, the largest 18 ms; a
+    peer event in this agent's zone 0.6 ms, in another zone 6 us, `add_service` 1 ms, a
+    relist with no change 23 ms (parsing the 5,000 pods), `is_prober` 60 ns. On a busy
+    host all of these take about 1.5 times as long (the largest step 22 ms).
 
     Only changed answers are reported: every mutating call returns the keys whose
     `is_prober` answer changed, so the caller starts and stops only those probes.
@@ -73,13 +103,18 @@ Modes
     - No peers visible at all (the selector matches nothing, or before the first list):
       `alone`, and this agent probes every Service address itself.
     - Peers visible but this agent is not one of them (its pod not ready yet, or not
-      matching the selector): it probes no Service address; the others do. When it becomes
-      ready it takes its share (the full setup above).
+      matching the selector): it probes no Service address; the others do.
+    - This agent a ready peer: it probes its share. When it becomes ready (from either mode
+      above) it takes its share step by step (the full setup above), each Service keeping
+      its previous answer till its step: not probed if it was not ready, probed if alone.
+      The other way, becoming not ready or alone, takes effect at once for every Service,
+      any pending setup dropped: that answer needs no hashing, so it does not wait.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -89,6 +124,9 @@ from exporter.core.pods import MalformedObject
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 ZONE_PREFIX = "zone:"
+# Services set up per `PeerSet.setup_pending` step by default: about 12 ms of CPU at 5,000
+# peers in 3 zones (module docstring, *Cost*), short enough not to stall the event loop.
+SETUP_STEP = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +233,7 @@ def zone_order(key: str, zones: Iterable[str]) -> tuple[str, ...]:
 
 
 class _Service:
-    __slots__ = ("above", "key", "order", "prefix", "prober", "quota", "self_score")
+    __slots__ = ("above", "key", "order", "pending", "prefix", "prober", "quota", "self_score")
 
     def __init__(self, key: str, self_node: bytes) -> None:
         self.key = key
@@ -205,6 +243,8 @@ class _Service:
         self.order: tuple[str, ...] = ()  # the zones, ranked for this Service
         self.quota = 0  # slots of this agent's zone
         self.prober = False
+        # Waiting for its setup: above, order and quota are stale, prober the answer kept.
+        self.pending = False
 
 
 # A node's membership: absent (None) or present in a zone.
@@ -214,10 +254,15 @@ _Change = tuple[str, str | None, str | None]  # (node, zone before, zone after)
 class PeerSet:
     """The peers of this agent (`self_node`) and, per Service, whether it is one of k probers.
 
-    Keys are Services' "namespace/name". `sync`, `apply`, `add_service` and `remove_service`
-    return the keys whose `is_prober` answer changed (a Service not added counts as not
-    probed). `apply` raises `MalformedObject`; `sync` skips malformed items, keeping what was
-    known of their pods, and leaves them in `last_malformed`.
+    Keys are Services' "namespace/name". `sync`, `apply`, `add_service`, `remove_service`
+    and `setup_pending` return the keys whose `is_prober` answer changed (a Service not added
+    counts as not probed). `apply` raises `MalformedObject`; `sync` skips malformed items,
+    keeping what was known of their pods, and leaves them in `last_malformed`.
+
+    The full setup is left *pending* by the call that needs it, to be done in steps by
+    `setup_pending` (module docstring, *Cost*); a pending Service keeps the answer it had
+    before it became pending (False if it was added meanwhile) until its step. Pending
+    Services exist only while this agent is ready.
     """
 
     def __init__(self, self_node: str, k: int) -> None:
@@ -234,6 +279,7 @@ class PeerSet:
         self._services: dict[str, _Service] = {}
         self._quota_cache: dict[tuple[str, ...], int] = {}  # zone order -> my zone's quota
         self._orders: dict[tuple[str, ...], tuple[str, ...]] = {}  # one copy of each order
+        self._pending: OrderedDict[str, _Service] = OrderedDict()  # waiting, oldest first
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -257,8 +303,19 @@ class PeerSet:
         """Peers per zone ("" for unknown)."""
         return {zone: len(nodes) for zone, nodes in self._zones.items()}
 
+    @property
+    def pending(self) -> int:
+        """Services waiting for their setup (`setup_pending`), each keeping its previous
+        answer meanwhile; 0 once it is done."""
+        return len(self._pending)
+
     def is_prober(self, key: str) -> bool:
-        """Whether this agent probes Service `key`'s address, in O(1); KeyError if not added."""
+        """Whether this agent probes Service `key`'s address, in O(1); KeyError if not added.
+
+        While the Service is pending (waiting for `setup_pending`), the answer it had before it
+        became pending (False if it was added meanwhile): what this agent probed goes on
+        being probed, and what it did not stays with the other agents, until its step.
+        """
         return self._services[key].prober
 
     def probed(self) -> set[str]:
@@ -268,7 +325,8 @@ class PeerSet:
     def probers(self, key: str) -> list[str]:
         """The nodes chosen for Service `key` (added or not), in zone order then rank: O(peers).
 
-        Empty when no peer is visible (every agent that sees none probes by itself).
+        Empty when no peer is visible (every agent that sees none probes by itself). Computed
+        from scratch: it includes this agent when chosen, whatever a pending Service answers.
         """
         if not self._nodes:
             return []
@@ -284,19 +342,45 @@ class PeerSet:
     # -- Services ---------------------------------------------------------------------------
 
     def add_service(self, key: str) -> set[str]:
-        """Track Service `key`: O(peers in this agent's zone). Returns {key} if probed."""
+        """Track Service `key`: O(peers in this agent's zone). Returns {key} if probed.
+
+        While a setup is pending it only joins the queue (O(1)), answering False till its step
+        (it has no previous answer to keep).
+        """
         if key in self._services:
             return set()
         service = _Service(key, self._self_name)
         self._services[key] = service
-        if self.ready:
+        if self._pending:
+            service.pending = True
+            self._pending[key] = service
+        elif self.ready:
             self._setup(service, self._my_zone_others())
         return self._evaluate([service])
 
     def remove_service(self, key: str) -> set[str]:
         """Forget Service `key`: O(1). Returns {key} if this agent was probing it."""
         service = self._services.pop(key, None)
+        if service is not None and service.pending:
+            del self._pending[key]
         return {key} if service is not None and service.prober else set()
+
+    def setup_pending(self, limit: int = SETUP_STEP) -> set[str]:
+        """Set up at most `limit` pending Services, oldest first: O(limit x peers in this
+        agent's zone) hashes. Returns the keys whose answer changed from the one each kept
+        while pending: now probed, or no longer."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        if not self._pending:
+            return set()
+        others = self._my_zone_others()
+        batch: list[_Service] = []
+        while self._pending and len(batch) < limit:
+            _, service = self._pending.popitem(last=False)
+            service.pending = False
+            self._setup(service, others)
+            batch.append(service)
+        return self._evaluate(batch)
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -310,7 +394,7 @@ class PeerSet:
 
     def sync(self, items: Iterable[Mapping[str, Any]]) -> set[str]:
         """A full list of the peer pods. A few changed nodes are applied one by one; many (the
-        first list) at once, with the full setup."""
+        first list) at once, leaving the full setup pending (`setup_pending`)."""
         fresh: dict[str, Peer] = {}
         malformed: list[MalformedObject] = []
         for obj in items:
@@ -339,14 +423,11 @@ class PeerSet:
             return set()
         # One by one costs up to O(Services) hashes per change, the full setup O(Services x
         # peers in this agent's zone): replay when there are fewer changes than such peers.
-        incremental = self.self_node not in touched and (
-            not self.ready or len(changes) <= len(self._zones[self._nodes[self.self_node]])
-        )
-        if incremental:
+        # (A change of this agent's own pods that leaves its membership alone, a surge pod,
+        # changes nothing kept: replayed, answers and any pending setup stay as they are.)
+        if not self.ready or len(changes) <= len(self._zones[self._nodes[self.self_node]]):
             return self._replay(changes)
-        for node, _, after in changes:
-            self._place(node, after)
-        return self._rebuild()
+        return self._rebuild_with(changes)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -378,12 +459,23 @@ class PeerSet:
         return changes
 
     def _replay(self, changes: list[_Change]) -> set[str]:
-        """Place and reconcile the changes one at a time; the keys whose answer changed."""
+        """Place and reconcile the changes one at a time; the keys whose answer changed. A
+        change of this agent's own membership starts the full setup over instead."""
+        if any(node == self.self_node for node, _, _ in changes):
+            return self._rebuild_with(changes)
         changed: set[str] = set()
         for node, before, after in changes:
             self._place(node, after)
             changed ^= self._reconcile(node, before, after)  # a double flip is no change
         return changed
+
+    def _rebuild_with(self, changes: list[_Change]) -> set[str]:
+        """Place all the changes, then start the full setup over (`_rebuild`): the Services
+        made pending keep the answers they had before these changes, not ones of a change
+        half applied."""
+        for node, _, after in changes:
+            self._place(node, after)
+        return self._rebuild()
 
     def _place(self, node: str, zone: str | None) -> None:
         """Set a node's membership: absent (None) or present in `zone`."""
@@ -403,9 +495,8 @@ class PeerSet:
 
     def _reconcile(self, node: str, before: str | None, after: str | None) -> set[str]:
         """Bring the per-Service state up to date after `node` went from `before` to `after`
-        (a zone, or None: absent); `_nodes` and `_zones` already hold `after`."""
-        if node == self.self_node:
-            return self._rebuild()
+        (a zone, or None: absent), not this agent; `_nodes` and `_zones` already hold `after`.
+        Pending Services are skipped: their setup starts from scratch anyway."""
         if not self.ready:
             # Nothing is kept: only `alone` can have changed, and then every answer flips.
             was_alone = len(self._nodes) + (before is not None) - (after is not None) == 0
@@ -413,9 +504,11 @@ class PeerSet:
         my_zone = self._nodes[self.self_node]
         dirty: list[_Service] = []
         delta = (after == my_zone) - (before == my_zone)
-        if delta:  # one hash per Service: is the node ranked above this agent?
+        if delta:  # one hash per Service set up: is the node ranked above this agent?
             name, beats_on_tie = node.encode(), node > self.self_node
             for service in self._services.values():
+                if service.pending:
+                    continue
                 theirs = _score_from(service.prefix, name)
                 if theirs > service.self_score or (theirs == service.self_score and beats_on_tie):
                     service.above += delta
@@ -425,8 +518,9 @@ class PeerSet:
             self._orders.clear()
             self._quota_cache.clear()
             for service in self._services.values():
-                service.order = self._intern(zone_order(service.key, self._zones))
-                service.quota = self._my_quota(service.order)
+                if not service.pending:
+                    service.order = self._intern(zone_order(service.key, self._zones))
+                    service.quota = self._my_quota(service.order)
             return self._evaluate(self._services.values())
         # A zone's size matters to the quotas only while it is below k (module docstring).
         sizes = [
@@ -438,7 +532,8 @@ class PeerSet:
         if min(sizes) < self.k:
             self._quota_cache.clear()
             for service in self._services.values():
-                service.quota = self._my_quota(service.order)
+                if not service.pending:
+                    service.quota = self._my_quota(service.order)
             return self._evaluate(self._services.values())
         return self._evaluate(dirty)
 
@@ -469,17 +564,26 @@ class PeerSet:
         service.quota = self._my_quota(service.order)
 
     def _rebuild(self) -> set[str]:
-        """The full setup: O(Services x peers in this agent's zone) hashes."""
+        """Start the full setup over: every Service pending if this agent is ready, keeping
+        its answer till `setup_pending` sets it up (so nothing changes now); none if not
+        ready (nothing is kept then), every answer then given at once (`alone` or not).
+        O(Services), no hash."""
         self._orders.clear()
         self._quota_cache.clear()
-        if self.ready:
-            others = self._my_zone_others()
-            for service in self._services.values():
-                self._setup(service, others)
+        if self.ready:  # those already waiting keep their place at the head of the queue
+            for key, service in self._services.items():
+                if not service.pending:
+                    service.pending = True
+                    self._pending[key] = service
+        else:
+            for service in self._pending.values():
+                service.pending = False
+            self._pending.clear()
         return self._evaluate(self._services.values())
 
     def _evaluate(self, services: Iterable[_Service]) -> set[str]:
-        """Recompute the answers of `services`; the keys whose answer changed."""
+        """Recompute the answers of `services`; the keys whose answer changed. A pending
+        Service keeps its answer (and only exists while this agent is ready)."""
         changed: set[str] = set()
         if self.alone or not self.ready:
             answer = self.alone
@@ -489,6 +593,8 @@ class PeerSet:
                     changed.add(service.key)
             return changed
         for service in services:
+            if service.pending:
+                continue
             prober = service.above < service.quota
             if prober != service.prober:
                 service.prober = prober

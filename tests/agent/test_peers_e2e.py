@@ -12,7 +12,9 @@ import aiohttp
 
 from exporter import __version__
 from exporter.agent import Agent
+from exporter.core.services import ServiceRef
 from exporter.simulator import ApiServer, objects
+from exporter.simulator.services import service
 from tests.agent.conftest import loopback_backend, probed_web_service, running_agent
 from tests.conftest import wait_for
 
@@ -140,3 +142,38 @@ async def targets(agent: Agent) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         body: dict[str, Any] = await resp.json()
         return body
+
+
+async def test_joining_the_peers_takes_exactly_this_agents_share(
+    api: ApiServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """The agent probes every address alone; then its own pod and three others become ready
+    peers: its share is set up in steps (between which the loop runs the prober), and it
+    ends up probing exactly the Services whose k probers include it."""
+    refs = [ServiceRef("default", f"svc-{i}") for i in range(24)]
+    for i, ref in enumerate(refs):
+        api.store.create("services", service(ref.name, cluster_ip=f"127.42.0.{i + 1}"))
+    async with sharing_agent(kubeconfig, tmp_path, "node-a") as agent:
+        await wait_for(lambda: len(probing_refs(agent)) == len(refs) or None, "alone: all")
+        for node in ("node-a", "node-b", "node-c", "node-d"):
+            api.store.create("pods", peer_pod(node))
+        peers = agent.peers
+        assert peers is not None
+
+        def settled() -> bool:
+            return peers.peers == 4 and not peers.pending
+
+        await wait_for(settled, "the peer set's setup")
+        share = {r for r in refs if "node-a" in peers.probers(str(r))}
+        assert 0 < len(share) < len(refs)  # 24 Services, 3 of 4 peers each: about 18
+        await wait_for(lambda: probing_refs(agent) == share or None, "this agent's share")
+        body = await targets(agent)
+        assert body["address_probing"]["mode"] == "shared"
+        here = {s["service"] for s in body["services"] if s["address_probed_here"]}
+        assert here == {r.name for r in share}
+
+
+def probing_refs(agent: Agent) -> set[ServiceRef]:
+    return {
+        ServiceRef(t.namespace, t.service) for t in agent.prober.targets if t.target == "service"
+    }

@@ -2,9 +2,11 @@
 
 The incremental answers are checked against a brute-force reference that applies the rule
 of the module docstring to all the peers from scratch, over hypothesis-generated sequences
-of peer and Service changes; then the properties the rule exists for: exactly min(k, peers)
-probers per Service when every agent computes it, balance, stability when a peer goes,
-spread over zones, and the two modes (alone, not ready). The cost claims are checked by
+of peer and Service changes interleaved with steps of the pending setup (`setup_pending`),
+a pending Service answering what it answered before it became pending; then the properties
+the rule exists for: exactly min(k, peers) probers per Service when every agent computes it,
+balance, stability when a peer goes, spread over zones, the two modes (alone, not ready) and
+the setup in steps keeping the previous answers. The cost claims are checked by
 counting hashes, never by timing.
 """
 
@@ -21,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.core import peers as peers_module
-from exporter.core.peers import ZONE_LABEL, Peer, PeerSet, parse_peer, score
+from exporter.core.peers import SETUP_STEP, ZONE_LABEL, Peer, PeerSet, parse_peer, score
 from exporter.core.pods import MalformedObject
 from exporter.simulator import objects as o
 from tests.core.kube_schema import validate_pod
@@ -99,11 +101,20 @@ def services(count: int) -> list[str]:
     return [f"ns-{i % 7}/svc-{i:04d}" for i in range(count)]
 
 
+def drain(peer_set: PeerSet, step: int = SETUP_STEP) -> set[str]:
+    """Finish the pending setup, as the agent does between other work; the keys changed."""
+    changed: set[str] = set()
+    while peer_set.pending:
+        changed |= peer_set.setup_pending(step)
+    return changed
+
+
 def agent(self_node: str, nodes: Mapping[str, str], keys: list[str], k: int) -> PeerSet:
     peer_set = PeerSet(self_node, k)
     for key in keys:
         peer_set.add_service(key)
     peer_set.sync(pods_of(nodes))
+    drain(peer_set)
     return peer_set
 
 
@@ -214,6 +225,9 @@ operations = st.one_of(
     st.tuples(st.just("relist"), pod_specs),  # the pods as they are, one of them changed
     st.tuples(st.just("add"), st.sampled_from(KEYS)),
     st.tuples(st.just("remove"), st.sampled_from(KEYS)),
+    # Steps of the pending setup, between the changes (twice as likely as one kind of change).
+    st.tuples(st.just("step"), st.integers(min_value=1, max_value=4)),
+    st.tuples(st.just("step"), st.integers(min_value=1, max_value=4)),
 )
 
 
@@ -241,13 +255,30 @@ def answers_of(peer_set: PeerSet, keys: set[str]) -> dict[str, bool]:
     return {key: peer_set.is_prober(key) for key in keys}
 
 
+def pending_keys(peer_set: PeerSet) -> list[str]:
+    """The Services waiting for their setup, oldest first (white box: the public API only
+    counts them)."""
+    keys = list(peer_set._pending)
+    assert len(keys) == peer_set.pending
+    return keys
+
+
 @settings(max_examples=500, deadline=None)
-@given(st.integers(min_value=1, max_value=4), st.booleans(), st.lists(operations, max_size=50))
-def test_incremental_answers_match_the_reference(k: int, base: bool, history: list[Any]) -> None:
+@given(
+    st.integers(min_value=1, max_value=4),
+    st.booleans(),
+    st.lists(operations, max_size=50),
+    st.integers(min_value=1, max_value=5),
+)
+def test_incremental_answers_match_the_reference(
+    k: int, base: bool, history: list[Any], final_step: int
+) -> None:
     peer_set = PeerSet(SELF, k)
     model = Model()
+    kept: dict[str, bool] = {}  # pending key -> the answer it had before it became pending
     for op in (BASE if base else []) + history:
         before = {key: False for key in KEYS} | answers_of(peer_set, model.keys)
+        waiting = pending_keys(peer_set)
         if op[0] == "event":
             _, event_type, (name, node, zone, state) = op
             model.pods[name] = (node, zone, state)
@@ -265,20 +296,51 @@ def test_incremental_answers_match_the_reference(k: int, base: bool, history: li
         elif op[0] == "add":
             model.keys.add(op[1])
             changed = peer_set.add_service(op[1])
-        else:
+        elif op[0] == "remove":
             model.keys.discard(op[1])
             changed = peer_set.remove_service(op[1])
-        expected = model.answers(k)
-        assert answers_of(peer_set, model.keys) == expected
-        after = {key: False for key in KEYS} | expected
-        assert changed == {key for key in KEYS if before[key] != after[key]}
-        nodes = model.nodes()
-        assert peer_set.peers == len(nodes)
-        assert peer_set.alone == (not nodes)
-        assert peer_set.ready == (SELF in nodes)
-        assert peer_set.probed() == {key for key, probed in expected.items() if probed}
-        for key in KEYS:
-            assert peer_set.probers(key) == (reference_probers(key, nodes, k) if nodes else [])
+        else:
+            changed = peer_set.setup_pending(op[1])
+            # At most that many set up, the oldest first; the rest keep their order.
+            assert pending_keys(peer_set) == waiting[op[1] :]
+        # A Service that became pending in this call keeps its answer from before the call
+        # (False if it was not added yet); one still pending keeps the one it kept.
+        kept = {key: kept.get(key, before[key]) for key in pending_keys(peer_set)}
+        check_against_the_reference(peer_set, model, k, before, changed, kept)
+    # Drained, every answer is the reference's, whatever happened between the steps.
+    while peer_set.pending:
+        before = {key: False for key in KEYS} | answers_of(peer_set, model.keys)
+        changed = peer_set.setup_pending(final_step)
+        kept = {key: kept[key] for key in pending_keys(peer_set)}
+        check_against_the_reference(peer_set, model, k, before, changed, kept)
+    assert answers_of(peer_set, model.keys) == model.answers(k)
+    assert peer_set.setup_pending(final_step) == set()
+
+
+def check_against_the_reference(
+    peer_set: PeerSet,
+    model: Model,
+    k: int,
+    before: dict[str, bool],
+    changed: set[str],
+    kept: Mapping[str, bool],
+) -> None:
+    """Every Service set up answers as the reference does, every pending one what it answered
+    before it became pending (`kept`); `changed` is exactly the keys whose answer changed."""
+    nodes = model.nodes()
+    waiting = set(pending_keys(peer_set))
+    assert waiting == set(kept) and waiting <= model.keys
+    assert not waiting or SELF in nodes  # a setup is only pending while this agent is ready
+    expected = {key: kept.get(key, probed) for key, probed in model.answers(k).items()}
+    assert answers_of(peer_set, model.keys) == expected
+    after = {key: False for key in KEYS} | expected
+    assert changed == {key for key in KEYS if before[key] != after[key]}
+    assert peer_set.peers == len(nodes)
+    assert peer_set.alone == (not nodes)
+    assert peer_set.ready == (SELF in nodes)
+    assert peer_set.probed() == {key for key, probed in expected.items() if probed}
+    for key in KEYS:
+        assert peer_set.probers(key) == (reference_probers(key, nodes, k) if nodes else [])
 
 
 def test_two_ready_pods_on_one_node_are_one_peer() -> None:
@@ -349,10 +411,7 @@ def test_a_peer_going_moves_only_its_services_each_to_exactly_one_new_prober(
 ) -> None:
     nodes = spread(30, zones)  # 10 per zone: every zone keeps at least k peers
     keys = services(400)
-    observer = PeerSet("node-0007", 3)
-    for key in keys:
-        observer.add_service(key)
-    observer.sync(pods_of(nodes))
+    observer = agent("node-0007", nodes, keys, 3)
     before = {key: set(observer.probers(key)) for key in keys}
     gone = "node-0004"
     changed = observer.apply("DELETED", pod(f"tw-{gone}", gone, nodes[gone]))
@@ -421,9 +480,11 @@ def test_an_agent_not_ready_itself_probes_nothing_then_takes_its_share() -> None
     peer_set.sync([*pods_of(others), pod("tw-node-0000", "node-0000", state="unready")])
     assert peer_set.peers == 5 and not peer_set.ready and peer_set.probed() == set()
     assert all("node-0000" not in peer_set.probers(key) for key in keys)
-    changed = peer_set.apply("MODIFIED", pod("tw-node-0000", "node-0000"))
+    # Ready: its share is set up step by step; till then the others cover it.
+    assert peer_set.apply("MODIFIED", pod("tw-node-0000", "node-0000")) == set()
+    assert peer_set.ready and peer_set.pending == len(keys) and peer_set.probed() == set()
     share = {key for key in keys if "node-0000" in reference_probers(key, nodes, 2)}
-    assert peer_set.ready and changed == share == peer_set.probed()
+    assert drain(peer_set) == share == peer_set.probed()
     assert 0 < len(share) < len(keys)
     # Removed Services report a change only if they were probed here.
     some = next(iter(share))
@@ -431,6 +492,175 @@ def test_an_agent_not_ready_itself_probes_nothing_then_takes_its_share() -> None
     assert peer_set.remove_service(some) == set()
     with pytest.raises(KeyError):
         peer_set.is_prober(some)
+
+
+# -- the setup in steps ----------------------------------------------------------------------
+
+
+def test_the_setup_is_pending_until_done_in_steps_oldest_first() -> None:
+    nodes = spread(30, ("a", "b", "c"))
+    keys = services(40)
+    peer_set = PeerSet("node-0000", 3)
+    for key in keys:
+        peer_set.add_service(key)
+    assert peer_set.pending == 0 and peer_set.probed() == set(keys)  # alone: nothing to set up
+    # Peers visible and this agent one of them: every Service waits for its step, still
+    # probed here as it was while alone.
+    assert peer_set.sync(pods_of(nodes)) == set()
+    assert peer_set.ready and peer_set.pending == len(keys) and peer_set.probed() == set(keys)
+    share = {key for key in keys if "node-0000" in reference_probers(key, nodes, 3)}
+    assert 0 < len(share) < len(keys)
+    # A Service added or removed meanwhile joins or leaves the queue. The one added has no
+    # answer to keep: not probed till its step; the one removed was still probed.
+    assert peer_set.add_service("late/one") == set()
+    assert not peer_set.is_prober("late/one")
+    assert peer_set.remove_service(keys[1]) == {keys[1]}
+    queue = [key for key in keys if key != keys[1]] + ["late/one"]
+    kept = {key: key != "late/one" for key in queue}
+    assert peer_set.pending == len(queue)
+    with pytest.raises(ValueError, match="at least 1"):
+        peer_set.setup_pending(0)
+    done: list[str] = []
+    while peer_set.pending:
+        step = queue[len(done) : len(done) + 7]
+        changed = peer_set.setup_pending(7)
+        done += step
+        # The oldest first; exactly those of the step whose answer differs from the kept one.
+        now = {k: "node-0000" in reference_probers(k, nodes, 3) for k in step}
+        assert changed == {k for k in step if now[k] != kept[k]}
+        assert peer_set.pending == len(queue) - len(done)
+        assert peer_set.probed() == {k for k in done if "node-0000" in peer_set.probers(k)} | {
+            k for k in queue[len(done) :] if kept[k]
+        }
+    assert done == queue
+    assert peer_set.setup_pending(7) == set()
+    assert peer_set.probed() == (share - {keys[1]}) | (
+        {"late/one"} if "node-0000" in peer_set.probers("late/one") else set()
+    )
+    # Nothing pending: a Service added is set up at once.
+    extra = next(f"extra/{i}" for i in range(100) if "node-0000" in peer_set.probers(f"extra/{i}"))
+    assert peer_set.add_service(extra) == {extra} and peer_set.pending == 0
+
+
+def test_leaving_while_pending_drops_the_setup_and_returning_starts_it_over() -> None:
+    nodes = spread(9, ("a", "b", "c"))
+    keys = services(30)
+    peer_set = PeerSet("node-0000", 3)
+    for key in keys:
+        peer_set.add_service(key)
+    peer_set.sync(pods_of(nodes))
+    peer_set.setup_pending(10)
+    assert peer_set.pending == 20
+    probed = peer_set.probed()
+    assert set(pending_keys(peer_set)) <= probed  # still probed as while alone
+    # Not ready any more: nothing is kept, nothing waits, every answer False at once.
+    assert peer_set.apply("MODIFIED", pod("tw-node-0000", "node-0000", "a", state="unready")) == (
+        probed
+    )
+    assert peer_set.pending == 0 and peer_set.probed() == set()
+    # Ready again, in another zone: the whole setup again, in steps, not probed meanwhile.
+    assert peer_set.apply("MODIFIED", pod("tw-node-0000", "node-0000", "b")) == set()
+    assert peer_set.pending == len(keys) and peer_set.probed() == set()
+    nodes["node-0000"] = "b"
+    share = {key for key in keys if "node-0000" in reference_probers(key, nodes, 3)}
+    assert drain(peer_set, 4) == share == peer_set.probed()
+
+
+def test_becoming_alone_takes_effect_at_once_and_ready_again_keeps_probing_all() -> None:
+    nodes = spread(9, ("a", "b", "c"))
+    keys = services(60)
+    peer_set = agent("node-0000", nodes, keys, 3)
+    share = peer_set.probed()
+    assert 0 < len(share) < len(keys)
+    # Every peer gone, this agent too (one relist): alone, every Service probed at once.
+    assert peer_set.sync([]) == set(keys) - share
+    assert peer_set.alone and peer_set.pending == 0 and peer_set.probed() == set(keys)
+    # The peers back: each Service keeps the True it had while alone till its step.
+    assert peer_set.sync(pods_of(nodes)) == set()
+    assert peer_set.pending == len(keys) and peer_set.probed() == set(keys)
+    assert peer_set.setup_pending(7) == {key for key in keys[:7] if key not in share}
+    assert peer_set.probed() == set(keys) - (set(keys[:7]) - share)
+    # Alone again halfway: at once again, the rest of the setup dropped.
+    assert peer_set.sync([]) == set(keys[:7]) - share
+    assert peer_set.pending == 0 and peer_set.probed() == set(keys)
+    peer_set.sync(pods_of(nodes))
+    assert drain(peer_set) == set(keys) - share and peer_set.probed() == share
+
+
+def test_a_relist_that_redoes_the_setup_keeps_the_answers_till_each_step() -> None:
+    nodes = spread(9, ("a", "b", "c"))  # 3 a zone
+    keys = services(200)
+    peer_set = agent("node-0000", nodes, keys, 3)
+    probed = peer_set.probed()
+    # More new peers than this agent's zone has: the full setup again, the answers kept.
+    grown = nodes | {f"node-new-{i}": ("a", "b", "c")[i % 3] for i in range(12)}
+    assert peer_set.sync(pods_of(grown)) == set()
+    assert peer_set.pending == len(keys) and peer_set.probed() == probed
+    share = {key for key in keys if "node-0000" in reference_probers(key, grown, 3)}
+    assert share != probed
+    done: list[str] = []
+    while peer_set.pending:
+        step = keys[len(done) : len(done) + 9]
+        # Each step reports exactly the keys whose answer differs from the one kept.
+        assert peer_set.setup_pending(9) == {
+            key for key in step if (key in share) != (key in probed)
+        }
+        done += step
+        pending = set(keys[len(done) :])
+        assert peer_set.probed() == (share - pending) | (probed & pending)
+    assert peer_set.probed() == share
+    # This agent rejoining in another zone (its pod replaced): the same, in steps.
+    assert peer_set.apply("MODIFIED", pod("tw-node-0000", "node-0000", "b")) == set()
+    assert peer_set.pending == len(keys) and peer_set.probed() == share
+    moved = grown | {"node-0000": "b"}
+    after = {key for key in keys if "node-0000" in reference_probers(key, moved, 3)}
+    assert drain(peer_set, 5) == share ^ after and peer_set.probed() == after
+
+
+def test_every_agent_relisting_the_same_change_leaves_no_service_without_probers() -> None:
+    nodes = spread(12, ("a", "b", "c"))
+    keys = services(150)
+    agents = [agent(node, nodes, keys, 3) for node in nodes]
+    grown = nodes | {f"node-new-{i}": ("a", "b", "c")[i % 3] for i in range(15)}
+    for each in agents:
+        assert each.sync(pods_of(grown)) == set() and each.pending == len(keys)
+    # Till their steps, the agents probe what they probed: every Service keeps its 3 probers
+    # (had they paused instead, no Service would have any).
+    for key in keys:
+        assert sorted(a.self_node for a in agents if a.is_prober(key)) == sorted(
+            reference_probers(key, nodes, 3)
+        )
+    for each in agents:
+        drain(each)
+    for key in keys:
+        chosen = set(reference_probers(key, grown, 3))
+        assert {a.self_node for a in agents if a.is_prober(key)} == chosen & set(nodes)
+
+
+def test_services_made_pending_keep_the_answers_from_before_the_call() -> None:
+    # One event changing two nodes, this agent's among them, is applied as one change: the
+    # Services keep their answers from before it, not from halfway (n0 gone and n1 not yet
+    # there would be `alone`). The generated histories move pods between nodes like this.
+    peer_set = PeerSet("n1", 3)
+    peer_set.add_service("ns/a")
+    assert peer_set.sync([pod("tw-x", "n0")]) == {"ns/a"}  # a peer, not this agent
+    assert not peer_set.is_prober("ns/a")
+    assert peer_set.apply("MODIFIED", pod("tw-x", "n1")) == set()
+    assert peer_set.ready and peer_set.pending == 1 and not peer_set.is_prober("ns/a")
+    assert peer_set.setup_pending() == {"ns/a"} and peer_set.is_prober("ns/a")  # the only peer
+
+
+def test_a_surge_pod_of_this_agent_in_a_relist_starts_no_setup_over() -> None:
+    nodes = spread(9, ("a", "b", "c"))
+    keys = services(30)
+    peer_set = agent("node-0000", nodes, keys, 3)
+    probed = peer_set.probed()
+    assert probed
+    surge = [*pods_of(nodes), pod("tw-node-0000-new", "node-0000", "a")]
+    assert peer_set.sync(surge) == set()
+    assert peer_set.pending == 0 and peer_set.probed() == probed
+    assert peer_set.sync(surge[1:]) == set()  # the old pod gone, the new one stays
+    assert peer_set.pending == 0 and peer_set.probed() == probed
 
 
 # -- the cost claims, counted in hashes -------------------------------------------------------
@@ -460,10 +690,23 @@ def test_the_cost_of_each_change_in_hashes(monkeypatch: pytest.MonkeyPatch) -> N
     keys = services(100)
     me = "node-0000"  # zone a
     with counting_hashes(monkeypatch) as counts:
-        peer_set = agent(me, nodes, keys, 3)
-        # The setup: one hash per Service and peer of my zone (19 others + myself, at add),
-        # plus the zone order (3 zones) per Service.
-        assert counts["hash"] == len(keys) * (1 + 19 + 3)
+        peer_set = PeerSet(me, 3)
+        for key in keys:
+            peer_set.add_service(key)  # this agent's own score: one hash each
+        assert counts["hash"] == len(keys)
+        counts.clear()
+        # The first list leaves the setup pending: no hash. A peer event meanwhile skips the
+        # pending Services: no hash either.
+        peer_set.sync(pods_of(nodes))
+        peer_set.apply("ADDED", pod("tw-node-a-tmp", "node-a-tmp", "a"))
+        peer_set.apply("DELETED", pod("tw-node-a-tmp", "node-a-tmp", "a"))
+        assert counts["hash"] == 0 and peer_set.pending == len(keys)
+        # One step of n Services: one hash per Service and other peer of my zone (19), plus
+        # the zone order (3 zones) per Service.
+        peer_set.setup_pending(7)
+        assert counts["hash"] == 7 * (19 + 3)
+        drain(peer_set)
+        assert counts["hash"] == len(keys) * (19 + 3)
         counts.clear()
         # A peer joining or leaving another zone that keeps k peers or more: no hash at all.
         peer_set.apply("ADDED", pod("tw-node-b-new", "node-b-new", "b"))
