@@ -59,6 +59,8 @@ from exporter.kube.config import KubeConnection
 log = logging.getLogger("tailwatch.watch")
 
 MAX_LINE_BYTES = 32 * 1024 * 1024  # a watch event line larger than this is refused
+#: Events handled between two turns of the event loop: a burst never holds it for long.
+YIELD_EVERY = 32
 
 LIST_MODES = ("auto", "stream", "list")  # the `list_mode` of a Reflector (--list-mode)
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"  # annotates a streaming list's last bookmark
@@ -573,6 +575,10 @@ class Reflector:
                         listing = not self._initial_event(initial, etype, obj)
                     else:
                         self._event(etype, obj)
+                    if seen % YIELD_EVERY == 0:
+                        # One read can carry thousands of events (a burst that deletes half
+                        # the Services): let the prober and /healthz run between them.
+                        await asyncio.sleep(0)
         except ApiStatusError as exc:
             if listing and exc.code in (400, 422):
                 raise WatchListUnsupported(f"the server refused a streaming list: {exc}") from exc

@@ -8,13 +8,16 @@ on the `running` reflector runs with streaming lists and with lists + watch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from exporter.kube import watching
 from exporter.kube.config import KubeConnection, load_connection
 from exporter.kube.watching import (
     ApiSession,
@@ -341,3 +344,36 @@ async def test_a_watch_that_ends_at_once_is_an_error(unused_tcp_port: int) -> No
         assert len(reflector.delays) >= 3, "each short watch was followed by a backoff"
     finally:
         await runner.cleanup()
+
+
+async def test_a_burst_of_events_lets_the_event_loop_run_between_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of events can come in one read (a burst that deletes half the Services):
+    the reflector hands them over a few at a time, so the prober and /healthz keep running.
+    The stream here yields them without ever waiting, as one read's worth does."""
+    n = 1000
+
+    async def one_read(*args: object, **kwargs: object) -> AsyncIterator[tuple[str, Any]]:
+        for i in range(n):
+            meta = {"namespace": "default", "name": f"p{i}", "resourceVersion": str(i + 1)}
+            yield "MODIFIED", {"metadata": meta}
+
+    monkeypatch.setattr(watching, "stream_watch", one_read)
+    recorder = Recorder()
+    reflector = Reflector(SimpleNamespace(timing=FAST), NODE_A, recorder, list_mode="list")  # type: ignore[arg-type]
+    reflector._need_list = False  # resume a watch
+    turns: list[int] = []
+
+    async def other_work() -> None:
+        while True:
+            turns.append(len(recorder.delivered))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    await reflector._watch()
+    task.cancel()
+    assert len(recorder.delivered) == n
+    steps = [b - a for a, b in itertools.pairwise(turns)]
+    assert max(steps) <= watching.YIELD_EVERY
