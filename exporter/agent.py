@@ -487,9 +487,12 @@ class Agent:
         if self.peer_watch is None:
             return []
         namespace = self.settings.pod_namespace
+        # Only Running pods can be peers: the server leaves out the others (a pod being
+        # created or finished), which spares every agent their changes (docs/scale.md).
         spec = ResourceSpec(
             "peers",
             f"/api/v1/namespaces/{namespace}/pods",
+            field_selector="status.phase=Running",
             label_selector=self.settings.peer_selector,
         )
         return [reflector(spec, self.peer_watch, self.peers_health)]

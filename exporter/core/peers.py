@@ -120,7 +120,7 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
-from exporter.core.pods import MalformedObject
+from exporter.core.pods import MalformedObject, opt_mapping
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 ZONE_PREFIX = "zone:"
@@ -174,22 +174,13 @@ def _pod_key(obj: Mapping[str, Any]) -> str:
     return f"{namespace}/{name}"
 
 
-def _mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = obj.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise MalformedObject("bad_field", f"{where}.{key} is not an object")
-    return value
-
-
 def parse_peer(obj: Mapping[str, Any]) -> Peer | None:
     """The peer a pod body is, or None if it is not one now; raises `MalformedObject`."""
     _pod_key(obj)
     meta = obj["metadata"]
-    labels = _mapping(meta, "labels", "pod.metadata")
-    spec = _mapping(obj, "spec", "pod")
-    status = _mapping(obj, "status", "pod")
+    labels = opt_mapping(meta, "labels", "pod.metadata")
+    spec = opt_mapping(obj, "spec", "pod")
+    status = opt_mapping(obj, "status", "pod")
     node = spec.get("nodeName")
     if node is not None and not isinstance(node, str):
         raise MalformedObject("bad_field", "pod spec.nodeName is not a string")

@@ -110,7 +110,7 @@ def uid_of(obj: object) -> str | None:
     return uid if isinstance(uid, str) and uid else None
 
 
-def _opt_mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+def opt_mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = obj.get(key)
     if value is None:
         return {}
@@ -204,10 +204,10 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     uid = _name(metadata, "uid")
     name = _name(metadata, "name")
     namespace = _name(metadata, "namespace")
-    raw_labels = _opt_mapping(metadata, "labels", "metadata")
+    raw_labels = opt_mapping(metadata, "labels", "metadata")
     labels = {str(k): str(v) for k, v in raw_labels.items()}
-    spec = _opt_mapping(obj, "spec", "pod")
-    status = _opt_mapping(obj, "status", "pod")
+    spec = opt_mapping(obj, "spec", "pod")
+    status = opt_mapping(obj, "status", "pod")
 
     ready: bool | None = None
     disruption_reason = ""

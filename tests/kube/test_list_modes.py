@@ -21,26 +21,14 @@ from exporter.kube.watching import (
     LIST_MODES,
     ApiSession,
     Reflector,
-    ResourceSpec,
-    WatchTiming,
 )
 from exporter.settings import OPTIONS, ConfigError, load_settings
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.cluster import Cluster
 from exporter.simulator.faults import RequestRecord
 from tests.conftest import wait_for
+from tests.kube.test_reflector import FAST, NODE_A
 
-FAST = WatchTiming(
-    page_size=3,
-    min_watch_timeout=30,
-    inactivity_timeout=1.0,
-    request_timeout=5,
-    connect_timeout=2,
-    backoff_initial=0.01,
-    backoff_cap=0.05,
-    short_watch=0.3,
-)
-NODE_A = ResourceSpec("pods", "/api/v1/pods", field_selector="spec.nodeName=node-a")
 AGENT = "tailwatch/test node/node-a"
 
 
