@@ -67,6 +67,9 @@ log = logging.getLogger("tailwatch.agent")
 episode_log = logging.getLogger("tailwatch.episodes")
 
 EpisodeListener = Callable[[EpisodeChange], None]
+#: How long the counters of a Service this agent stopped reporting stay on /metrics (its
+#: endpoint events, episodes), so that Prometheus scrapes their last increments.
+FORGET_AFTER = 300.0
 _EPISODE_MESSAGES = {
     ChangeKind.OPENED: "episode opened",
     ChangeKind.CLOSED: "episode closed",
@@ -156,7 +159,8 @@ class Agent:
         self.peers: PeerSet | None = None
         self.peer_watch: PeerWatch | None = None
         self._peer_drain: asyncio.Task[None] | None = None
-        if settings.peer_selector and settings.pod_namespace:
+        self._draining = False
+        if settings.peer_discovery:
             self.peers = PeerSet(settings.node_name, settings.service_probers)
             self.peer_watch = PeerWatch(
                 self.peers, self.metrics, self._probers_changed, self._peers_listed
@@ -210,6 +214,7 @@ class Agent:
         self._probe_targets: dict[ServiceRef, frozenset[ProbeTarget]] = {}
         self._reported: set[ServiceRef] = set()
         self._client_services: set[ServiceRef] = set()
+        self._forget_at: dict[ServiceRef, float] = {}  # monotonic time to drop its counters
         self.service_watch = ServiceWatch(
             self.catalog, self.metrics, self._services_changed, self.clock
         )
@@ -279,8 +284,7 @@ class Agent:
         self._episode_changes(self.correlator.on_pod_event(event))
 
     def _correlate_endpoint_event(self, event: EndpointEvent) -> None:
-        view = self.catalog.endpoints.view(event.service)
-        self.correlator.endpoints_changed(event.service, view)
+        # The correlator has the Service's endpoints already (`_update_service` runs first).
         self._episode_changes(self.correlator.on_endpoint_event(event))
 
     def _on_probe_result(self, result: ProbeResult) -> None:
@@ -295,6 +299,8 @@ class Agent:
             self.episode_metrics.record(change)
             episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
             notify(self.episode_listeners, change)
+            if change.kind is not ChangeKind.OPENED:  # it may be all that kept it reported
+                self._update_service(change.episode.service)
 
     async def _correlate(self, stop: asyncio.Event) -> None:
         """Close settled episodes, judge recovery and look for tail spikes, on a fixed tick."""
@@ -309,6 +315,7 @@ class Agent:
                 frozen = True
             self.slice_watch.flush()
             self._episode_changes(self.correlator.tick(self.clock()))
+            self._forget_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -363,6 +370,17 @@ class Agent:
         longer."""
         self._services_changed({ServiceRef(*key.split("/", 1)) for key in keys})
 
+    def _forget(self, ref: ServiceRef) -> None:
+        self.metrics.forget_service(ref)
+        self.episode_metrics.forget_service(ref)
+
+    def _forget_due(self) -> None:
+        """Drop the counters of Services this agent stopped reporting FORGET_AFTER ago."""
+        now = self.monotonic()
+        for ref in [r for r, at in self._forget_at.items() if at <= now]:
+            del self._forget_at[ref]
+            self._forget(ref)
+
     def _drain_peers_soon(self) -> None:
         """The peer set's full setup (when this agent joins, or many peers change at once)
         costs O(Services x peers in its zone): it is done in steps of a few ms, between
@@ -376,8 +394,13 @@ class Agent:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a test feeding the agent by hand): all at once
-            while peers.pending:
-                self._probers_changed(peers.setup_pending())
+            if not self._draining:
+                self._draining = True
+                try:
+                    while peers.pending:
+                        self._probers_changed(peers.setup_pending())
+                finally:
+                    self._draining = False
             return
         self._peer_drain = loop.create_task(self._drain_peers(peers), name="peer-setup")
 
@@ -403,27 +426,38 @@ class Agent:
     def _update_service(self, ref: ServiceRef) -> None:
         catalog = self.catalog
         opted_in = catalog.opted_in(ref)
-        if self.peers is not None:
+        # The peer set learns the Services once the peers are listed (then all of them, set
+        # up in steps): before, this agent probes no address and the set has nothing to say.
+        if self.peer_watch is not None and self.peer_watch.synced:
             if opted_in:
-                self.peers.add_service(str(ref))
+                self.peer_watch.peers.add_service(str(ref))
             else:
-                self.peers.remove_service(str(ref))
+                self.peer_watch.peers.remove_service(str(ref))
         address = opted_in and self.probes_address(ref)
+        # An episode in progress keeps the Service reported until it has recovered: the
+        # node whose pod was evicted or rescheduled sees the end of its own episode.
         reported = opted_in and (
-            address or bool(catalog.local_endpoints(ref)) or ref in self._client_services
+            address
+            or bool(catalog.local_endpoints(ref))
+            or ref in self._client_services
+            or self.correlator.has_episode(ref)
         )
         if reported:
             self._reported.add(ref)
+            self._forget_at.pop(ref, None)
             self.correlator.add_service(ref)
             self.correlator.endpoints_changed(ref, catalog.endpoints.view(ref))
         elif ref in self._reported:
             self._reported.discard(ref)
             self.correlator.remove_service(ref)
-            self.metrics.forget_service(ref)
-            self.episode_metrics.forget_service(ref)
+            # Its counters stay a while, so that Prometheus scrapes their last increments.
+            self._forget_at[ref] = self.monotonic() + FORGET_AFTER
         if not opted_in:
-            self._client_services.discard(ref)
-            self.client_latency.forget(ref)
+            self._forget_at.pop(ref, None)
+            self._forget(ref)
+            if ref in self._client_services:
+                self._client_services.discard(ref)
+                self.client_latency.forget(ref)
         wanted = frozenset(
             ProbeTarget.from_spec(t) for t in catalog.targets_of(ref, address=address)
         )
@@ -468,18 +502,22 @@ class Agent:
     def _address_probing(self) -> dict[str, Any]:
         """How Service addresses are shared among the agents, for /api/v1/targets."""
         k = self.settings.service_probers
-        if self.peers is None:
+        if self.peer_watch is None:
             return {"mode": "alone", "reason": "peer discovery is off", "k": k, "peers": 0}
-        if self.peers.alone:
+        if not self.peer_watch.synced:
+            return {"mode": "waiting", "reason": "the peers are not listed yet", "k": k,
+                    "peers": 0}  # fmt: skip
+        peers = self.peer_watch.peers
+        if peers.alone:
             reason = f"no ready pod matches {self.settings.peer_selector!r}"
             return {"mode": "alone", "reason": f"{reason} in {self.settings.pod_namespace}",
                     "k": k, "peers": 0}  # fmt: skip
         return {
-            "mode": "shared" if self.peers.ready else "waiting",
-            "reason": "" if self.peers.ready else "this agent's own pod is not a ready peer yet",
+            "mode": "shared" if peers.ready else "waiting",
+            "reason": "" if peers.ready else "this agent's own pod is not a ready peer yet",
             "k": k,
-            "peers": self.peers.peers,
-            "zones": self.peers.zones,
+            "peers": peers.peers,
+            "zones": peers.zones,
         }
 
     def _peer_reflectors(self, reflector: Callable[..., Reflector]) -> list[Reflector]:

@@ -486,6 +486,11 @@ class Correlator:
         if ref not in self.services:
             self.services[ref] = _ServiceView(ref)
 
+    def has_episode(self, ref: ServiceRef) -> bool:
+        """Is an episode of `ref` open, or closed and waiting for its recovery?"""
+        view = self.services.get(ref)
+        return view is not None and view.episode is not None
+
     def remove_service(self, ref: ServiceRef) -> None:
         """Forget `ref` with its episode (gone, or this agent no longer has latency for it)."""
         if self.services.pop(ref, None) is not None:

@@ -205,7 +205,7 @@ class EndpointTracker:
         self._by_service: dict[ServiceRef, dict[str, EndpointSliceSnapshot]] = {}
         self._views: dict[ServiceRef, dict[str, Endpoint]] = {}
         self._counts: dict[ServiceRef, EndpointCounts] = {}
-        self._addresses: dict[str, dict[ServiceRef, int]] = {}
+        self._addresses: dict[str, set[ServiceRef]] = {}  # the Services of each address
         self._recent: OrderedDict[tuple[ServiceRef, str], tuple[float, Endpoint]] = OrderedDict()
         self._recent_window = recent_window
         self._max_recent = max_recent
@@ -275,7 +275,7 @@ class EndpointTracker:
         return self._counts.get(service, EndpointCounts())
 
     def service_of_address(self, address: str) -> ServiceRef | None:
-        services = self._addresses.get(address) or {}
+        services = self._addresses.get(address, ())
         return min((s for s in services if self._reported(s)), key=str, default=None)
 
     # -- storage (views are recomputed by `_merge`) ------------------------------------------
@@ -295,11 +295,12 @@ class EndpointTracker:
 
     def _merge(self, service: ServiceRef) -> None:
         """Recompute the Service's view, counts and addresses from its slices."""
-        for endpoint in self._views.pop(service, {}).values():
-            refs = self._addresses[endpoint.address]
-            del refs[service]
+        # Endpoints of one Service may share an address (hostNetwork pods on one node).
+        for address in {e.address for e in self._views.pop(service, {}).values()}:
+            refs = self._addresses[address]
+            refs.discard(service)
             if not refs:
-                del self._addresses[endpoint.address]
+                del self._addresses[address]
         self._counts.pop(service, None)
         slices = self._by_service.get(service)
         if slices is None:
@@ -313,7 +314,7 @@ class EndpointTracker:
                     merged[endpoint.identity] = endpoint
         self._views[service] = merged
         for endpoint in merged.values():
-            self._addresses.setdefault(endpoint.address, {})[service] = 1
+            self._addresses.setdefault(endpoint.address, set()).add(service)
         values = merged.values()
         self._counts[service] = EndpointCounts(
             ready=sum(e.ready for e in values),
@@ -394,7 +395,7 @@ class EndpointTracker:
         changed: set[ServiceRef] = set()
         quiet: set[ServiceRef] = set()
         for uid, snapshot in fresh.items():
-            if self._slices.get(uid) != snapshot:
+            if uid in self._held or self._slices.get(uid) != snapshot:  # held: it came back
                 self._put(snapshot, now, changed, quiet)
         for uid in [u for u in self._slices if u not in fresh]:
             self._remove(uid, now, changed)

@@ -56,7 +56,8 @@ Cost (a DaemonSet at 5,000 nodes, 1,000+ opted-in Services, a few zones)
       and not even those while the zone keeps at least k peers (a zone with k peers or more
       is never short of peers for its slots), which is the common case at scale;
     - a zone appearing or disappearing re-ranks the zones: O(Services x zones) hashes;
-    - `add_service` costs O(peers in this agent's zone) hashes, `remove_service` O(1);
+    - `add_service` costs O(1) and, at the Service's `setup_pending` step, O(peers in this
+      agent's zone) hashes; `remove_service` O(1);
     - the full setup, when this agent first becomes a ready peer (normally once, after the
       first list), costs O(Services x peers in this agent's zone) hashes: about 1.7 million
       for 1,000 Services and 5,000 peers in 3 zones, about a second of CPU, once. A relist
@@ -333,20 +334,19 @@ class PeerSet:
     # -- Services ---------------------------------------------------------------------------
 
     def add_service(self, key: str) -> set[str]:
-        """Track Service `key`: O(peers in this agent's zone). Returns {key} if probed.
+        """Track Service `key`: O(1). Returns {key} if probed.
 
-        While a setup is pending it only joins the queue (O(1)), answering False till its step
-        (it has no previous answer to keep).
+        While this agent is a ready peer, its setup (O(peers in this agent's zone)) joins the
+        queue of `setup_pending`, answering False till its step (it has no previous answer to
+        keep): a first list of many Services is then set up in steps too, never in one call.
         """
         if key in self._services:
             return set()
         service = _Service(key, self._self_name)
         self._services[key] = service
-        if self._pending:
+        if self._pending or self.ready:
             service.pending = True
             self._pending[key] = service
-        elif self.ready:
-            self._setup(service, self._my_zone_others())
         return self._evaluate([service])
 
     def remove_service(self, key: str) -> set[str]:

@@ -371,6 +371,15 @@ class ProbeLedger:
         """Targets come and go: O(the targets changed). A target's series go with it unless
         another target has the same labels; a failure counter (no pod label) goes when no
         target shares its labels."""
+        # Adds first: a target replaced by one with the same labels (a new interval or
+        # address) keeps its series.
+        for target in add:
+            if target in self.statuses:
+                continue
+            self.statuses[target] = TargetStatus(target)
+            self._series_refs[target.series] = self._series_refs.get(target.series, 0) + 1
+            fkey = target.series[:3]
+            self._failure_refs[fkey] = self._failure_refs.get(fkey, 0) + 1
         for target in remove:
             if self.statuses.pop(target, None) is None:
                 continue
@@ -380,13 +389,6 @@ class ProbeLedger:
             if self._release(self._failure_refs, target.series[:3]):
                 for reason in FailureReason:
                     self.failures.pop((*target.series[:3], reason.value), None)
-        for target in add:
-            if target in self.statuses:
-                continue
-            self.statuses[target] = TargetStatus(target)
-            self._series_refs[target.series] = self._series_refs.get(target.series, 0) + 1
-            fkey = target.series[:3]
-            self._failure_refs[fkey] = self._failure_refs.get(fkey, 0) + 1
 
     @staticmethod
     def _release(refs: dict[Any, int], key: Any) -> bool:

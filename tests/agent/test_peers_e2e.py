@@ -12,9 +12,10 @@ import aiohttp
 
 from exporter import __version__
 from exporter.agent import Agent
+from exporter.core.peers import PeerSet
 from exporter.core.services import ServiceRef
 from exporter.simulator import ApiServer, objects
-from exporter.simulator.services import service
+from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
 from tests.agent.conftest import loopback_backend, probed_web_service, running_agent
 from tests.conftest import wait_for
 
@@ -177,3 +178,55 @@ def probing_refs(agent: Agent) -> set[ServiceRef]:
     return {
         ServiceRef(t.namespace, t.service) for t in agent.prober.targets if t.target == "service"
     }
+
+
+async def test_the_node_that_loses_an_endpoint_sees_its_episode_through(
+    api: ApiServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """node-a is not one of the Service's k probers but hosts its endpoint: the endpoint
+    goes not ready (an episode opens here) and its pod is rescheduled to node-b. node-a
+    keeps the Service, its events and its episode until the episode is over."""
+    for node in ("node-a", "node-b", "node-c", "node-d"):
+        api.store.create("pods", peer_pod(node))
+    name = next(f"db-{i}" for i in range(100) if "node-a" not in probers_of(f"default/db-{i}"))
+    db = service(name, cluster_ip="127.43.0.1", ports=(("pg", 5432, 5432),))
+    api.store.create("services", db)
+
+    def slice_on(node: str, *, ready: bool = True) -> dict[str, Any]:
+        pod = objects.statefulset_pod(name, 0, node=node, pod_ip="127.43.1.1", seed=ord(node[-1]))
+        if not ready:
+            pod = objects.mark_not_ready(pod, 10.0)
+        return endpoint_slice(db, [endpoint_of_pod(pod)], ports=(("pg", 5432),))
+
+    def put(body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        try:
+            current = api.store.get("endpointslices", "default", meta["name"])
+        except Exception:
+            api.store.create("endpointslices", body)
+            return
+        meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        api.store.update("endpointslices", body)
+
+    put(slice_on("node-a"))
+    ref = ServiceRef("default", name)
+    async with sharing_agent(kubeconfig, tmp_path, "node-a") as agent:
+        await wait_for(lambda: agent.peers is not None and agent.peers.peers == 4
+                       and not agent.peers.pending, "the peers")  # fmt: skip
+        assert not agent.probes_address(ref) and agent.reports(ref)  # it hosts the endpoint
+        put(slice_on("node-a", ready=False))
+        await wait_for(lambda: agent.correlator.has_episode(ref) or None, "an episode here")
+        put(slice_on("node-b"))  # rescheduled: gone from node-a, back on node-b
+        await wait_for(lambda: "moved" in events_of(agent, ref) or None, "the move seen here")
+        assert agent.reports(ref) and agent.correlator.has_episode(ref)
+
+
+def events_of(agent: Agent, ref: ServiceRef) -> set[str]:
+    return {k[2] for k in agent.metrics.endpoint_events if k[:2] == (ref.namespace, ref.name)}
+
+
+def probers_of(key: str) -> list[str]:
+    """The k probers of a Service among node-a to node-d, as every agent computes them."""
+    peers = PeerSet("node-x", K)
+    peers.sync([peer_pod(n) for n in ("node-a", "node-b", "node-c", "node-d")])
+    return peers.probers(key)

@@ -537,9 +537,10 @@ def test_the_setup_is_pending_until_done_in_steps_oldest_first() -> None:
     assert peer_set.probed() == (share - {keys[1]}) | (
         {"late/one"} if "node-0000" in peer_set.probers("late/one") else set()
     )
-    # Nothing pending: a Service added is set up at once.
+    # A Service added later waits for its step too (never a setup inside add_service).
     extra = next(f"extra/{i}" for i in range(100) if "node-0000" in peer_set.probers(f"extra/{i}"))
-    assert peer_set.add_service(extra) == {extra} and peer_set.pending == 0
+    assert peer_set.add_service(extra) == set() and peer_set.pending == 1
+    assert peer_set.setup_pending(7) == {extra} and peer_set.pending == 0
 
 
 def test_leaving_while_pending_drops_the_setup_and_returning_starts_it_over() -> None:
@@ -720,8 +721,11 @@ def test_the_cost_of_each_change_in_hashes(monkeypatch: pytest.MonkeyPatch) -> N
         peer_set.apply("ADDED", pod("tw-node-d", "node-d", "d"))
         assert counts["hash"] == len(keys) * 4
         counts.clear()
-        # A Service added: its own score, one per peer of my zone, its zone order.
+        # A Service added: its own score now; at its step one per peer of my zone and its
+        # zone order.
         peer_set.add_service("new/service")
+        assert counts["hash"] == 1
+        peer_set.setup_pending(1)
         assert counts["hash"] == 1 + 20 + 4
         counts.clear()
         # A relist that changes nothing costs nothing; one that changes a peer costs that

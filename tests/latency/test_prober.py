@@ -355,3 +355,20 @@ async def test_http_probe_reads_whole_responses(
     if detail is not None:
         assert outcome.detail == detail
     assert (outcome.completed_ns is not None) == (reason in (None, FailureReason.BAD_STATUS))
+
+
+def test_a_target_replaced_by_one_with_the_same_labels_keeps_its_series() -> None:
+    """A new probe interval or address (an annotation changed, a pod IP reused) makes a new
+    target, but the same series: its counts go on, they do not start again from zero."""
+    prober = Prober()
+    old = endpoint("web-0", "127.0.0.15", 8080, interval=1.0)
+    new = endpoint("web-0", "127.0.0.16", 8080, interval=0.5)
+    prober.set_targets([old])
+    prober.ledger.record(old, 0, 0.004, None, at=1.0)
+    prober.ledger.record(old, 1, 5.0, FailureReason.TIMEOUT, at=2.0)
+    prober.update_targets([old], [new])
+    [series] = prober.ledger.durations.values()
+    assert series.fine.count == 2
+    assert list(prober.ledger.failures.values()) == [1]
+    prober.update_targets([new], [])
+    assert prober.ledger.durations == {} and prober.ledger.failures == {}

@@ -154,3 +154,18 @@ def test_nil_conditions_follow_the_api_semantics() -> None:
     endpoint = tracker.view(REF)["shop/web-0"]
     assert (endpoint.ready, endpoint.serving, endpoint.terminating) == (True, True, False)
     assert K.MOVED.value == "moved"
+
+
+def test_endpoints_sharing_an_address_are_kept_apart() -> None:
+    """hostNetwork pods of one workload on one node share the node's address (a surge
+    during a rollout): both are endpoints, and the address still maps to the Service."""
+    old = pod("web-0", "a")
+    new = pod("web-1", "a")
+    new["status"]["podIP"] = old["status"]["podIP"]
+    tracker = synced(slice_of(old, new))
+    assert set(tracker.view(REF)) == {"shop/web-0", "shop/web-1"}
+    events = tracker.apply("MODIFIED", slice_of(new), 1.0)
+    assert kinds(events) == [("removed", "shop/web-0")]
+    assert tracker.service_of_address(new["status"]["podIP"]) == REF
+    assert tracker.apply("MODIFIED", slice_of(), 2.0) != []
+    assert tracker.service_of_address(new["status"]["podIP"]) is None

@@ -180,3 +180,15 @@ def test_a_change_touches_only_its_service() -> None:
     agent.catalog.take_changed()
     changed = agent.slice("MODIFIED", web_slice(pod(0)), T0 + 10)
     assert changed == {REF}
+
+
+def test_a_held_slice_back_in_a_relist_is_not_reported_removed(opted_in: Agent) -> None:
+    """The slice left the selector and came back while the watch was away: the relist has
+    it again, unchanged, so nothing was removed."""
+    body = web_slice(pod(0), pod(1, "node-b"))
+    opted_in.slice("DELETED", body, T0 + 10)
+    assert opted_in.catalog.endpoints.held == 1
+    opted_in.events += opted_in.catalog.endpoints.sync([body], T0 + 11).events
+    opted_in.tick(T0 + 60)
+    assert opted_in.events == []
+    assert opted_in.catalog.endpoints.counts_of(REF).ready == 2  # type: ignore[union-attr]
