@@ -594,7 +594,6 @@ class ApiServer:
     async def _watch(
         self, request: web.Request, record: RequestRecord, route: _Route, params: Mapping[str, str]
     ) -> web.StreamResponse:
-        record.served_from = "cache"  # every watch, streaming lists included
         selection = self._selection(route, params)
         allow_bookmarks = bool(_bool_param(params, "allowWatchBookmarks"))
         timeout = _int_param(params, "timeoutSeconds") or 0
@@ -626,6 +625,7 @@ class ApiServer:
         requested = _resource_version(value) if value else 0
         if requested > self.store.resource_version:
             raise too_large_resource_version(requested, self.store.resource_version)
+        record.served_from = "cache"  # every watch that passed the checks, streaming lists too
         # "" and "0" (and sendInitialEvents) start with the current state as ADDED events;
         # with sendInitialEvents and NotOlderThan, that state is at least `requested`.
         since = None if send_initial or requested == 0 else requested

@@ -244,6 +244,7 @@ async def test_a_server_without_streaming_lists_refuses_them(
     code, body = await get_json(http, "/api/v1/pods", watch="1", **STREAMING_LIST)
     assert code == 422 and body["reason"] == "Invalid"
     assert "sendInitialEvents is forbidden for watch" in body["message"]
+    assert server.requests.cache_reads() == []  # refused: nothing was read
     async with await open_watch(http) as resp:  # plain watches still work
         assert (await reader(resp).event())["type"] == "ADDED"
     server.faults.clear()
