@@ -125,10 +125,15 @@ class ServiceCatalog:
         created = parse_time(meta.get("creationTimestamp")) if isinstance(meta, Mapping) else None
         return created is None or created < now - self.endpoints.grace
 
-    def _put(self, obj: Mapping[str, Any], now: float) -> ServiceRef:
+    @staticmethod
+    def _ref(obj: Mapping[str, Any]) -> ServiceRef:
         ref = service_ref(obj)
         if ref is None:
             raise MalformedObject("missing_field", "service metadata.name/namespace missing")
+        return ref
+
+    def _put(self, obj: Mapping[str, Any], now: float) -> ServiceRef:
+        ref = self._ref(obj)
         if not is_opted_in(obj):
             self._remove(ref)  # the label was removed: not ours any more
             return ref
@@ -158,11 +163,8 @@ class ServiceCatalog:
         for obj in objects:
             try:
                 seen.add(self._put(obj, now))
-            except MalformedObject as exc:
+            except MalformedObject as exc:  # no name: nothing known of it to keep
                 malformed.append(exc)
-                ref = service_ref(obj)
-                if ref is not None:
-                    seen.add(ref)  # unreadable now: keep what we knew
         for ref in [r for r in (*self.specs, *self.skipped) if r not in seen]:
             self._remove(ref)
         self._services_synced = True
@@ -171,10 +173,7 @@ class ServiceCatalog:
     def apply_service(self, event_type: str, obj: Mapping[str, Any], now: float) -> None:
         """One Service watch event; raises `MalformedObject`."""
         if event_type == "DELETED":
-            ref = service_ref(obj)
-            if ref is None:
-                raise MalformedObject("missing_field", "service metadata.name/namespace missing")
-            self._remove(ref)
+            self._remove(self._ref(obj))
             return
         self._put(obj, now)
 

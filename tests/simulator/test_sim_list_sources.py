@@ -4,7 +4,6 @@ client cost, a watch cache that lags, streaming lists and servers without them."
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -12,17 +11,7 @@ import pytest
 
 from exporter.simulator import ApiServer
 from exporter.simulator.faults import RequestRecord
-
-Factory = Callable[..., dict[str, Any]]
-
-
-async def get_json(http: aiohttp.ClientSession, path: str, **params: str) -> tuple[int, Any]:
-    async with http.get(path, params=params) as resp:
-        return resp.status, await resp.json()
-
-
-def names(body: dict[str, Any]) -> list[str]:
-    return [item["metadata"]["name"] for item in body["items"]]
+from tests.simulator.test_sim_protocol import Factory, get_json, names
 
 
 def last(server: ApiServer) -> RequestRecord:
