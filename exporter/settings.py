@@ -217,6 +217,30 @@ def parse_optional_path(text: str) -> str | None:
     return text.strip() or None
 
 
+AUTH_MODES = ("none", "kubernetes")
+OTLP_SOURCES = ("local", "any")
+
+
+def parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def parse_optional_duration(text: str) -> float | None:
+    """A duration, or empty / 0 for none."""
+    if not text.strip():
+        return None
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ValueError(f"{text!r} must not be negative")
+    return seconds or None
+
+
 def parse_directory(text: str) -> Path:
     path = Path(text.strip())
     if not path.is_dir():
@@ -267,6 +291,57 @@ OPTIONS: tuple[Option, ...] = (
         ":4318",
     ),
     Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
+    # Security (docs/security.md).
+    Option(
+        "tls-cert-file",
+        "serve --listen over TLS with this certificate (PEM, with its chain); re-read when "
+        "it changes. Needs --tls-key-file",
+        parse_optional_path,
+        default="",
+    ),
+    Option(
+        "tls-key-file",
+        "the private key of --tls-cert-file (PEM); re-read when it changes",
+        parse_optional_path,
+        default="",
+    ),
+    Option(
+        "auth",
+        "who may read /metrics and the JSON API: none (anyone who reaches --listen) or "
+        "kubernetes (a bearer token checked with a TokenReview, allowed by a "
+        "SubjectAccessReview for the URL with verb get; needs TLS). /healthz and /readyz "
+        "stay open",
+        parse_choice(AUTH_MODES),
+        "none",
+    ),
+    Option(
+        "auth-cache-ttl",
+        "how long a TokenReview or SubjectAccessReview answer is reused",
+        parse_positive_duration,
+        "1m",
+    ),
+    Option(
+        "otlp-sources",
+        "who may send OTLP: local (the IPs of the pods on this node and the node's own "
+        "addresses) or any",
+        parse_choice(OTLP_SOURCES),
+        "local",
+    ),
+    # Bounded series (docs/metrics.md, *Cardinality*).
+    Option(
+        "series-ttl",
+        "series of a workload with no pod left on this node (its lifecycle events, startup "
+        "and termination times) are dropped this long after its last pod left; 0 keeps them",
+        parse_optional_duration,
+        "15m",
+    ),
+    Option(
+        "series-limit",
+        "most label sets of one metric family; new ones past it are dropped and counted in "
+        'tailwatch_dropped_total{reason="series_limit"}',
+        parse_positive_int,
+        "10000",
+    ),
     Option("log-level", "debug, info, warning or error", parse_log_level, "info"),
     Option(
         "list-mode",
@@ -355,6 +430,13 @@ class Settings:
     otlp_listen: ListenAddress | None
     sample_interval: float
     log_level: str
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    auth: str = "none"  # none or kubernetes: see exporter.server
+    auth_cache_ttl: float = 60.0
+    otlp_sources: str = "local"  # local or any: see exporter.otlp.receiver
+    series_ttl: float | None = 900.0  # None: workload series never expire
+    series_limit: int = 10000
     list_mode: str = "auto"  # auto, stream or list: see exporter.kube.watching
     episode_settle: float = 30.0
     baseline_window: float = 300.0
@@ -366,6 +448,10 @@ class Settings:
     service_probers: int = 3
     peer_selector: str = "app.kubernetes.io/name=tailwatch"
     pod_namespace: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def peer_discovery(self) -> bool:
@@ -419,4 +505,17 @@ def load_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -
             resolved[option.attr] = option.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-    return Settings(**resolved)
+    settings = Settings(**resolved)
+    check_settings(settings)
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """What no single option can check alone."""
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ConfigError("--tls-cert-file and --tls-key-file go together: set both or neither")
+    if settings.auth == "kubernetes" and not settings.tls:
+        raise ConfigError(
+            "--auth=kubernetes reads bearer tokens from requests: serve them over TLS "
+            "(--tls-cert-file and --tls-key-file)"
+        )
