@@ -304,6 +304,23 @@ class ApiSession:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectionFailed(f"{self.connection.host}: {exc or type(exc).__name__}") from exc
 
+    async def post(
+        self, path: str, body: Mapping[str, Any], client_timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """POST a JSON object (a TokenReview, a SubjectAccessReview); the caller reads and
+        releases the response."""
+        assert self._session is not None, "ApiSession used outside `async with`"
+        headers = await self.connection.auth_headers()
+        try:
+            return await self._session.post(
+                self.connection.host + path,
+                json=dict(body),
+                headers=headers,
+                timeout=client_timeout,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectionFailed(f"{self.connection.host}: {exc or type(exc).__name__}") from exc
+
 
 async def list_objects(
     api: ApiSession,
