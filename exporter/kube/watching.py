@@ -47,6 +47,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,13 @@ class ConnectionFailed(WatchError):
     reason = "connection_error"
 
 
+class TlsFailed(ConnectionFailed):
+    """The TLS handshake failed: the server's certificate is not signed by the configured CA
+    or not for the name asked for, or the server refused our client certificate."""
+
+    reason = "tls_error"
+
+
 class Backoff:
     """client-go's exponential backoff manager: doubling from `initial` to `cap`, with jitter
     up to 100% of the delay, reset after `reset_after` seconds without a failure."""
@@ -275,8 +283,17 @@ class ApiSession:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiSession:
+        connection = self.connection
+        if connection.ssl_context is not None and not connection.verify:
+            log.warning(
+                "TLS verification of the API server %s is OFF (insecure-skip-tls-verify in "
+                "%s): anyone who can intercept the connection can impersonate it and read "
+                "the agent's credentials",
+                connection.host,
+                connection.source,
+            )
         connector = aiohttp.TCPConnector(
-            ssl=self.connection.ssl_context if self.connection.ssl_context else False
+            ssl=connection.ssl_context if connection.ssl_context else False
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -295,14 +312,16 @@ class ApiSession:
         assert self._session is not None, "ApiSession used outside `async with`"
         headers = await self.connection.auth_headers()
         try:
-            return await self._session.get(
+            resp = await self._session.get(
                 self.connection.host + path,
                 params=dict(params),
                 headers=headers,
                 timeout=client_timeout,
+                server_hostname=self.connection.server_name,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ConnectionFailed(f"{self.connection.host}: {exc or type(exc).__name__}") from exc
+            raise self._failed(exc) from exc
+        return self._checked(resp)
 
     async def post(
         self, path: str, body: Mapping[str, Any], client_timeout: aiohttp.ClientTimeout
@@ -312,14 +331,33 @@ class ApiSession:
         assert self._session is not None, "ApiSession used outside `async with`"
         headers = await self.connection.auth_headers()
         try:
-            return await self._session.post(
+            resp = await self._session.post(
                 self.connection.host + path,
                 json=dict(body),
                 headers=headers,
                 timeout=client_timeout,
+                server_hostname=self.connection.server_name,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ConnectionFailed(f"{self.connection.host}: {exc or type(exc).__name__}") from exc
+            raise self._failed(exc) from exc
+        return self._checked(resp)
+
+    def _checked(self, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        if resp.status == 401:
+            # As client-go: a token file the kubelet rotated is read again at the next
+            # request, not only when its refresh period ends.
+            self.connection.credentials_rejected()
+        return resp
+
+    def _failed(self, exc: BaseException) -> ConnectionFailed:
+        message = f"{self.connection.host}: {exc or type(exc).__name__}"
+        # An alert after the handshake (a server refusing our client certificate under TLS
+        # 1.3) comes as a ClientOSError caused by the SSLError.
+        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)) or isinstance(
+            exc.__cause__, ssl.SSLError
+        ):
+            return TlsFailed(message)
+        return ConnectionFailed(message)
 
 
 async def list_objects(
