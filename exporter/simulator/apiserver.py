@@ -27,7 +27,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
@@ -38,6 +38,7 @@ from exporter.simulator.faults import Faults, InjectedFailure, OpenWatch, Reques
 from exporter.simulator.kubeconfig import kubeconfig_dict, write_kubeconfig
 from exporter.simulator.patching import apply_patch
 from exporter.simulator.resources import RESOURCES, Object, ResourceType
+from exporter.simulator.reviews import Reviews
 from exporter.simulator.selectors import (
     SelectorError,
     parse_field_selector,
@@ -53,6 +54,7 @@ from exporter.simulator.status import (
     unauthorized,
 )
 from exporter.simulator.store import HistoryCompacted, HistoryEvent, Store, Subscription
+from exporter.simulator.tls import ServerTls, client_certificate_user
 from exporter.simulator.watch import Selection, Waker, bookmark, encode_event, watch_event
 
 log = logging.getLogger("tailwatch.simulator")
@@ -217,14 +219,26 @@ class ApiServer:
         ssl_context: ssl.SSLContext | None = None,
         certificate_authority: bytes | None = None,
         user: str = "tailwatch",
+        tls: ServerTls | None = None,
+        tokens: Iterable[str] = (),
     ) -> None:
-        """`token`: require `Authorization: Bearer <token>` (else 401). `bookmark_interval`:
+        """`token`: require `Authorization: Bearer <token>` (else 401); `tokens` are accepted
+        too, and `accepted_tokens` may be changed while serving (a rotation). `bookmark_interval`:
         seconds between BOOKMARK events on watches that allow them. `clock` stamps objects.
-        `ssl_context`: serve https; `certificate_authority` (PEM of the CA that signed its
-        certificate) goes into written kubeconfigs. `user` names the client in 403 messages."""
+        `ssl_context` or `tls`: serve https (`tls` may verify client certificates, which then
+        authenticate a request like a token); `certificate_authority` (PEM of the CA that signed
+        its certificate) goes into written kubeconfigs. `user` names the client in 403 messages."""
         self.host = host
         self.port = port
         self.token = token
+        self.accepted_tokens: set[str] = {*tokens, *((token,) if token is not None else ())}
+        self.tls = tls
+        if tls is not None:
+            ssl_context = ssl_context or tls.server_context()
+        # Once any credential is configured every request needs one, even if a test empties
+        # `accepted_tokens`.
+        self._require_auth = bool(self.accepted_tokens) or bool(tls and tls.client_ca_file)
+        self.client_users: set[str] = set()  # users authenticated by a client certificate
         self.bookmark_interval = bookmark_interval
         self.store = store if store is not None else Store(clock=clock, history_limit=history_limit)
         self.ssl_context = ssl_context
@@ -232,6 +246,7 @@ class ApiServer:
         self.user = user
         self.faults = Faults()
         self.requests = RequestLog()
+        self.reviews = Reviews()  # TokenReviews and SubjectAccessReviews (reviews.py)
         self._runner: web.AppRunner | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -280,19 +295,24 @@ class ApiServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def kubeconfig(self, namespace: str | None = None) -> dict[str, Any]:
-        """A kubeconfig dict for this server: its URL, token and CA."""
-        return kubeconfig_dict(
-            self.url,
-            token=self.token,
-            certificate_authority=self.certificate_authority,
-            insecure_skip_tls_verify=bool(self.ssl_context and self.certificate_authority is None),
-            namespace=namespace,
-        )
+    def kubeconfig(self, namespace: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """A kubeconfig dict for this server: its URL, token and CA; `overrides` are
+        `kubeconfig_dict`'s arguments (a client certificate, tls-server-name, another CA)."""
+        arguments: dict[str, Any] = {
+            "token": self.token,
+            "certificate_authority": self.certificate_authority,
+            "insecure_skip_tls_verify": bool(
+                self.ssl_context and self.certificate_authority is None
+            ),
+            "namespace": namespace,
+        }
+        return kubeconfig_dict(self.url, **{**arguments, **overrides})
 
-    def write_kubeconfig(self, path: str | os.PathLike[str], namespace: str | None = None) -> Path:
+    def write_kubeconfig(
+        self, path: str | os.PathLike[str], namespace: str | None = None, **overrides: Any
+    ) -> Path:
         """Write a kubeconfig for this server to `path` (mode 0600); returns the path."""
-        return write_kubeconfig(path, self.kubeconfig(namespace))
+        return write_kubeconfig(path, self.kubeconfig(namespace, **overrides))
 
     # ---- routing ---------------------------------------------------------------------------
 
@@ -379,16 +399,26 @@ class ApiServer:
         return response
 
     def _authenticated(self, request: web.Request) -> bool:
+        """A bearer token in `accepted_tokens`, or a client certificate the handshake
+        verified against the client CA."""
         scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and credential.strip() == self.token
+        if scheme.lower() == "bearer" and credential.strip() in self.accepted_tokens:
+            return True
+        transport = request.transport
+        user = client_certificate_user(transport.get_extra_info("peercert") if transport else None)
+        if user is not None:
+            self.client_users.add(user)
+        return user is not None
 
     async def _serve(
         self, request: web.Request, route: _Route, params: dict[str, str], record: RequestRecord
     ) -> web.StreamResponse:
-        if self.token is not None and not self._authenticated(request):
+        if self._require_auth and not self._authenticated(request):
             raise unauthorized()
         if self.faults.delay > 0:
             await asyncio.sleep(self.faults.delay)
+        if (review := self.reviews.route(request.path)) is not None:
+            return await self.reviews.serve(review, request, record, self.faults, self.user)
         if route.document is not None:
             if route.verb == "-":
                 raise ApiError(
