@@ -30,7 +30,10 @@ class Hierarchies:
 
     On v2 everything is read from `unified`. On v1 and hybrid, `cpu`, `cpuacct` and
     `memory` are the controller roots (often `cpu` and `cpuacct` are symlinks to one
-    co-mounted `cpu,cpuacct`), and on hybrid `unified` holds the PSI files.
+    co-mounted `cpu,cpuacct`, or both are that co-mount; mounted apart works too), and on
+    hybrid `unified` holds the PSI files. Only the discovery hierarchy says whether a
+    container's cgroup exists: the others may have no directory for it (the cgroupfs
+    driver on a hybrid host creates none under `unified`), which only removes signals.
     """
 
     mode: CgroupMode
@@ -41,8 +44,10 @@ class Hierarchies:
 
     @property
     def discovery_root(self) -> Path | None:
-        """The hierarchy whose directories are listed to find containers; the kubelet
-        creates the same relative paths in every hierarchy."""
+        """The hierarchy whose directories are listed to find containers, and the one whose
+        directory going away means the container's cgroup is gone. The kubelet uses the
+        same relative path in every hierarchy, but not every hierarchy has a directory for
+        every container (nothing under `unified` with the cgroupfs driver on hybrid)."""
         if self.mode is CgroupMode.V2:
             return self.unified
         return self.cpu or self.memory or self.cpuacct
@@ -52,10 +57,7 @@ def detect_hierarchies(root: Path) -> Hierarchies:
     """Recognise the layout mounted at `root` (normally /sys/fs/cgroup)."""
     if (root / "cgroup.controllers").is_file():
         return Hierarchies(CgroupMode.V2, unified=root)
-    found: dict[str, Path | None] = {}
-    for controller in ("cpu", "cpuacct", "memory"):
-        path = root / controller
-        found[controller] = path if path.is_dir() else None
+    found = {c: _controller_mount(root, c) for c in ("cpu", "cpuacct", "memory")}
     if not any(found.values()):
         return Hierarchies(CgroupMode.NONE)
     unified = root / "unified"
@@ -67,6 +69,25 @@ def detect_hierarchies(root: Path) -> Hierarchies:
         cpuacct=found["cpuacct"],
         memory=found["memory"],
     )
+
+
+def _controller_mount(root: Path, controller: str) -> Path | None:
+    """Where a v1 controller is mounted: `root/<controller>` (a mount of its own, or the
+    symlink most distributions add to a co-mount), else a co-mount named after all its
+    controllers (`cpu,cpuacct` or `cpuacct,cpu`) without those symlinks, as some container
+    images of the host's cgroupfs have it."""
+    path = root / controller
+    if path.is_dir():
+        return path
+    try:
+        with os.scandir(root) as entries:
+            names = sorted(e.name for e in entries if "," in e.name)
+    except OSError:
+        return None
+    for name in names:
+        if controller in name.split(",") and (root / name).is_dir():
+            return root / name
+    return None
 
 
 # --- names ------------------------------------------------------------------------------

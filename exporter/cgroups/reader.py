@@ -3,7 +3,8 @@
 A container's files are opened once and re-read with `pread(fd, n, 0)`: on cgroupfs one
 pread costs about a sixth of an open/read/close and needs no path lookup. Open descriptors
 are bounded by an `FdBudget`; past it, files are opened and closed on every read. Errors
-are sorted into the three cases the sampler treats differently: the cgroup is gone, this
+are sorted into the cases the sampler treats differently: the cgroup is gone (its directory
+in the discovery hierarchy is), another hierarchy has no directory for this container, this
 file is not provided (a controller or PSI not enabled), or the file could not be read.
 """
 
@@ -61,6 +62,12 @@ _V1_NAMES = {
     CgroupFile.MEMORY_LIMIT: ("memory", "memory.limit_in_bytes"),
     CgroupFile.MEMORY_OOM: ("memory", "memory.oom_control"),
 }
+
+
+def hierarchy_of(key: CgroupFile) -> str:
+    """The hierarchy a file is read from on v1 and hybrid (`unified` for PSI)."""
+    v1 = _V1_NAMES.get(key)
+    return v1[0] if v1 is not None else "unified"
 
 
 def files_of(h: Hierarchies, relpath: str) -> dict[CgroupFile, Path]:
@@ -131,7 +138,10 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
 class Outcome(StrEnum):
     """What went wrong reading one file."""
 
-    VANISHED = "vanished"  # the cgroup directory is gone: the container exited
+    VANISHED = "vanished"  # the directory in the discovery hierarchy is gone: it exited
+    # Another hierarchy has no directory for this container (on a hybrid host the cgroupfs
+    # driver creates none under unified/): that hierarchy's signals are not provided.
+    NO_DIRECTORY = "no_directory"
     ABSENT = "absent"  # the directory is there, the file is not: not provided here
     UNREADABLE = "unreadable"  # any other error (permission, I/O, not supported)
 
@@ -157,12 +167,15 @@ class ContainerFiles:
 
     `read_all` re-reads every file and reports which ones changed since the last pass, so
     the sampler parses only those (a limit, memory.events or an idle PSI file rarely do).
+    `home` is the container's directory in the discovery hierarchy: only its absence means
+    the cgroup is gone (the files' own directories when not given, as on v2).
     """
 
     __slots__ = (
         "_budget",
         "_complete",
         "_fds",
+        "_home",
         "_index",
         "_ok",
         "_paths",
@@ -172,8 +185,11 @@ class ContainerFiles:
         "keys",
     )
 
-    def __init__(self, paths: Mapping[CgroupFile, Path], budget: FdBudget) -> None:
+    def __init__(
+        self, paths: Mapping[CgroupFile, Path], budget: FdBudget, home: Path | None = None
+    ) -> None:
         self._budget = budget
+        self._home = home
         self.keys: list[CgroupFile] = list(paths)
         self._paths: list[Path] = [paths[k] for k in self.keys]
         self._fds: list[int] = [-1] * len(self.keys)
@@ -264,13 +280,39 @@ class ContainerFiles:
         return i is not None and self._ok[i]
 
     def classify(self, key: CgroupFile, exc: OSError) -> Outcome:
-        """Why reading `key` failed. Checks whether the directory still exists only on
-        this error path, so a healthy pass makes no extra system calls."""
+        """Why reading `key` failed. Checks whether the directories still exist only on
+        this error path, so a healthy pass makes no extra system calls. Only the discovery
+        hierarchy's directory decides that the cgroup is gone; a file whose own directory
+        in another hierarchy is missing is merely not provided there."""
         if exc.errno in _GONE:
-            if not self._paths[self._index[key]].parent.is_dir():
+            directory = self._paths[self._index[key]].parent
+            home = directory if self._home is None else self._home
+            if not home.is_dir():
                 return Outcome.VANISHED
+            if directory != home and not directory.is_dir():
+                return Outcome.NO_DIRECTORY
             return Outcome.ABSENT
         return Outcome.UNREADABLE
+
+    def __contains__(self, key: CgroupFile) -> bool:
+        return key in self._index
+
+    def path(self, key: CgroupFile) -> Path:
+        return self._paths[self._index[key]]
+
+    def add(self, key: CgroupFile, path: Path) -> None:
+        """Read one more file from the next `read_all` on (a hierarchy's directory for
+        this container appeared); that call then reads every file once, as the first did."""
+        if key in self._index:
+            return
+        self._index[key] = len(self.keys)
+        self.keys.append(key)
+        self._paths.append(path)
+        self._fds.append(-1)
+        self._ok.append(False)
+        self.data.append(None)
+        self._plan_skip = None
+        self._complete = False
 
     def drop(self, key: CgroupFile) -> None:
         """Stop reading one file of this container (not provided, or failing)."""

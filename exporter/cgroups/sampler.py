@@ -43,6 +43,7 @@ from exporter.cgroups.reader import (
     FdBudget,
     Outcome,
     files_of,
+    hierarchy_of,
 )
 from exporter.core.buckets import FixedBuckets
 from exporter.core.events import LifecycleEvent, PodEventKind
@@ -52,7 +53,9 @@ from exporter.logs import LogOnce
 log = logging.getLogger("tailwatch.cgroups")
 
 # Reasons for tailwatch_dropped_total (stable slugs).
-DROP_VANISHED = "cgroup_vanished"  # a container's cgroup disappeared while being read
+# A container's cgroup disappeared while being read: its directory in the discovery
+# hierarchy is gone. A directory missing from another hierarchy is not counted.
+DROP_VANISHED = "cgroup_vanished"
 DROP_UNREADABLE = "cgroup_unreadable"  # a file that was there could not be read
 DROP_PARSE_ERROR = "cgroup_parse_error"  # a file whose content was cut off or unexpected
 DROP_SAMPLER_ERROR = "cgroup_sampler_error"  # a bug: a pass or a container failed unexpectedly
@@ -70,7 +73,9 @@ MEMORY_STAT_DELTA = 1 << 20
 
 # A running container whose cgroup is not found is looked for again after 1, 2, 4, ...
 # passes, at most this many apart (a runtime that gives containers no cgroup of their own,
-# such as a VM sandbox, must not cost a directory listing every second).
+# such as a VM sandbox, must not cost a directory listing every second). The same delays
+# apply to a hierarchy that has no directory for a container (the cgroupfs driver on a
+# hybrid host creates none under unified/): looked for again with one stat, not re-opened.
 MAX_LOOKUP_DELAY = 32
 
 
@@ -139,6 +144,9 @@ class _Tracked:
         "kills",
         "last_oom",
         "limit",
+        "missing",
+        "missing_check_at",
+        "missing_delay",
         "pod",
         "pressure",
         "pressure_tuple",
@@ -166,6 +174,11 @@ class _Tracked:
         self.age = 0  # passes this container was read in
         self.stat_read_at = 0  # the age at which memory.stat was last read
         self.usage_at_stat: int | None = None  # memory usage when memory.stat was last read
+        # Directories of other hierarchies that have none for this container, with the files
+        # that would be read there; looked for again at age `missing_check_at`.
+        self.missing: dict[Path, dict[CgroupFile, Path]] = {}
+        self.missing_check_at = 0
+        self.missing_delay = 0
 
 
 _Index = dict[str, tuple[PodSnapshot, ContainerSnapshot]]
@@ -206,6 +219,7 @@ class CgroupSampler:
         self._index: _Index = {}
         self._dropped_total: dict[str, int] = {}
         self._warn = LogOnce(log)
+        self._no_directory_logged: set[str] = set()
         # Published for other threads: replaced whole, never mutated.
         self._latest: SamplePass | None = None
         self._dropped: Mapping[str, int] = {}
@@ -372,7 +386,10 @@ class CgroupSampler:
             if tracked is None or tracked.cdir.relpath != cdir.relpath:
                 if tracked is not None:
                     tracked.files.close()
-                tracked = _Tracked(cdir, ContainerFiles(files_of(h, cdir.relpath), self._budget))
+                files = ContainerFiles(
+                    files_of(h, cdir.relpath), self._budget, home=tree.root / cdir.relpath
+                )
+                tracked = _Tracked(cdir, files)
                 self._tracked[cid] = tracked
             try:
                 sample = self._read(
@@ -410,6 +427,8 @@ class CgroupSampler:
     ) -> CgroupSample | None:
         files = tracked.files
         tracked.age += 1
+        if tracked.missing and tracked.age >= tracked.missing_check_at:
+            self._look_for_missing(tracked)
         changed, failed = files.read_all(
             _SKIP_STAT if tracked.age % LIMIT_EVERY == 0 else _SKIP_STAT_AND_LIMIT
         )
@@ -575,12 +594,17 @@ class CgroupSampler:
         files = tracked.files
         dropped: list[CgroupFile] = []
         for key, exc in failed:
+            if key not in files:
+                continue  # dropped with the rest of its directory, or failed twice
             outcome = files.classify(key, exc)
             if outcome is Outcome.VANISHED:
                 skipped[DROP_VANISHED] = skipped.get(DROP_VANISHED, 0) + 1
                 if self._tree is not None:
                     self._tree.forget(tracked.cdir.container_id)
                 return None
+            if outcome is Outcome.NO_DIRECTORY:
+                dropped.extend(self._set_aside(tracked, files.path(key).parent))
+                continue
             if outcome is Outcome.UNREADABLE or files.was_read(key):
                 skipped[DROP_UNREADABLE] = skipped.get(DROP_UNREADABLE, 0) + 1
                 self._warn.warning(
@@ -598,12 +622,49 @@ class CgroupSampler:
             dropped.append(key)
         return dropped
 
+    def _set_aside(self, tracked: _Tracked, directory: Path) -> list[CgroupFile]:
+        """Stop reading the files of a hierarchy that has no directory for this container
+        (not counted: nothing was lost, the host does not provide them for it), and look
+        for that directory again later, with backoff."""
+        files = tracked.files
+        keys = [k for k in files.keys if files.path(k).parent == directory]
+        tracked.missing[directory] = {k: files.path(k) for k in keys}
+        for k in keys:
+            files.drop(k)
+        hierarchy = hierarchy_of(keys[0]) if keys else ""
+        if hierarchy not in self._no_directory_logged:
+            # Normal on some hosts (every container of a hybrid cgroupfs-driver node):
+            # said once per hierarchy, at info level.
+            self._no_directory_logged.add(hierarchy)
+            log.info(
+                "a cgroup hierarchy has no directory for a container (on a hybrid host the "
+                "cgroupfs driver creates none under unified/); its signals are not exported",
+                extra={"hierarchy": hierarchy, "directory": str(directory)},
+            )
+        tracked.missing_delay = 1
+        tracked.missing_check_at = tracked.age + 1
+        return keys
+
+    def _look_for_missing(self, tracked: _Tracked) -> None:
+        """One stat per missing directory: read its files from this pass on if it appeared,
+        else look again after twice as many passes (at most MAX_LOOKUP_DELAY)."""
+        for directory in list(tracked.missing):
+            if directory.is_dir():
+                for key, path in tracked.missing.pop(directory).items():
+                    tracked.files.add(key, path)
+        if tracked.missing:
+            tracked.missing_delay = min(MAX_LOOKUP_DELAY, max(1, tracked.missing_delay * 2))
+            tracked.missing_check_at = tracked.age + tracked.missing_delay
+
     @staticmethod
     def _forget_values(tracked: _Tracked) -> None:
-        """Forget what was parsed from files no longer read (everything is re-parsed)."""
+        """Forget what was parsed from files no longer read (everything is re-parsed; memory
+        usage, parsed before the others, is kept while its file is still read)."""
         tracked.cpu = _NO_CPU
         tracked.working_set = tracked.limit = tracked.kills = None
-        tracked.usage = tracked.inactive_file = None
+        tracked.inactive_file = None
+        if CgroupFile.MEMORY_USAGE not in tracked.files:
+            tracked.usage = None
         tracked.pressure.clear()
         tracked.pressure_tuple = ()
         tracked.sample = None

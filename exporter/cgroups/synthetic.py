@@ -52,6 +52,9 @@ class TreeLayout:
     # v1: cpu and cpuacct co-mounted as cpu,cpuacct with cpu and cpuacct symlinks (most
     # distributions), or mounted apart.
     comount_cpu: bool = True
+    # hybrid: whether the unified tree has the kubepods cgroups too. systemd mirrors them
+    # there; the cgroupfs driver creates them only in the v1 controllers.
+    unified_kubepods: bool = True
 
     @property
     def name(self) -> str:
@@ -512,6 +515,12 @@ def write_cgroup(
             _write_files(base, files)
             continue
         if controller == "unified":
+            if (
+                layout.version == "hybrid"
+                and not layout.unified_kubepods
+                and (relpath.split("/", maxsplit=1)[0] == kubepods_dir(layout))
+            ):
+                continue
             files = (
                 _files_v2(k, usage, leaf)
                 if layout.version == "v2"

@@ -2,6 +2,9 @@
 benchmark: uniquely named, below the test process's own cgroup in each hierarchy (as a
 delegated subtree would be), and removed leaf-first by `cleanup`, which also kills every
 process it started. Raises `NotWritable` with the reason where that cannot be done.
+
+`HostContainerCgroup` is one container cgroup at the host's own kubepods path (the
+cgroupfs driver's layout on a hybrid host), for the whole agent run at the host's root.
 """
 
 from __future__ import annotations
@@ -208,3 +211,136 @@ def _wait_unpopulated(path: Path, end: float) -> None:
         except OSError:
             return
         time.sleep(0.01)
+
+
+class HostContainerCgroup:
+    """One container cgroup laid out as the kubelet's cgroupfs driver does it on a hybrid
+    host, at the top of the machine's own v1 controllers: `<controller>/kubepods/<qos>/
+    pod<uid>/<container id>` in cpu, cpuacct, memory and pids (each once, whether mounted
+    apart or co-mounted), and nothing under unified/. For the whole agent run with
+    --cgroup-root at the host's root.
+
+    Only what it creates is ever removed: the pod and container directories always are
+    (they carry a random pod uid); `kubepods` and the QoS directory only when this object
+    created them and no other cgroup is left in them. Raises `NotWritable` where the host
+    is not hybrid or its cgroupfs not writable.
+    """
+
+    CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
+
+    def __init__(
+        self, pod_uid: str, container_id: str, qos: str = "burstable", host_root: Path = HOST_ROOT
+    ) -> None:
+        self.host_root = host_root
+        self.relpath = f"kubepods/{qos}/pod{pod_uid}/{container_id}"
+        self.controllers: dict[str, Path] = {}  # controller -> where it is mounted
+        self.mounts: dict[str, Path] = {}  # the distinct mounts among those
+        self.created: list[Path] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def setup(self) -> None:
+        h = detect_hierarchies(self.host_root)
+        if h.mode is not CgroupMode.HYBRID:
+            raise NotWritable(f"{self.host_root} is not a hybrid cgroup host ({h.mode.value})")
+        found = {"cpu": h.cpu, "cpuacct": h.cpuacct, "memory": h.memory}
+        pids = self.host_root / "pids"
+        if pids.is_dir():
+            found["pids"] = pids
+        for controller in ("cpu", "cpuacct", "memory"):
+            if found[controller] is None:
+                raise NotWritable(f"no {controller} controller at {self.host_root}")
+        seen: set[str] = set()
+        for controller, mount in found.items():
+            assert mount is not None
+            self.controllers[controller] = mount
+            real = os.path.realpath(mount)
+            if real not in seen:  # cpu and cpuacct co-mounted: one directory for both
+                seen.add(real)
+                self.mounts[controller] = mount
+        try:
+            for mount in self.mounts.values():
+                self._mkdirs(mount)
+        except OSError as exc:
+            self.cleanup()
+            raise NotWritable(f"cannot create {self.relpath}: {exc.strerror}") from exc
+
+    def _mkdirs(self, mount: Path) -> None:
+        parts = self.relpath.split("/")
+        for i in range(1, len(parts) + 1):
+            path = mount.joinpath(*parts[:i])
+            try:
+                path.mkdir()
+            except FileExistsError:
+                if i >= len(parts) - 1:
+                    raise  # a random pod uid: its directory cannot be there already
+                continue
+            self.created.append(path)
+
+    def path(self, controller: str) -> Path:
+        return self.controllers[controller] / self.relpath
+
+    def set_cpu_quota(self, quota_usec: int, period_usec: int = 100_000) -> None:
+        (self.path("cpu") / "cpu.cfs_period_us").write_text(str(period_usec))
+        (self.path("cpu") / "cpu.cfs_quota_us").write_text(str(quota_usec))
+
+    def set_memory_limit(self, limit: int) -> None:
+        (self.path("memory") / "memory.limit_in_bytes").write_text(str(limit))
+
+    def start(self, code: str) -> subprocess.Popen[bytes]:
+        """Run `code` in a Python process that first joins the container's cgroup in every
+        controller (its pid written to each cgroup.procs)."""
+        procs = [str(mount / self.relpath / "cgroup.procs") for mount in self.mounts.values()]
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _JOIN, code, *procs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def stop_processes(self, deadline_seconds: float = 10.0) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=deadline_seconds)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        self.processes.clear()
+
+    def remove_container(self, deadline_seconds: float = 10.0) -> list[str]:
+        """Kill the processes, then remove the container's directory in every controller
+        (as the runtime does when a container exits); returns what could not be removed."""
+        self.stop_processes(deadline_seconds)
+        leaves = [p for p in self.created if p.name == self.relpath.rsplit("/", 1)[1]]
+        return self._remove(leaves, deadline_seconds)
+
+    def cleanup(self, deadline_seconds: float = 10.0) -> list[str]:
+        """Kill the processes, remove every directory created here, deepest first; returns
+        what could not be removed (shared parents still holding other cgroups excepted)."""
+        self.stop_processes(deadline_seconds)
+        return self._remove(list(self.created), deadline_seconds)
+
+    def _remove(self, paths: list[Path], deadline_seconds: float) -> list[str]:
+        ours = self.relpath.split("/")[2:]  # the pod and container directories
+        leftovers: list[str] = []
+        end = time.monotonic() + deadline_seconds
+        for path in sorted(paths, key=lambda p: len(p.parts), reverse=True):
+            while True:
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if path.name not in ours:
+                        break  # kubepods or the QoS level, still holding others' cgroups
+                    if exc.errno == errno.EBUSY and time.monotonic() < end:
+                        _wait_unpopulated(path, end)
+                        continue
+                    leftovers.append(f"{path}: {exc.strerror}")
+                    break
+            if not path.exists():
+                self.created.remove(path)
+        return leftovers

@@ -99,10 +99,11 @@ def test_detect_hierarchies(tmp_path: Path) -> None:
     (tmp_path / "cpu,cpuacct").mkdir()
     (tmp_path / "cpu").symlink_to("cpu,cpuacct")
     v1 = detect_hierarchies(tmp_path)
+    # cpuacct has no symlink of its own here: found in the co-mount named after both.
     assert (v1.mode, v1.cpu, v1.cpuacct, v1.unified) == (
         CgroupMode.V1,
         tmp_path / "cpu",
-        None,
+        tmp_path / "cpu,cpuacct",
         None,
     )
     (tmp_path / "unified").mkdir()
@@ -111,6 +112,21 @@ def test_detect_hierarchies(tmp_path: Path) -> None:
     assert (hybrid.mode, hybrid.unified) == (CgroupMode.HYBRID, tmp_path / "unified")
     (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     assert detect_hierarchies(tmp_path).mode is CgroupMode.V2
+
+
+def test_detect_a_cpu_comount_without_symlinks(tmp_path: Path) -> None:
+    for name in ("cpuacct,cpu", "memory", "pids"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("\n")
+    h = detect_hierarchies(tmp_path)
+    assert (h.mode, h.cpu, h.cpuacct, h.memory) == (
+        CgroupMode.HYBRID,
+        tmp_path / "cpuacct,cpu",
+        tmp_path / "cpuacct,cpu",
+        tmp_path / "memory",
+    )
+    assert h.discovery_root == tmp_path / "cpuacct,cpu"
 
 
 def test_kind_style_nested_kubepods(tmp_path: Path) -> None:

@@ -309,7 +309,14 @@ def test_files_not_provided_are_not_counted(scenario_copy: Callable[[str], Path]
         (app / psi).unlink()
     sampler = CgroupSampler(root, lambda: snapshots(name))
     result = sampler.sample(1.0)
-    assert by_name(result.samples)[("web-7d4b9c8f5-x2x7k", "app")].pressure == ()
+    sample = by_name(result.samples)[("web-7d4b9c8f5-x2x7k", "app")]
+    assert sample.pressure == ()
+    # The other signals are there from the first pass, the working set included.
+    [web, *_] = scenario_pods(SCENARIOS[name])[0]
+    usage = web.containers[0].usage
+    assert usage is not None
+    assert sample.memory_working_set_bytes == usage.working_set
+    assert sample.cpu_usage_seconds == pytest.approx(usage.cpu_usage_usec / 1e6)
     assert dict(result.skipped) == {}
     sampler.close()
 
@@ -320,6 +327,7 @@ def test_no_cgroupfs_at_all(tmp_path: Path) -> None:
     assert (result.mode, result.samples, dict(result.skipped)) == ("none", (), {})
 
 
+@pytest.mark.expect_logged_errors  # the pass logs the failure with its traceback
 def test_a_failing_pod_source_never_escapes() -> None:
     def broken() -> list[PodSnapshot]:
         raise KeyError("boom")
