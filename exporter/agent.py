@@ -7,11 +7,12 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from exporter import __version__
+from exporter.auth import KubernetesAuth
 from exporter.cgroups import (
     CgroupSampler,
     CgroupSource,
@@ -34,6 +35,7 @@ from exporter.core.pods import PodSnapshot
 from exporter.core.services import PROBE_LABEL, ServiceRef
 from exporter.exposition import Exposition
 from exporter.kube.config import KubeConnection, load_connection
+from exporter.kube.review import ReviewClient
 from exporter.kube.watching import (
     ApiSession,
     Reflector,
@@ -50,8 +52,9 @@ from exporter.metrics import (
     ServiceSource,
 )
 from exporter.otlp import LatencyDelta, OtlpReceiver, OtlpSource
+from exporter.otlp.receiver import LocalSources
 from exporter.probe import Prober, ProbeResult, ProbeSource, ProbeTarget
-from exporter.server import ListenError, build_app, start_server
+from exporter.server import ListenError, ReloadingCertificate, build_app, start_server
 from exporter.settings import Settings
 from exporter.watches import (
     EndpointListener,
@@ -122,6 +125,19 @@ def _episode_log_fields(change: EpisodeChange) -> dict[str, object]:
     return fields
 
 
+@contextlib.asynccontextmanager
+async def _reviews_through(auth: KubernetesAuth | None, api: ApiSession) -> AsyncIterator[None]:
+    """--auth=kubernetes reviews go through `api` while it is open. Left before the session
+    closes: a review made then would fail on a closed session; it gets 503 instead."""
+    if auth is not None:
+        auth.reviews.api = api
+    try:
+        yield
+    finally:
+        if auth is not None:
+            auth.reviews.api = None
+
+
 class Agent:
     """One tailwatch agent: everything `tailwatch run` starts."""
 
@@ -139,13 +155,20 @@ class Agent:
         self.timing = timing or WatchTiming()
         self.clock = clock
         self.monotonic = monotonic
-        self.metrics = AgentMetrics()
-        self.tracker = PodLifecycleTracker(node=settings.node_name)
+        # Series are bounded where they are made (docs/metrics.md, *Cardinality*): at most
+        # --series-limit label sets per family; those keyed by a workload go --series-ttl
+        # after its last pod left the node (the tracker tells, `_correlate` expires them).
+        self.metrics = AgentMetrics(
+            series_limit=settings.series_limit, series_ttl=settings.series_ttl, clock=monotonic
+        )
+        self.tracker = PodLifecycleTracker(
+            node=settings.node_name, occupancy=self.metrics.on_workload
+        )
         self.catalog = ServiceCatalog(node=settings.node_name)
         self.correlator = Correlator(
             correlation_settings(settings), node=settings.node_name, workloads=self._workloads
         )
-        self.episode_metrics = EpisodeMetrics()
+        self.episode_metrics = EpisodeMetrics(self.metrics.limit)
         # The correlator hears every event first; then whoever else listens (the demo).
         self.listeners: list[EventListener] = [self._correlate_pod_event]
         self.endpoint_listeners: list[EndpointListener] = [self._correlate_endpoint_event]
@@ -174,6 +197,7 @@ class Agent:
             slo_of=self._slo_of,
             state_of=self.correlator.state_of,
             classic_layout=settings.classic_buckets,
+            limit=self.metrics.limit,
         )
         # Phases are spread by node name, so agents do not probe a Service in lockstep.
         self.prober = Prober(
@@ -182,7 +206,19 @@ class Agent:
             on_result=self._on_probe_result,
             classic_layout=settings.classic_buckets,
         )
-        self.otlp = OtlpReceiver(self.catalog.resolve, self._on_client_delta)
+        # --otlp-sources=local: OTLP only from the pods of this node and the node itself; an
+        # unknown source gets a retryable 503 while the pod watch is not synced and up.
+        self.otlp_sources: LocalSources | None = None
+        if settings.otlp_sources == "local":
+            health = self.pods_health
+            self.otlp_sources = LocalSources(
+                self.tracker.pods,
+                lambda: health.synced and health.failing_since is None,
+                clock=monotonic,
+            )
+        self.otlp = OtlpReceiver(
+            self.catalog.resolve, self._on_client_delta, sources=self.otlp_sources
+        )
         # /metrics is rendered by the exposition from these sources; its registry holds the
         # same sources for prometheus_client's generate_latest (the reference in tests).
         self.cgroup_source = CgroupSource(self.cgroups)
@@ -196,6 +232,7 @@ class Agent:
                     extra_dropped=[
                         self.cgroups.dropped,
                         self.otlp.dropped,
+                        self.otlp.ingest.dropped,
                         lambda: self.prober.ledger.dropped,
                     ],
                     clock=monotonic,
@@ -261,7 +298,7 @@ class Agent:
     def _emit_oom_kill(self, event: LifecycleEvent) -> None:
         """A kernel OOM kill seen in a cgroup: its counter is the cgroup collector's."""
         logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
-        notify(self.listeners, event)
+        notify(self.listeners, event, self.metrics)
 
     # -- correlation -----------------------------------------------------------------------
 
@@ -290,17 +327,21 @@ class Agent:
     def _on_probe_result(self, result: ProbeResult) -> None:
         t = result.target
         source = Source.SERVICE_PROBE if t.target == "service" else Source.ENDPOINT_PROBE
-        self.correlator.record_latency(
-            ServiceRef(t.namespace, t.service), source, result.latency, self.clock()
-        )
+        with self.metrics.guard("the probe result sink"):
+            self.correlator.record_latency(
+                ServiceRef(t.namespace, t.service), source, result.latency, self.clock()
+            )
 
     def _episode_changes(self, changes: list[EpisodeChange]) -> None:
+        # Each change on its own: a bug with one is counted (internal_error) and the others
+        # of the same tick are still recorded, logged and heard.
         for change in changes:
-            self.episode_metrics.record(change)
-            episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
-            notify(self.episode_listeners, change)
-            if change.kind is not ChangeKind.OPENED:  # it may be all that kept it reported
-                self._update_service(change.episode.service)
+            with self.metrics.guard("an episode change"):
+                self.episode_metrics.record(change)
+                episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
+                notify(self.episode_listeners, change, self.metrics)
+                if change.kind is not ChangeKind.OPENED:  # it may be all that kept it reported
+                    self._update_service(change.episode.service)
 
     async def _correlate(self, stop: asyncio.Event) -> None:
         """Close settled episodes, judge recovery and look for tail spikes, on a fixed tick."""
@@ -313,9 +354,15 @@ class Agent:
                 # of stalling the loop, and the prober's measurements, for tens of ms.
                 gc.freeze()
                 frozen = True
-            self.slice_watch.flush()
-            self._episode_changes(self.correlator.tick(self.clock()))
-            self._forget_due()
+            # A bug in one step is counted and logged (internal_error); the others, and the
+            # next tick, still run.
+            with self.metrics.guard("the endpoint removals flush"):
+                self.slice_watch.flush()
+            with self.metrics.guard("the correlation tick"):
+                self._episode_changes(self.correlator.tick(self.clock()))
+            with self.metrics.guard("the series expiry"):
+                self._forget_due()
+                self.metrics.expire()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -336,11 +383,12 @@ class Agent:
         return spec.slo if spec is not None else None
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
-        self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
-        if delta.service not in self._client_services:
-            self._client_services.add(delta.service)
-            self._services_changed({delta.service})
-        self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
+        with self.metrics.guard("the OTLP latency sink"):
+            self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+            if delta.service not in self._client_services:
+                self._client_services.add(delta.service)
+                self._services_changed({delta.service})
+            self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
 
     def _endpoint_counts(self) -> dict[Any, Any]:
         counts = {}
@@ -549,12 +597,27 @@ class Agent:
         stop = stop or asyncio.Event()
         connection = self.connection or load_connection(self.settings.kubeconfig)
         raise_open_files_limit()  # the sampler keeps a few thousand cgroup files open
+        # --auth=kubernetes: the reviews go through the API session opened below; requests
+        # that arrive before it is open get 503 (exporter/auth.py).
+        auth = None
+        if self.settings.auth == "kubernetes":
+            reviews = ReviewClient(ttl=self.settings.auth_cache_ttl, clock=self.monotonic)
+            auth = KubernetesAuth(reviews, self.metrics.count_dropped)
         app = build_app(
             self.exposition,
             self.readiness,
             {"/api/v1/targets": self.targets, "/api/v1/episodes": self.episodes_json},
+            authorize=auth,
         )
-        runner = await start_server(app, self.settings.listen)
+        # TLS: a pair that cannot be loaded now raises TlsError (the CLI exits 2); later
+        # rotations are loaded as they come (exporter.server.ReloadingCertificate).
+        cert_file, key_file = self.settings.tls_cert_file, self.settings.tls_key_file
+        tls = None
+        if cert_file is not None and key_file is not None:
+            tls = ReloadingCertificate(cert_file, key_file, self.metrics.count_dropped)
+        runner = await start_server(
+            app, self.settings.listen, tls=tls, count=self.metrics.count_dropped
+        )
         otlp_runner = None
         if self.settings.otlp_listen is not None:
             try:
@@ -570,6 +633,10 @@ class Agent:
                 "otlp_listen": str(self.settings.otlp_listen or "disabled"),
                 "api": connection.host,
                 "api_config": connection.source,
+                "api_tls": connection.tls,
+                "tls": "on" if self.settings.tls else "off",
+                "auth": self.settings.auth,
+                "otlp_sources": self.settings.otlp_sources,
                 "list_mode": self.settings.list_mode,
                 "address_probing": (
                     f"shared by {self.settings.service_probers} of the pods matching "
@@ -586,7 +653,10 @@ class Agent:
             # The User-Agent names the node: the API server's audit log and metrics (and the
             # simulator) can tell the agents of a DaemonSet apart.
             user_agent = f"tailwatch/{__version__} node/{node}"
-            async with ApiSession(connection, self.timing, user_agent=user_agent) as api:
+            async with (
+                ApiSession(connection, self.timing, user_agent=user_agent) as api,
+                _reviews_through(auth, api),
+            ):
                 mode = self.settings.list_mode
 
                 def reflector(spec: ResourceSpec, handler: Any, health: WatchHealth) -> Reflector:
@@ -594,10 +664,13 @@ class Agent:
                         api, spec, handler, health, clock=self.monotonic, list_mode=mode
                     )
 
+                pods: Any = PodWatch(self.tracker, self.metrics, self.listeners, self.clock)
+                if self.otlp_sources is not None:  # it follows the pods of the node
+                    pods = self.otlp_sources.watching(pods)
                 reflectors = [
                     reflector(
                         ResourceSpec("pods", "/api/v1/pods", f"spec.nodeName={node}"),
-                        PodWatch(self.tracker, self.metrics, self.listeners, self.clock),
+                        pods,
                         self.pods_health,
                     ),
                     *self._peer_reflectors(reflector),
@@ -635,7 +708,7 @@ class Agent:
         finally:
             if self._peer_drain is not None:
                 self._peer_drain.cancel()
-            if otlp_runner is not None:
-                await otlp_runner.cleanup()
-            await runner.cleanup()
+            # Both listeners at once, each within about SHUTDOWN_GRACE (1 s) whatever their
+            # clients are doing (exporter.server).
+            await asyncio.gather(*(r.cleanup() for r in (otlp_runner, runner) if r is not None))
             log.info("tailwatch agent stopped")

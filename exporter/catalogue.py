@@ -267,7 +267,8 @@ WATCH_EVENTS = Family(
 WATCH_RESTARTS = Family(
     "tailwatch_watch_restarts_total",
     Kind.COUNTER,
-    "Watch reconnections by reason (closed, gone, connection_error, inactivity_timeout, ...).",
+    "Watch reconnections by reason (closed, gone, connection_error, tls_error, "
+    "inactivity_timeout, ...).",
     ("resource", "reason"),
 )
 WATCH_LAST_EVENT_AGE = Family(

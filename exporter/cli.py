@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
     from exporter.kube.config import KubeConnection
 
 EXIT_CONFIG = 2
+#: From SIGTERM (or SIGINT) to the process's exit, at most: the agent stops its listeners and
+#: tasks in about 1 s whatever its clients are doing (exporter.server.SHUTDOWN_GRACE); a stop
+#: still running at this deadline (a thread stuck in a read) is cut short, and the exit is
+#: still 0. Under the 5 s the agent promises, and the chart's terminationGracePeriodSeconds.
+EXIT_DEADLINE = 4.0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -102,9 +109,33 @@ async def _run_agent(settings: Settings, connection: KubeConnection) -> None:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            _exit_after(EXIT_DEADLINE)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await Agent(settings, connection=connection).run(stop)
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit with 0 in `seconds` if the process has not exited by then. A daemon thread, so
+    that it neither keeps the process alive nor depends on the event loop, which may be
+    what is stuck."""
+
+    def force() -> None:
+        logging.getLogger("tailwatch.agent").warning(
+            "shutdown still running after %gs: exiting now", seconds
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,4 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ListenError as exc:
         print(f"tailwatch: error: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # found once running: --tls-cert-file/--tls-key-file (TlsError)
+        print(f"tailwatch: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0

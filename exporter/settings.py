@@ -432,7 +432,7 @@ class Settings:
     log_level: str
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    auth: str = "none"  # none or kubernetes: see exporter.server
+    auth: str = "none"  # none or kubernetes: see exporter.auth
     auth_cache_ttl: float = 60.0
     otlp_sources: str = "local"  # local or any: see exporter.otlp.receiver
     series_ttl: float | None = 900.0  # None: workload series never expire

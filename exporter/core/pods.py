@@ -59,6 +59,10 @@ class PodSnapshot:
     qos_class: str = ""
     containers: tuple[ContainerSnapshot, ...] = field(default_factory=tuple)
     created_at: float | None = None  # metadata.creationTimestamp; None if absent or unreadable
+    # status.podIPs (or podIP) and status.hostIPs (or hostIP), as written: who may send OTLP
+    # under --otlp-sources=local (exporter.otlp.receiver.LocalSources).
+    pod_ips: tuple[str, ...] = ()
+    host_ips: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -196,6 +200,18 @@ def _container(status: Mapping[str, Any], init: bool) -> ContainerSnapshot:
     )
 
 
+def _ips(status: Mapping[str, Any], plural: str, singular: str) -> tuple[str, ...]:
+    """`status.podIPs[].ip` (or hostIPs), else `status.podIP` (hostIP). What is not in that
+    shape is left out rather than refused: the pod's lifecycle does not depend on it."""
+    entries = status.get(plural)
+    ips = []
+    if isinstance(entries, list):
+        ips = [entry.get("ip") for entry in entries if isinstance(entry, Mapping)]
+    if not ips:
+        ips = [status.get(singular)]
+    return tuple(dict.fromkeys(ip for ip in ips if isinstance(ip, str) and ip))
+
+
 def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     """Extract a `PodSnapshot` from a Pod body; raises `MalformedObject`."""
     if not isinstance(obj, Mapping):
@@ -249,4 +265,6 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         qos_class=str(status.get("qosClass") or ""),
         containers=tuple(containers),
         created_at=parse_time(metadata.get("creationTimestamp")),
+        pod_ips=_ips(status, "podIPs", "podIP"),
+        host_ips=_ips(status, "hostIPs", "hostIP"),
     )

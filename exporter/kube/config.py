@@ -22,7 +22,8 @@ Bearer tokens read from a file, the projected service account token in-cluster a
 kubeconfig's `tokenFile`, are read again every `TOKEN_REFRESH` seconds (the kubelet replaces
 the projected token about every hour; the old one stays valid a while) and at once after the
 server answers 401, as client-go does. The package's own loaders would read a kubeconfig's
-`tokenFile` only once.
+`tokenFile` only once. A read that fails is tried again `TOKEN_RETRY` seconds later, not at
+every request, and logged once per failure streak (then at most every 5 minutes).
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ from typing import Any
 
 import yaml
 
+from exporter.logs import LogOnce
+
 log = logging.getLogger("tailwatch.kube")
 
 #: Where the kubelet mounts the pod's service account (token, ca.crt, namespace).
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: Seconds a token read from a file is used before the file is read again (client-go's period).
 TOKEN_REFRESH = 60.0
+#: Seconds after a failed read of a token file before it is tried again: a missing file costs
+#: one read attempt per this, not one per request.
+TOKEN_RETRY = 5.0
 
 
 class KubeConfigError(Exception):
@@ -56,35 +62,43 @@ class TokenFile:
     """A bearer token kept in a file that is replaced while the agent runs.
 
     The file is opened by name at every read, so a kubelet's atomic swap of the `..data`
-    symlink is seen. A read that fails or finds the file empty (a rotation caught half-way)
-    keeps the last good token and tries again at the next request."""
+    symlink is seen. A read that fails or finds the file empty (a rotation caught half-way,
+    a Secret deleted) keeps the last good token and is tried again `retry` seconds later:
+    the requests in between use the last token without touching the disk, and the failure
+    is logged once per streak (again at most every 5 minutes while it lasts)."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         refresh: float = TOKEN_REFRESH,
         clock: Callable[[], float] = time.monotonic,
+        retry: float = TOKEN_RETRY,
     ) -> None:
         self.path = Path(path)
         self.refresh = refresh
+        self.retry = retry
         self._clock = clock
         self._lock = threading.Lock()
         self._token = ""
-        self._read_at: float | None = None
+        self._next_read = 0.0  # the clock's time at which the file is read again
+        self._failing = False  # the last read failed
+        self._log = LogOnce(log, clock=clock)
         self.reads = 0  # successful reads, for tests and logs
+        self.attempts = 0  # reads tried, failed ones included
         self._token = self._read_or_raise()  # a missing or empty file is a configuration error
 
     def _read_or_raise(self) -> str:
+        self.attempts += 1
         token = self.path.read_text(encoding="utf-8").strip()
         if not token:
             raise KubeConfigError(f"the token file {self.path} is empty")
-        self._read_at = self._clock()
+        self._next_read = self._clock() + self.refresh
         self.reads += 1
         return token
 
     def due(self) -> bool:
         """True when the next request should read the file again."""
-        return self._read_at is None or self._clock() - self._read_at >= self.refresh
+        return self._clock() >= self._next_read
 
     def token(self) -> str:
         """The current token, read again if it is older than `refresh` (may block on I/O)."""
@@ -94,8 +108,21 @@ class TokenFile:
                     self._token = self._read_or_raise()
                 except (OSError, UnicodeDecodeError, KubeConfigError) as exc:
                     # Keep using the last token; the server says whether it still holds.
-                    self._read_at = None
-                    log.warning("cannot read the token file %s: %s", self.path, exc)
+                    self._next_read = self._clock() + self.retry
+                    self._failing = True
+                    self._log.warning(
+                        "token_file",
+                        "cannot read the token file %s (the last token read is still used; "
+                        "tried again every %gs): %s",
+                        self.path,
+                        self.retry,
+                        exc,
+                    )
+                else:
+                    if self._failing:
+                        self._failing = False
+                        self._log = LogOnce(log, clock=self._clock)  # a new streak logs again
+                        log.info("the token file %s is read again", self.path)
             return self._token
 
     def cached(self) -> str | None:
@@ -103,8 +130,11 @@ class TokenFile:
         return None if self.due() else self._token
 
     def expire(self) -> None:
-        """The server refused the token: read the file at the next request."""
-        self._read_at = None
+        """The server refused the token: read the file at the next request, unless reading
+        it is failing (then the retry's backoff holds: a 401 per request must not become a
+        read per request)."""
+        if not self._failing:
+            self._next_read = self._clock()
 
 
 @dataclass(frozen=True)
@@ -191,7 +221,10 @@ def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
 
 def _kubeconfig_token_file(path: str, context: str | None) -> Path | None:
     """The active user's `tokenFile`, when it is the credential the loader used (no `token`
-    and no auth-provider, which come first), resolved against the kubeconfig's directory."""
+    and no auth-provider, which come first). A relative one is resolved against the directory
+    the kubeconfig was named in, without following symlinks, as client-go does: a kubeconfig
+    mounted from a Secret is `..data/kubeconfig` behind a link, and `..data` points to a
+    timestamped directory that the next rotation deletes."""
     with open(path, encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
     if not isinstance(config, Mapping):
@@ -208,7 +241,7 @@ def _kubeconfig_token_file(path: str, context: str | None) -> Path | None:
     token_file = user.get("tokenFile")
     if not token_file:
         return None
-    return Path(path).resolve().parent / str(token_file)
+    return Path(os.path.abspath(path)).parent / str(token_file)
 
 
 def load_connection(

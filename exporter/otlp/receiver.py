@@ -1,18 +1,31 @@
 """The OTLP/HTTP receiver on --otlp-listen: `POST /v1/metrics`, answered as the OTLP/HTTP
 spec asks, with bodies decoded and points ingested on one worker thread, off the event loop.
+
+Who may send (`--otlp-sources`): with `local` (the default), only the pods of this node and
+the node itself (`LocalSources`); others get 403, or a retryable 503 while the agent may not
+know every pod's address yet. No client can hold the receiver: besides
+the deadlines of every listener (exporter.server: request heads, idle connections, a whole
+request), a request body must arrive within `BODY_TIMEOUT`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import hdrs, web
 
+from exporter.core.pods import PodSnapshot
 from exporter.logs import LogOnce
 from exporter.otlp.decode import (
     DEFAULT_MAX_BODY_BYTES,
@@ -35,6 +48,7 @@ from exporter.otlp.points import (
     Outcome,
     Resolver,
 )
+from exporter.server import Timeouts, serve
 from exporter.settings import ListenAddress
 
 log = logging.getLogger(__name__)
@@ -43,11 +57,215 @@ Sink = Callable[[LatencyDelta], None]
 PATH = "/v1/metrics"
 _READ_CHUNK = 256 * 1024
 
+#: A whole request body must arrive within this, or the request is answered 408, its
+#: connection closed and counted (otlp_body_timeout). The largest body (20 MiB) in 30 s is
+#: 0.7 MB/s: far below what a pod on the node sends at.
+BODY_TIMEOUT = 30.0
+#: The OTLP listener's deadlines (exporter.server): a request may take its body's deadline
+#: and then wait for the worker behind other large bodies.
+OTLP_TIMEOUTS = Timeouts(request=2 * BODY_TIMEOUT)
+#: Retry-After of a 503 while the node's pods are not listed yet (--otlp-sources=local).
+RETRY_AFTER = "2"
+#: Seconds after a pod of the node was first seen without an IP during which an unknown
+#: source gets a retryable 503, not a 403: the pod's IP may be on its way (the pod exports
+#: before the watch delivered it), and OTLP SDKs do not retry a 403.
+IP_GRACE = 30.0
+
 
 @dataclass(frozen=True)
 class ReceiverLimits:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # before and after decompression
     ingest: IngestLimits = field(default_factory=IngestLimits)
+    body_timeout: float = BODY_TIMEOUT
+    timeouts: Timeouts = OTLP_TIMEOUTS
+
+
+class BodyTimeout(BodyRejected):
+    status = 408
+    reason = "otlp_body_timeout"
+
+
+class UntrustedSource(BodyRejected):
+    status = 403
+    reason = "otlp_untrusted_source"
+
+
+class SourcesUnknown(BodyRejected):
+    """The node's pods are not listed yet: a retryable 503, not a 403 that loses the data."""
+
+    status = 503
+    reason = "otlp_sources_unknown"
+
+
+class SourcePolicy(Protocol):
+    """Who may send OTLP (None in OtlpReceiver: anyone)."""
+
+    def allows(self, address: str) -> bool: ...
+
+    def known(self) -> bool:
+        """False while the policy cannot tell yet (refusals are then retryable)."""
+        ...
+
+
+class _WatchHandler(Protocol):  # exporter.kube.watching.WatchHandler
+    def on_list(self, items: list[Mapping[str, Any]]) -> None: ...
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None: ...
+
+
+def normalize_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of a peer or of a pod status, as compared: an IPv4-mapped IPv6 address
+    (`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 peer) is its IPv4 address and
+    a zone (`%eth0`) is dropped. None if `text` is not an address."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0].strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+#: The node's own loopback addresses: a process on the node (or a hostNetwork pod) that
+#: dials the receiver on loopback. Exactly these two, not all of 127.0.0.0/8.
+LOOPBACK = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+
+
+class LocalSources:
+    """`--otlp-sources=local`: the IPs of the pods on this node (status.podIPs; a hostNetwork
+    pod's is the node's), the node's own addresses (every pod's status.hostIPs) and the
+    node's loopback (127.0.0.1 and ::1).
+
+    A request is checked in O(1): the set is built again only after the pods changed (the
+    pod watch, wrapped by `watching`, marks it stale), at the first request after that.
+    The pods are those the agent's PodLifecycleTracker holds (`pods`); `synced` says
+    whether the pod watch has listed them and is up now.
+
+    An address not in the set is refused for good (403) only when the set can be trusted to
+    be complete: the watch is synced and up, and no pod of the node has been waiting for its
+    IP for less than `grace` seconds (`clock`, monotonic; a pod is seen waiting when the set
+    is built). Otherwise it may be a new pod's whose IP the watch has not delivered yet:
+    `known()` is False, and the refusal is a retryable 503.
+    """
+
+    def __init__(
+        self,
+        pods: Callable[[], Iterable[PodSnapshot]],
+        synced: Callable[[], bool] = lambda: True,
+        *,
+        grace: float = IP_GRACE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pods = pods
+        self._synced = synced
+        self._grace = grace
+        self._clock = clock
+        self._allowed: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] | None = None
+        self._waiting: dict[str, float] = {}  # uid -> when first seen without an IP
+        self._grace_until = -math.inf
+        self.rebuilds = 0
+
+    def changed(self) -> None:
+        """The pods changed: the set is built again at the next request."""
+        self._allowed = None
+
+    def watching(self, handler: _WatchHandler) -> _WatchHandler:
+        """`handler` (the pod watch), telling this policy of every change it applies."""
+        return _Invalidating(handler, self)
+
+    def known(self) -> bool:
+        if not self._synced():
+            return False
+        if self._allowed is None:
+            self._allowed = self._build()
+        return self._clock() >= self._grace_until
+
+    def allows(self, address: str) -> bool:
+        peer = normalize_address(address)
+        if peer is None:
+            return False
+        if peer in LOOPBACK:
+            return True
+        if self._allowed is None:
+            self._allowed = self._build()
+        return peer in self._allowed
+
+    def _build(self) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        self.rebuilds += 1
+        allowed = set()
+        now = self._clock()
+        waiting: dict[str, float] = {}
+        for pod in self._pods():
+            if not pod.pod_ips and not pod.deleting and pod.phase not in _FINISHED:
+                waiting[pod.uid] = self._waiting.get(pod.uid, now)
+            for text in (*pod.pod_ips, *pod.host_ips):
+                address = normalize_address(text)
+                if address is not None:
+                    allowed.add(address)
+        self._waiting = waiting
+        self._grace_until = max(waiting.values(), default=-math.inf) + self._grace
+        return frozenset(allowed)
+
+
+_FINISHED = frozenset({"Succeeded", "Failed"})  # pods that will get no IP
+
+
+@dataclass
+class _Invalidating:
+    handler: _WatchHandler
+    sources: LocalSources
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        try:
+            self.handler.on_list(items)
+        finally:
+            self.sources.changed()
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            self.handler.on_event(event_type, obj)
+        finally:
+            self.sources.changed()
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _DaemonWorker(Executor):
+    """One daemon thread running the submitted calls in order. The interpreter waits at exit
+    for a ThreadPoolExecutor's threads, not for this one: a large body being decoded when
+    SIGTERM comes is abandoned rather than finished, and the exit stays bounded."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            with contextlib.suppress(queue.Empty):
+                while (item := self._queue.get_nowait()) is not None:
+                    item[0].cancel()
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
 
 
 class OtlpReceiver:
@@ -58,6 +276,8 @@ class OtlpReceiver:
     of a second to decode and must not stall the prober's schedule, and one thread keeps
     the per-stream state free of locks. The sink is called back on the loop, so it needs no
     locking either.
+
+    `sources` decides who may send (LocalSources for --otlp-sources=local); None: anyone.
     """
 
     def __init__(
@@ -67,11 +287,13 @@ class OtlpReceiver:
         *,
         metrics: Iterable[str] = DEFAULT_METRICS,
         limits: ReceiverLimits | None = None,
+        sources: SourcePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.limits = limits or ReceiverLimits()
         self.sink = sink
+        self.sources = sources
         self.clock = clock
         self.ingest = HistogramIngest(
             resolve,
@@ -81,7 +303,7 @@ class OtlpReceiver:
         )
         self._dropped: dict[str, int] = {}
         self._log = LogOnce(log)
-        self._worker: ThreadPoolExecutor | None = None
+        self._worker: _DaemonWorker | None = None
 
     # -- what the metrics read ---------------------------------------------------------
 
@@ -106,40 +328,56 @@ class OtlpReceiver:
 
     async def start(self, listen: ListenAddress) -> web.AppRunner:
         """Serve the receiver on `listen`; raises OSError if the address cannot be bound.
-        `await runner.cleanup()` stops it and its worker thread."""
-        runner = web.AppRunner(
-            self.build_app(), access_log=None, handle_signals=False, auto_decompress=False
+        `await runner.cleanup()` stops it and its worker thread, within about 1 s whatever
+        the clients are doing."""
+        return await serve(
+            self.build_app(),
+            listen,
+            name="otlp",
+            count=self._count,
+            timeouts=self.limits.timeouts,
+            auto_decompress=False,
         )
-        await runner.setup()
-        site = web.TCPSite(runner, host=listen.host or None, port=listen.port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        return runner
 
     async def _stop_worker(self, _: web.Application) -> None:
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
             self._worker = None
 
-    async def _export(self, request: web.Request) -> web.Response:
-        encoding = Encoding.JSON  # for a 415, when the request's own is unknown
+    def _count(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+
+    def _refused(self, exc: BodyRejected) -> None:
+        self._count(exc.reason)
+        self._log.warning(exc.reason, "OTLP request refused (%d): %s", exc.status, exc)
+
+    async def _export(self, request: web.Request) -> web.StreamResponse:
+        encoding = Encoding.JSON  # for a refusal, when the request's own is unknown
+        with contextlib.suppress(BodyRejected):
+            encoding = request_encoding(request.headers.get(hdrs.CONTENT_TYPE))
         try:
+            # The source first: a stranger learns nothing else of its request.
+            self._check_source(request)
             encoding = request_encoding(request.headers.get(hdrs.CONTENT_TYPE))
             compressed = check_content_encoding(request.headers.get(hdrs.CONTENT_ENCODING))
             body = await self._read_body(request)
             if self._worker is None:
-                self._worker = ThreadPoolExecutor(1, thread_name_prefix="otlp-ingest")
+                self._worker = _DaemonWorker("otlp-ingest")
             loop = asyncio.get_running_loop()
             result = await loop.run_in_executor(
                 self._worker, self._decode_and_ingest, loop, body, encoding, compressed
             )
+        except BodyTimeout as exc:
+            self._refused(exc)
+            return await _answer_and_close(request, exc, encoding)
         except BodyRejected as exc:
-            self._dropped[exc.reason] = self._dropped.get(exc.reason, 0) + 1
-            self._log.warning(exc.reason, "OTLP request refused (%d): %s", exc.status, exc)
-            return _respond(exc.status, encode_status(str(exc), encoding))
+            self._refused(exc)
+            response = _respond(exc.status, encode_status(str(exc), encoding))
+            if isinstance(exc, UntrustedSource):
+                response.force_close()  # no kept-alive connection for a stranger
+            elif isinstance(exc, SourcesUnknown):
+                response.headers[hdrs.RETRY_AFTER] = RETRY_AFTER
+            return response
 
         for kind, (outcome, _, message) in result.problems.items():
             self._log.warning(f"otlp_{kind}", "OTLP data points %s: %s", outcome.value, message)
@@ -150,6 +388,26 @@ class OtlpReceiver:
         message = result.error_message() if result.rejected else ""
         return _respond(200, encode_response(result.rejected, message, encoding))
 
+    def _check_source(self, request: web.Request) -> None:
+        """The peer's address from the socket itself (never from a header)."""
+        if self.sources is None:
+            return
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self.sources.allows(address):
+            return
+        if not self.sources.known():
+            raise SourcesUnknown(
+                f"{address} is not known yet as a pod of this node: the agent's list of them "
+                "is not complete yet (not listed, the watch reconnecting, or a new pod without "
+                "its IP yet); retry"
+            )
+        raise UntrustedSource(
+            f"{address or 'an unknown address'} is neither a pod of this node nor the node "
+            "(--otlp-sources=local)"
+        )
+
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -158,11 +416,20 @@ class OtlpReceiver:
             )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        timeout = self.limits.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async for chunk in request.content.iter_chunked(_READ_CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            declared = request.content_length
+            of = f" of {declared}" if declared is not None else ""
+            raise BodyTimeout(
+                f"the body did not arrive within {timeout:g}s ({size}{of} bytes did)"
+            ) from None
         return b"".join(chunks)
 
     def _decode_and_ingest(
@@ -189,3 +456,17 @@ class OtlpReceiver:
 
 def _respond(status: int, encoded: EncodedBody) -> web.Response:
     return web.Response(status=status, body=encoded.body, content_type=encoded.content_type)
+
+
+async def _answer_and_close(
+    request: web.Request, exc: BodyRejected, encoding: Encoding
+) -> web.Response:
+    """Answer, then close the connection at once: the rest of a body that stalled is not
+    waited for (aiohttp would linger to read it)."""
+    response = _respond(exc.status, encode_status(str(exc), encoding))
+    response.force_close()
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
+    return response

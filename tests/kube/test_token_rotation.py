@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from exporter.kube.config import KubeConnection, load_connection
+from exporter.kube.config import TOKEN_RETRY, KubeConnection, TokenFile, load_connection
 from exporter.kube.watching import ApiSession, Reflector, ResourceSpec, list_objects
 from exporter.simulator import ApiServer, objects
+from exporter.simulator.kubeconfig import write_kubeconfig
 from exporter.simulator.tls import ServerTls
 from tests.agent.conftest import running_agent
 from tests.certs import CertificateAuthority
@@ -197,7 +198,7 @@ async def test_a_token_file_caught_empty_keeps_the_last_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A read that finds no token (a hand-made rotation that truncates, then writes) loses
-    nothing: the last token goes on, and the file is read again at the next request."""
+    nothing: the last token goes on, and the file is read again TOKEN_RETRY seconds later."""
     clock = Clock()
     connection = connect(clock)
     async with ApiSession(connection, FAST) as session:
@@ -209,6 +210,7 @@ async def test_a_token_file_caught_empty_keeps_the_last_token(
         api.accepted_tokens.add("token-2")
         volume.rotate_token("token-2")
         api.accepted_tokens.discard("token-1")
+        clock.now += TOKEN_RETRY
         assert len(await list_pods(session)) == 1  # read again, without waiting a minute
     assert statuses(api) == [200, 200]
 
@@ -232,3 +234,62 @@ async def test_the_agent_follows_a_rotated_token_file(
         await wait_for(lambda: agent.readiness()[0], "the agent ready again")
         refused = sum(h.restarts.get("unauthorized", 0) for h in agent.healths)
         assert refused == statuses(api).count(401) >= 1
+
+
+async def test_a_relative_token_file_follows_a_kubeconfig_mounted_from_a_secret(
+    api: ApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kubeconfig and its token in one Secret, mounted as the kubelet mounts it
+    (`kubeconfig -> ..data/kubeconfig`, `..data -> ..<timestamp>`), with `tokenFile: token`:
+    the token is the one next to the link the agent was given, so after a rotation (which
+    deletes the timestamped directory) the new token is read, not a deleted file."""
+    secret = ProjectedVolume(tmp_path / "secret")
+    staged = write_kubeconfig(tmp_path / "staged", api.kubeconfig(token=None, token_file="token"))
+    config = staged.read_bytes()
+    secret.write({"kubeconfig": config, "token": b"token-1"})
+    clock = Clock()
+    connection = load_connection(str(secret.directory / "kubeconfig"), clock=clock)
+    assert connection.token_file is not None
+    async with ApiSession(connection, FAST) as session:
+        assert len(await list_pods(session)) == 1
+        api.accepted_tokens.add("token-2")
+        secret.write({"kubeconfig": config, "token": b"token-2"})  # the first dir is deleted
+        api.accepted_tokens.discard("token-1")
+        clock.now += 60
+        with caplog.at_level(logging.WARNING, logger="tailwatch.kube"):
+            assert len(await list_pods(session)) == 1
+    assert statuses(api) == [200, 200]
+    assert not [r for r in caplog.records if "token file" in r.getMessage()]
+    assert connection.token_file.path == secret.directory / "token"
+
+
+def test_a_missing_token_file_is_tried_once_per_backoff_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request while the file is gone uses the last token; the disk is tried once per
+    TOKEN_RETRY, and the problem is logged once for the whole streak, then its end once."""
+    path = tmp_path / "token"
+    path.write_text("token-1")
+    clock = Clock()
+    token_file = TokenFile(path, clock=clock)
+    path.unlink()
+    clock.now += 60  # the refresh is due
+    caplog.set_level(logging.INFO, logger="tailwatch.kube")
+    for _ in range(4):  # 20 s of requests, 100 a second
+        for _ in range(500):
+            assert (token_file.cached() or token_file.token()) == "token-1"
+            clock.now += 0.01
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0].getMessage()
+    assert token_file.attempts == 1 + 4  # the first read, then one per 5 s
+    token_file.expire()  # a 401 meanwhile does not break the backoff
+    assert token_file.cached() == "token-1"
+    path.write_text("token-2")
+    clock.now += TOKEN_RETRY
+    assert token_file.token() == "token-2"
+    assert "is read again" in caplog.records[-1].getMessage()
+    path.unlink()  # a new streak is logged again
+    clock.now += 60
+    assert token_file.token() == "token-2"
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
