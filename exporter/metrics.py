@@ -5,13 +5,20 @@ by label values, so series of pods that are gone can be removed. `AgentSource` r
 together with values read from the agent's state (pods on the node, watch health, dropped
 input), at scrape time; `ClientLatencySource` and `ServiceSource` do the same for client
 latency and the episodes.
+
+Series are bounded where they are made (docs/metrics.md, *Cardinality*): each table that
+creates label sets from input asks `SeriesLimit` before it adds one, and the series keyed by
+a workload expire --series-ttl after its last pod left the node. Both cost O(1) per update.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
 
 from exporter import __version__
 from exporter.catalogue import (
@@ -35,6 +42,7 @@ from exporter.catalogue import (
     WATCH_EVENTS,
     WATCH_LAST_EVENT_AGE,
     WATCH_RESTARTS,
+    Family,
     FamilySnapshot,
     Series,
 )
@@ -47,25 +55,131 @@ from exporter.core.histogram import (
     LatencySeries,
     le_string,
 )
+from exporter.core.lifecycle import WorkloadKey
 from exporter.core.pods import PodSnapshot
 from exporter.core.services import ServiceRef
 from exporter.kube.watching import WatchHealth
+from exporter.logs import LogOnce
+
+log = logging.getLogger("tailwatch.agent")
+
+#: --series-limit's default: the most label sets of one family.
+DEFAULT_SERIES_LIMIT = 10_000
+#: The tailwatch_dropped_total reasons of this module.
+SERIES_LIMIT = "series_limit"
+INTERNAL_ERROR = "internal_error"
+#: The most workloads `AgentMetrics.expire` drops in one call (~5 ms of the event loop on a
+#: 2-core machine); the others go at the next tick, a second later.
+EXPIRE_BATCH = 1000
+#: A failing piece of code logs its traceback at most this often (the first time at once).
+ERROR_LOG_INTERVAL = 300.0
+
+
+class SeriesLimit:
+    """--series-limit: the most label sets any one family may have.
+
+    Asked by the tables that make label sets from input, before they add one: a family at
+    the limit gets no new label set, while its existing ones keep counting. Each refused
+    update is counted in tailwatch_dropped_total{reason="series_limit"} (the other reasons
+    count input too: objects, data points, probe samples; counting distinct refused label
+    sets would mean remembering them, the very memory the limit is there to bound), and
+    logged once per family, then at most every 5 minutes with the number suppressed.
+    """
+
+    def __init__(
+        self,
+        limit: int | None,
+        count_dropped: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self._count_dropped = count_dropped
+        self._log = LogOnce(log, clock=clock)
+
+    def room(self, family: Family, size: int) -> bool:
+        """May a family whose table holds `size` label sets get one more? If not, the
+        update that wanted it is counted as dropped."""
+        if self.limit is None or size < self.limit:
+            return True
+        self._count_dropped(SERIES_LIMIT)
+        self._log.warning(
+            family.name,
+            "%s has %d label sets, the --series-limit: new ones are dropped and counted in "
+            'tailwatch_dropped_total{reason="series_limit"}',
+            family.name,
+            self.limit,
+        )
+        return False
+
+
+class _Guard:
+    """`AgentMetrics.guard`: an exception in the block is logged and counted, not raised."""
+
+    __slots__ = ("_metrics", "_what")
+
+    def __init__(self, metrics: AgentMetrics, what: str) -> None:
+        self._metrics = metrics
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False  # nothing raised, or a cancellation or exit: let it through
+        self._metrics.internal_error(self._what, exc)
+        return True
 
 
 class AgentMetrics:
-    """The agent's counters and histograms, keyed by label values."""
+    """The agent's counters and histograms, keyed by label values; what it dropped; and the
+    expiry of the series keyed by workload.
 
-    def __init__(self) -> None:
+    `on_workload` is the pod tracker's occupancy listener: a workload that lost its last pod
+    on the node has its series (pod events, startup and termination times) dropped
+    `series_ttl` seconds later by `expire`, unless a pod of it came back meanwhile. The
+    deadlines sit in an OrderedDict in the order they fall (one clock, one TTL), so `expire`
+    costs O(expired workloads), never a scan of the series.
+    """
+
+    def __init__(
+        self,
+        *,
+        series_limit: int | None = DEFAULT_SERIES_LIMIT,
+        series_ttl: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.pod_events: dict[tuple[str, ...], float] = {}
         self.restarts: dict[tuple[str, ...], float] = {}
         self.startup: dict[tuple[str, ...], FixedBuckets] = {}
         self.termination: dict[tuple[str, ...], FixedBuckets] = {}
         self.endpoint_events: dict[tuple[str, ...], float] = {}
         self.dropped: dict[str, int] = {}
+        self.series_ttl = series_ttl
+        self.clock = clock
+        self.limit = SeriesLimit(series_limit, self.count_dropped, clock)
+        # The pod_events keys of each workload, and the restarts keys of each pod: what to
+        # drop with them, without a scan.
+        self._workload_events: dict[WorkloadKey, set[tuple[str, ...]]] = {}
+        self._pod_restarts: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+        # Workloads without pods on the node -> when their series go (clock time).
+        self._expiry: OrderedDict[WorkloadKey, float] = OrderedDict()
+        # Per failing piece of code: when its traceback was last logged, how many since.
+        self._error_logged_at: dict[str, float] = {}
+        self._errors_suppressed: dict[str, int] = {}
 
     def record_endpoint(self, event: EndpointEvent) -> None:
         key = (event.service.namespace, event.service.name, event.kind.value)
-        self.endpoint_events[key] = self.endpoint_events.get(key, 0) + 1
+        count = self.endpoint_events.get(key)
+        if count is not None:
+            self.endpoint_events[key] = count + 1
+        elif self.limit.room(ENDPOINT_EVENTS, len(self.endpoint_events)):
+            self.endpoint_events[key] = 1
 
     def forget_service(self, service: ServiceRef) -> None:
         """Drop the series of a Service that is no longer opted in."""
@@ -75,29 +189,97 @@ class AgentMetrics:
     def count_dropped(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """A bug caught where it would otherwise stop a watch or a loop (a listener, a
+        sink, a tick): counted in tailwatch_dropped_total{reason="internal_error"}, and
+        logged with its traceback, once per `what` every ERROR_LOG_INTERVAL at most."""
+        self.count_dropped(INTERNAL_ERROR)
+        now = self.clock()
+        last = self._error_logged_at.get(what)
+        if last is not None and now - last < ERROR_LOG_INTERVAL:
+            self._errors_suppressed[what] = self._errors_suppressed.get(what, 0) + 1
+            return
+        self._error_logged_at[what] = now
+        suppressed = self._errors_suppressed.pop(what, 0)
+        extra = {"suppressed": suppressed} if suppressed else None
+        log.error("%s failed", what, exc_info=exc, extra=extra)
+
+    def guard(self, what: str) -> _Guard:
+        """`with metrics.guard("the OTLP sink"): ...`: an Exception raised in the block is
+        an `internal_error`, and the code after the block runs on."""
+        return _Guard(self, what)
+
     def record(self, event: LifecycleEvent) -> None:
         if event.kind is PodEventKind.OOM_KILL:
             return  # exported by the cgroup collector as tailwatch_container_oom_kills_total
         workload = (event.namespace, event.workload.kind, event.workload.name)
         key = (*workload, event.kind.value, event.reason)
-        self.pod_events[key] = self.pod_events.get(key, 0) + event.count
+        count = self.pod_events.get(key)
+        if count is not None:
+            self.pod_events[key] = count + event.count
+        elif self.limit.room(POD_EVENTS, len(self.pod_events)):
+            self.pod_events[key] = event.count
+            self._workload_events.setdefault(workload, set()).add(key)
         if event.kind is PodEventKind.CONTAINER_RESTART:
             rkey = (event.namespace, event.pod, event.container, event.reason)
-            self.restarts[rkey] = self.restarts.get(rkey, 0) + event.count
+            count = self.restarts.get(rkey)
+            if count is not None:
+                self.restarts[rkey] = count + event.count
+            elif self.limit.room(CONTAINER_RESTARTS, len(self.restarts)):
+                self.restarts[rkey] = event.count
+                self._pod_restarts.setdefault((event.namespace, event.pod), set()).add(rkey)
         if event.duration_seconds is not None:
             if event.kind is PodEventKind.READY:
-                table, buckets = self.startup, POD_STARTUP.buckets
+                table, family = self.startup, POD_STARTUP
             elif event.kind is PodEventKind.DELETED:
-                table, buckets = self.termination, POD_TERMINATION.buckets
+                table, family = self.termination, POD_TERMINATION
             else:
                 return
-            held = table.get(workload) or FixedBuckets.empty(buckets)
+            held = table.get(workload)
+            if held is None:
+                if not self.limit.room(family, len(table)):
+                    return
+                held = FixedBuckets.empty(family.buckets)
             table[workload] = held.observe(event.duration_seconds)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         """Drop the per-pod series of a pod that left the node."""
-        for key in [k for k in self.restarts if k[0] == namespace and k[1] == pod]:
+        for key in self._pod_restarts.pop((namespace, pod), ()):
             del self.restarts[key]
+
+    # -- series keyed by workload ------------------------------------------------------------
+
+    def on_workload(self, workload: WorkloadKey, present: bool) -> None:
+        """The tracker's occupancy listener: `workload` has pods on the node again (its
+        series stay), or lost its last one (they go `series_ttl` from now)."""
+        if present:
+            self._expiry.pop(workload, None)
+        elif self.series_ttl is not None:
+            self._expiry[workload] = self.clock() + self.series_ttl
+            self._expiry.move_to_end(workload)
+
+    def expire(self, batch: int = EXPIRE_BATCH) -> int:
+        """Drop the series of the workloads whose TTL ran out, at most `batch` of them (a
+        node drained of thousands of bare pods must not stall the loop in one go); how many
+        workloads."""
+        now = self.clock()
+        expired = 0
+        while self._expiry and expired < batch:
+            workload, due = next(iter(self._expiry.items()))
+            if due > now:
+                break
+            del self._expiry[workload]
+            self.forget_workload(workload)
+            expired += 1
+        return expired
+
+    def forget_workload(self, workload: WorkloadKey) -> None:
+        """Drop the series keyed by `workload`: its pod events, startup and termination
+        times. A later event of it starts them again from 0 (a counter reset)."""
+        for key in self._workload_events.pop(workload, ()):
+            del self.pod_events[key]
+        self.startup.pop(workload, None)
+        self.termination.pop(workload, None)
 
 
 class ClientLatency:
@@ -109,10 +291,12 @@ class ClientLatency:
         slo_of: Callable[[ServiceRef], float | None],
         state_of: Callable[[str, str], str] = lambda namespace, service: "steady",
         classic_layout: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT,
+        limit: SeriesLimit | None = None,
     ) -> None:
         self.slo_of = slo_of
         self.state_of = state_of
         self.classic_layout = classic_layout
+        self.limit = limit or SeriesLimit(None, lambda reason: None)
         self.series: dict[tuple[str, str, str], LatencySeries] = {}
 
     def record(
@@ -124,6 +308,8 @@ class ClientLatency:
         key = (service.namespace, service.name, self.state_of(service.namespace, service.name))
         series = self.series.get(key)
         if series is None:
+            if not self.limit.room(CLIENT_DURATION, len(self.series)):
+                return
             slo = self.slo_of(service)
             series = self.series[key] = LatencySeries.of_service(slo, self.classic_layout)
         series.record_ranges(buckets, sum_seconds)
@@ -217,7 +403,8 @@ class AgentSource:
 class EpisodeMetrics:
     """The episode counters and histograms, fed with the correlator's changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: SeriesLimit | None = None) -> None:
+        self.limit = limit or SeriesLimit(None, lambda reason: None)
         self.episodes: dict[tuple[str, ...], float] = {}
         self.p99_ratio: dict[tuple[str, ...], FixedBuckets] = {}
         self.recovery: dict[tuple[str, ...], FixedBuckets] = {}
@@ -228,17 +415,37 @@ class EpisodeMetrics:
         service = (episode.service.namespace, episode.service.name, episode.cause.value)
         if change.kind is ChangeKind.CLOSED:
             impact = episode.impact.value if episode.impact is not None else "unknown"
-            key = (*service, impact)
-            self.episodes[key] = self.episodes.get(key, 0) + 1
+            self._count(EPISODES, self.episodes, (*service, impact))
             ratio = episode.p99_ratio()
             if ratio is not None:
-                held = self.p99_ratio.get(service) or FixedBuckets.empty(EPISODE_P99_RATIO.buckets)
-                self.p99_ratio[service] = held.observe(ratio)
+                self._observe(EPISODE_P99_RATIO, self.p99_ratio, service, ratio)
         elif change.kind is ChangeKind.RECOVERED and episode.recovery_seconds is not None:
-            held = self.recovery.get(service) or FixedBuckets.empty(EPISODE_RECOVERY.buckets)
-            self.recovery[service] = held.observe(episode.recovery_seconds)
+            self._observe(EPISODE_RECOVERY, self.recovery, service, episode.recovery_seconds)
         elif change.kind is ChangeKind.NOT_RECOVERED:
-            self.not_recovered[service] = self.not_recovered.get(service, 0) + 1
+            self._count(EPISODES_NOT_RECOVERED, self.not_recovered, service)
+
+    def _count(
+        self, family: Family, table: dict[tuple[str, ...], float], key: tuple[str, ...]
+    ) -> None:
+        count = table.get(key)
+        if count is not None:
+            table[key] = count + 1
+        elif self.limit.room(family, len(table)):
+            table[key] = 1
+
+    def _observe(
+        self,
+        family: Family,
+        table: dict[tuple[str, ...], FixedBuckets],
+        key: tuple[str, ...],
+        value: float,
+    ) -> None:
+        held = table.get(key)
+        if held is None:
+            if not self.limit.room(family, len(table)):
+                return
+            held = FixedBuckets.empty(family.buckets)
+        table[key] = held.observe(value)
 
     def forget_service(self, service: ServiceRef) -> None:
         for table in (self.episodes, self.p99_ratio, self.recovery, self.not_recovered):

@@ -43,12 +43,16 @@ class _Handler:
 E = TypeVar("E")
 
 
-def notify(listeners: list[Callable[[E], None]], event: E) -> None:
+def notify(listeners: list[Callable[[E], None]], event: E, metrics: AgentMetrics) -> None:
+    """Hand `event` to every listener. One that raises does not keep the event from the
+    others, nor stop the watch that called: its exception is logged with its traceback and
+    counted in tailwatch_dropped_total{reason="internal_error"} (`AgentMetrics.internal_error`)."""
     for listener in listeners:
         try:
             listener(event)
-        except Exception:
-            log.exception("event listener failed")
+        except Exception as exc:
+            name = getattr(listener, "__qualname__", type(listener).__qualname__)
+            metrics.internal_error(f"event listener {name}", exc)
 
 
 class PodWatch(_Handler):
@@ -73,7 +77,7 @@ class PodWatch(_Handler):
         if event.kind is PodEventKind.DELETED:
             self.metrics.forget_pod(event.namespace, event.pod)
         event_log.info("lifecycle event", extra=event.as_log_fields())
-        notify(self.listeners, event)
+        notify(self.listeners, event, self.metrics)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.tracker.sync(items, self.clock())
@@ -159,7 +163,7 @@ class EndpointSliceWatch(_Handler):
                 continue
             self.metrics.record_endpoint(event)
             event_log.info("endpoint event", extra=event.as_log_fields())
-            notify(self.listeners, event)
+            notify(self.listeners, event, self.metrics)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.catalog.endpoints.sync(items, self.clock())

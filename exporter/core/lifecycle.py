@@ -8,7 +8,7 @@ are those of docs/lifecycle.md; the decisions the contract leaves open are writt
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +16,8 @@ from exporter.core.events import LifecycleEvent, PodEventKind, Workload
 from exporter.core.pods import MalformedObject, PodSnapshot, parse_pod, uid_of
 
 WorkloadKey = tuple[str, str, str]  # (namespace, workload kind, workload name)
+#: Told when a workload gets its first pod on the node (True) or loses its last (False).
+OccupancyListener = Callable[[WorkloadKey, bool], None]
 
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _CRASH_LOOP = "CrashLoopBackOff"
@@ -77,14 +79,25 @@ class PodLifecycleTracker:
       tombstones so that a late re-delivery of a deleted pod is not taken for a new pod.
     - Memory is bounded by the pods on the node plus `max_workloads` remembered revisions of
       workloads without pods here (oldest dropped first) plus `max_tombstones` uids.
+    - The pods of each workload on the node are counted as pods come, go, or change owner
+      (an orphaned pod becomes a bare Pod), silent changes included: `occupancy` hears each
+      workload that gets its first pod here or loses its last, so that the series keyed by
+      workload can expire (docs/metrics.md, *Cardinality*) at O(1) per change.
     """
 
     def __init__(
-        self, node: str = "", *, max_workloads: int = 1024, max_tombstones: int = 1024
+        self,
+        node: str = "",
+        *,
+        max_workloads: int = 1024,
+        max_tombstones: int = 1024,
+        occupancy: OccupancyListener | None = None,
     ) -> None:
         self._node = node
         self._max_workloads = max_workloads
+        self._occupancy = occupancy
         self._pods: dict[str, _HeldPod] = {}
+        self._workload_pods: dict[WorkloadKey, int] = {}
         self._revisions: OrderedDict[WorkloadKey, str] = OrderedDict()
         self._tombstones: deque[str] = deque(maxlen=max_tombstones)
         self._tombstone_set: set[str] = set()
@@ -107,6 +120,10 @@ class PodLifecycleTracker:
         held = self._pods.get(uid)
         return held.snapshot if held else None
 
+    def pods_of(self, namespace: str, workload: Workload) -> int:
+        """How many pods of `workload` are on this node now."""
+        return self._workload_pods.get((namespace, workload.kind, workload.name), 0)
+
     def revision_of(self, namespace: str, workload: Workload) -> str | None:
         """The revision this agent last saw arrive for `workload` (None if none is known)."""
         return self._revisions.get((namespace, workload.kind, workload.name))
@@ -114,6 +131,7 @@ class PodLifecycleTracker:
     def reset(self) -> None:
         """Forget everything: the next `sync` establishes state silently again."""
         self._pods.clear()
+        self._recount()
         self._revisions.clear()
         self._tombstones.clear()
         self._tombstone_set.clear()
@@ -193,13 +211,14 @@ class PodLifecycleTracker:
     def _establish(self, snapshots: Iterable[PodSnapshot]) -> None:
         """Take `snapshots` as the state of the node, silently."""
         self._pods = {s.uid: _HeldPod(s) for s in snapshots}
+        self._recount()
         # The newest pod of a workload carries the revision it is rolling towards.
         for held in sorted(self._pods.values(), key=lambda h: h.snapshot.created_at or 0.0):
             self._remember_revision(held.snapshot)
 
     def _arrive(self, snapshot: PodSnapshot, now: float) -> list[LifecycleEvent]:
         if not self._synced:
-            self._pods[snapshot.uid] = _HeldPod(snapshot)
+            self._hold(_HeldPod(snapshot))
             self._remember_revision(snapshot)
             return []
         events = [self._event(PodEventKind.SCHEDULED, snapshot, now)]
@@ -209,18 +228,19 @@ class PodLifecycleTracker:
             events.append(self._event(PodEventKind.ROLLOUT, snapshot, now))
         self._remember_revision(snapshot)
         held = _HeldPod(_just_scheduled(snapshot), startup_from=now)
-        self._pods[snapshot.uid] = held
+        self._hold(held)
         events += self._transitions(held, snapshot, now, arriving=True)
         return events
 
     def _update(self, snapshot: PodSnapshot, now: float) -> list[LifecycleEvent]:
         if not self._synced:
-            self._pods[snapshot.uid].snapshot = snapshot
+            self._replace(self._pods[snapshot.uid], snapshot)
             return []
         return self._transitions(self._pods[snapshot.uid], snapshot, now, arriving=False)
 
     def _delete(self, uid: str, now: float) -> list[LifecycleEvent]:
         held = self._pods.pop(uid)
+        self._count(_workload_key(held.snapshot), -1)
         self._tombstone(uid)
         if not self._synced:
             return []
@@ -282,8 +302,47 @@ class PodLifecycleTracker:
         if _is_evicted(new) and not _is_evicted(old):
             events.append(self._event(PodEventKind.EVICTED, new, now, reason="Evicted"))
 
-        held.snapshot = new
+        self._replace(held, new)
         return events
+
+    # -- pods per workload -------------------------------------------------------------------
+
+    def _hold(self, held: _HeldPod) -> None:
+        self._pods[held.snapshot.uid] = held
+        self._count(_workload_key(held.snapshot), 1)
+
+    def _replace(self, held: _HeldPod, new: PodSnapshot) -> None:
+        """`new` becomes the held snapshot; its workload may differ (owner references can
+        change: a pod orphaned by its ReplicaSet's deletion becomes a bare Pod)."""
+        old_key, new_key = _workload_key(held.snapshot), _workload_key(new)
+        held.snapshot = new
+        if old_key != new_key:
+            self._count(new_key, 1)
+            self._count(old_key, -1)
+
+    def _count(self, key: WorkloadKey, change: int) -> None:
+        before = self._workload_pods.get(key, 0)
+        after = before + change
+        if after:
+            self._workload_pods[key] = after
+        else:
+            del self._workload_pods[key]
+        if self._occupancy is not None and (before == 0) != (after == 0):
+            self._occupancy(key, after > 0)
+
+    def _recount(self) -> None:
+        """Count the pods per workload again after `_pods` was replaced as a whole."""
+        before = self._workload_pods
+        after: dict[WorkloadKey, int] = {}
+        for held in self._pods.values():
+            key = _workload_key(held.snapshot)
+            after[key] = after.get(key, 0) + 1
+        self._workload_pods = after
+        if self._occupancy is not None:
+            for key in [k for k in before if k not in after]:
+                self._occupancy(key, False)
+            for key in [k for k in after if k not in before]:
+                self._occupancy(key, True)
 
     def _remember_revision(self, snapshot: PodSnapshot) -> None:
         if not snapshot.revision:
@@ -294,11 +353,10 @@ class PodLifecycleTracker:
         if len(self._revisions) <= self._max_workloads:
             return
         # Drop the oldest workloads that have no pod here; those with pods stay.
-        live = {_workload_key(h.snapshot) for h in self._pods.values()} | {key}
         for candidate in list(self._revisions):
             if len(self._revisions) <= self._max_workloads:
                 break
-            if candidate not in live:
+            if candidate != key and candidate not in self._workload_pods:
                 del self._revisions[candidate]
 
     def _tombstone(self, uid: str) -> None:

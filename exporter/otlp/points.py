@@ -11,7 +11,7 @@ import itertools
 import math
 import operator
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -54,6 +54,10 @@ _NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 Bucket = tuple[float, float, int]  # (lower seconds, upper seconds, count): (lower, upper]
 Resolver = Callable[[str, int | None], ServiceRef | None]
 Target = tuple[str, int | None]  # server.address and server.port as the client sent them
+
+
+#: The tailwatch_dropped_total reason of the points the stream cap refuses.
+STREAM_LIMIT = "otlp_stream_limit"
 
 
 class Outcome(StrEnum):
@@ -426,7 +430,16 @@ class HistogramIngest:
         self.per_service: dict[ServiceRef, int] = {}
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.ignored = 0
+        # Points refused by the stream cap (also in outcomes' over_limit), for
+        # tailwatch_dropped_total: an int, read from the loop while the worker thread adds.
+        self.stream_limit_dropped = 0
         self._checked_bounds: dict[tuple[float, ...], bool] = {}
+
+    def dropped(self) -> Mapping[str, int]:
+        """What the stream cap refused, for tailwatch_dropped_total (docs/design.md: what a
+        cap drops is counted there); empty until it refuses a point."""
+        n = self.stream_limit_dropped
+        return {STREAM_LIMIT: n} if n else {}
 
     # -- stream table ----------------------------------------------------------------
 
@@ -614,6 +627,7 @@ class HistogramIngest:
             stream = None
         if stream is None:
             if not self._admit(service):
+                self.stream_limit_dropped += 1
                 raise PointRejected(
                     Outcome.OVER_LIMIT,
                     "streams_per_service",
