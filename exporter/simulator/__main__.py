@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -51,7 +52,13 @@ async def _serve(args: argparse.Namespace) -> None:
         server.write_kubeconfig(kubeconfig)
         print(f"serving {server.url}", flush=True)
         print(f"kubeconfig: {kubeconfig}", flush=True)
-        await asyncio.Event().wait()
+        # Stop on SIGINT or SIGTERM, even when started with SIGINT ignored (a background job
+        # of a non-interactive shell inherits that, and would never stop on Ctrl-C's signal).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@ controller write them, for tests and the demo."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from exporter.core.services import PROBE_LABEL
 from exporter.simulator.objects import name_suffix, object_uid
@@ -13,18 +14,40 @@ Obj = dict[str, Any]
 MANAGED_BY = "endpointslice-controller.k8s.io"
 
 
+class _Derived:
+    """The type of `DERIVED`."""
+
+
+#: `service(cluster_ip=DERIVED)`, the default: the Service's own `default_cluster_ip`.
+DERIVED: Final = _Derived()
+
+
+def default_cluster_ip(namespace: str, name: str) -> str:
+    """A ClusterIP for `namespace/name`, stable across runs. Loopback on purpose, like every
+    address the simulator makes up: the agent under test probes it, and nothing may ever
+    leave this machine. 127.240.0.0/12 is used by no other builder (pod IPs are in
+    127.16-239, node IPs in 127.0, the scale simulator's blocks start at 127.10), and
+    Services of different names get different addresses, so a simulated kube-proxy can
+    listen on all of them at once."""
+    d = hashlib.sha256(f"cluster-ip\x1f{namespace}\x1f{name}".encode()).digest()
+    return f"127.{240 + d[0] % 16}.{d[1]}.{1 + d[2] % 254}"
+
+
 def service(
     name: str,
     *,
     namespace: str = "default",
-    cluster_ip: str | None = "10.96.0.10",
+    cluster_ip: str | _Derived | None = DERIVED,
     ports: Sequence[tuple[str, int, int | str]] = (("http", 80, "http"),),
     selector: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
     probe: bool = True,
 ) -> Obj:
-    """A ClusterIP Service (headless with cluster_ip=None); opted in unless probe=False."""
+    """A ClusterIP Service (headless with cluster_ip=None, `default_cluster_ip` unless
+    given); opted in unless probe=False."""
+    if isinstance(cluster_ip, _Derived):
+        cluster_ip = default_cluster_ip(namespace, name)
     all_labels = {"app": name, **(labels or {})}
     if probe:
         all_labels[PROBE_LABEL] = "true"

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import ApiServer, objects
 from exporter.simulator.cluster import Cluster
-from tests.conftest import free_port, wait_for
+from tests.conftest import assert_no_traceback, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +108,7 @@ async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[AgentProcess]
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+    assert_no_traceback(log.read_text(errors="replace"))
 
 
 async def test_lifecycle_scenario_counts_exactly(
@@ -283,3 +284,4 @@ async def test_unreachable_api_server_backs_off_and_is_not_ready(tmp_path: Path)
         _, stderr = await proc.communicate()
     assert proc.returncode == 0  # SIGTERM is a clean stop
     assert b"retrying in" in stderr
+    assert_no_traceback(stderr.decode(errors="replace"))

@@ -98,12 +98,12 @@ class NodeState:
         self.correlator = Correlator(node="node-a")
         self.correlator.set_services(self.refs)
         self.targets = [
-            ProbeTarget("shop", ref.name, "service", "", f"10.96.0.{i + 10}", 8080, "http",
+            ProbeTarget("shop", ref.name, "service", "", f"127.96.0.{i + 10}", 8080, "http",
                         "/healthz", slo=SLO)
             for i, ref in enumerate(self.refs)
         ] + [
             ProbeTarget("shop", self.refs[i % services].name, "endpoint",
-                        self.pods[i % len(self.pods)].name, f"10.244.1.{i + 10}", 8080, "http",
+                        self.pods[i % len(self.pods)].name, f"127.244.1.{i + 10}", 8080, "http",
                         "/healthz", slo=SLO)
             for i in range(endpoints)
         ]  # fmt: skip

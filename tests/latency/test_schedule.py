@@ -139,20 +139,20 @@ def test_phases_spread_45_targets_and_differ_between_nodes() -> None:
 
 # -- the ledger ----------------------------------------------------------------------------
 
-WEB = ProbeTarget("shop", "web", "service", "", "10.96.0.7", 80, "http", "/healthz", slo=0.05)
-POD1 = ProbeTarget("shop", "web", "endpoint", "web-1", "10.0.0.1", 8080, "http", slo=0.05)
-POD2 = ProbeTarget("shop", "web", "endpoint", "web-2", "10.0.0.2", 8080, "http", slo=0.05)
+WEB = ProbeTarget("shop", "web", "service", "", "127.96.0.7", 80, "http", "/healthz", slo=0.05)
+POD1 = ProbeTarget("shop", "web", "endpoint", "web-1", "127.0.0.11", 8080, "http", slo=0.05)
+POD2 = ProbeTarget("shop", "web", "endpoint", "web-2", "127.0.0.12", 8080, "http", slo=0.05)
 
 
 def test_target_from_a_catalog_spec() -> None:
-    spec = TargetSpec(ServiceRef("shop", "web"), "endpoint", "web-1", "10.0.0.1", 8080,
+    spec = TargetSpec(ServiceRef("shop", "web"), "endpoint", "web-1", "127.0.0.11", 8080,
                       "http", "/", 1.0, 0.05)  # fmt: skip
     target = ProbeTarget.from_spec(spec, timeout=2.0)
     assert target.series == ("shop", "web", "endpoint", "web-1")
-    assert (target.timeout, target.slo, target.host_port) == (2.0, 0.05, "10.0.0.1:8080")
+    assert (target.timeout, target.slo, target.host_port) == (2.0, 0.05, "127.0.0.11:8080")
     with pytest.raises(ValueError, match="protocol"):
         ProbeTarget("a", "b", "service", "", "::1", 1, "udp")
-    assert ProbeTarget("a", "b", "service", "", "fd00::1", 80).host_port == "[fd00::1]:80"
+    assert ProbeTarget("a", "b", "service", "", "::1", 80).host_port == "[::1]:80"
 
 
 def test_ledger_series_states_failures_and_removal() -> None:

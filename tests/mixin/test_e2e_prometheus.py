@@ -14,13 +14,19 @@ Then, for each form:
 - every dashboard query, with its variables substituted, returns data;
 - the disruption alert was at least pending, while the scenario ran, for every Service whose
   episode the agent itself measured clearly (3x) above its baseline, and its two inputs
-  (the p99 ratio, the open episode) met for a disrupted Service;
-- the SLO alerts stayed silent for the Service the scenario never touches;
+  (the p99 ratio, the open episode) met for a disrupted Service; it was seen for no Service
+  the agent had no episode for (the Service the scenario never touches, unless the loaded
+  machine itself slowed it down enough for the agent to open one);
+- the SLO alerts stayed silent for the Service the scenario never touches, unless its own
+  raw probe counters show it burning its budget (a machine starved of CPU slows every
+  probe: the rules are right to say so, and wrong only if the counters disagree);
 - the Prometheus stored the histogram form its rules read.
 
 Alerts are read back from each Prometheus' own `ALERTS` and `ALERTS_FOR_STATE` series once
 the scenario is over, not polled while it runs: every evaluation is there, however loaded
-the machine (a poll can miss an alert pending for one evaluation).
+the machine (a poll can miss an alert pending for one evaluation). What the rules must see
+is judged against what the agent measured in the same run (the demo's report), never
+against what the scenario intended: on a loaded 2-core machine the two differ.
 """
 
 from __future__ import annotations
@@ -42,18 +48,24 @@ from typing import Any
 import pytest
 
 from exporter.mixin import MixinConfig, Records, fast_profile, rules_yaml
+from exporter.mixin.config import FAST_MIN_WINDOW
 from exporter.mixin.dashboards import DASHBOARDS
 from exporter.mixin.generate import RULE_FILES, dashboard_json
 from exporter.simulator.shop import AGENT_NODE
-from tests.conftest import free_port, stop_process
+from tests.conftest import assert_no_traceback, free_port, stop_process
 from tests.mixin.conftest import REPO
 from tests.mixin.dashboards import Query, queries, substitute
 from tests.mixin.prometheus import Prometheus, running_prometheus, wait_until
 
-pytestmark = pytest.mark.e2e
+#: The module's run (two Prometheus servers, the demo) is made in its first test's setup:
+#: a minute when idle, more on a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-#: The demo's time compression, and the rules' (its 460 scenario seconds take ~31 s).
-SPEED = 15.0
+#: The demo's time compression, and the rules' (its 460 scenario seconds take ~46 s). At 10x
+#: the shortest disruption (recommend's 50 s sidecar burst) lasts 5 s of real time, the
+#: rules' shortest rate window: a loaded machine that drops a scrape or delays an
+#: evaluation still leaves several evaluations in which the alert's inputs hold.
+SPEED = 10.0
 NAMESPACE = "shop"
 #: The two Prometheus servers, by the histogram form they store (`native_histograms`).
 FORMS = {"classic": False, "native": True}
@@ -153,11 +165,14 @@ NEVER = "0001-01-01T00:00:00Z"
 
 
 def _agent_node(url: str) -> str | None:
+    """The node of the agent answering at `url`; None until one does (whatever else may
+    hold the port meanwhile: the demo then fails to listen and exits, with its log)."""
     try:
         with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=2) as resp:
-            return str(json.load(resp)["node"])
-    except OSError:
+            node = json.load(resp).get("node")
+    except (OSError, ValueError, AttributeError):
         return None
+    return str(node) if node else None
 
 
 def _scraping(prometheus: Prometheus) -> bool:
@@ -170,7 +185,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """One demo, scraped by both Prometheus servers at once.
 
     The servers start first and already scrape the agent's address when the demo starts:
-    the scenario's steady phase, which the baselines are made of, lasts only 8 s at this
+    the scenario's steady phase, which the baselines are made of, lasts only 12 s at this
     speed, and a Prometheus applies its first targets about 5 s after it is ready."""
     tmp = tmp_path_factory.mktemp("e2e")
     port = free_port()
@@ -203,7 +218,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
         wait_until(
             lambda: all(s.ready() and _scraping(s) for s in servers.values()),
             "both Prometheus servers to scrape",
-            60,
+            120,
         )
         env = {**os.environ, "COLUMNS": "160", "TERM": "dumb"}
         with log.open("wb") as out:
@@ -217,7 +232,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
             )  # fmt: skip
         stack.callback(stop_process, demo, 20)
         node = wait_until(
-            lambda: _agent_node(agent) or demo.poll() is not None, "the demo's agent", 60
+            lambda: _agent_node(agent) or demo.poll() is not None, "the demo's agent", 120
         )
         assert demo.poll() is None, log.read_text()[-3000:]
         assert node == AGENT_NODE, f"the demo's agent watches {node}, not {AGENT_NODE}"
@@ -225,7 +240,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
         wait_until(
             lambda: "holding" in log.read_text() or demo.poll() is not None,
             "the demo's scenario to end",
-            100,
+            240,
         )
         assert demo.poll() is None, log.read_text()[-3000:]
         held = time.time()
@@ -237,9 +252,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 for g in s.rule_groups()
             ),
             "the rules to evaluate after the scenario",
-            30,
+            60,
         )
         end = time.time()
+        assert_no_traceback(log.read_text(errors="replace"), "the demo")
         families = _metric_families(agent)
         report = json.loads(report_path.read_text())
         yield {
@@ -391,6 +407,12 @@ def _clearly_disrupted(run: Run) -> set[str]:
     }
 
 
+def _with_episodes(run: Run) -> set[str]:
+    """The Services the agent opened an episode for, whatever its cause."""
+    episodes = run.report["episodes"]
+    return {e["service"].rpartition("/")[2] for e in episodes["recent"] + episodes["open"]}
+
+
 def test_the_disruption_alert_was_at_least_pending_for_every_clearly_disrupted_service(
     run: Run,
 ) -> None:
@@ -400,7 +422,9 @@ def test_the_disruption_alert_was_at_least_pending_for_every_clearly_disrupted_s
     # the rules; in every run, the alert's two inputs must meet for a disrupted Service.
     seen = {a["service"] for a in run.alerts.of("TailwatchDisruptionImpact")}
     assert _clearly_disrupted(run) <= seen, _disruption_inputs(run)
-    assert _unaffected(run) not in seen
+    # Never for a Service without an episode: the untouched one stays silent unless the
+    # machine starved the demo enough for the agent to see a spike of it too.
+    assert seen <= _with_episodes(run), _disruption_inputs(run)
     r = Records(run.config)
     window = f"{math.ceil(run.end - run.start)}s"
     met = run.prometheus.query(
@@ -411,6 +435,34 @@ def test_the_disruption_alert_was_at_least_pending_for_every_clearly_disrupted_s
     assert {m["metric"]["service"] for m in met} & set(_disrupted(run)), _disruption_inputs(run)
 
 
+#: Seconds in a Prometheus duration unit.
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    """A Prometheus duration ("30s", "1m30s") in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(int(n) * UNITS[u] for n, u in parts)
+
+
+def _raw_slow_share(run: Run, service: str, window: float, at: float) -> float | None:
+    """The share of `service`'s probes over its SLO in the `window` seconds before `at`,
+    from the agent's raw counters (not the recording rules the alert reads); None without
+    probes."""
+    selector = f'{{service="{service}", target="service"}}'
+    w = f"{math.ceil(window)}s"
+    probes = (
+        f"histogram_count(increase(tailwatch_probe_duration_seconds{selector}[{w}]))"
+        if FORMS[run.form]
+        else f"increase(tailwatch_probe_duration_seconds_count{selector}[{w}])"
+    )
+    result = run.prometheus.query(
+        f"sum(increase(tailwatch_probe_slow_total{selector}[{w}])) / sum({probes})", at=at
+    )
+    return float(result[0]["value"][1]) if result else None
+
+
 def test_no_slo_alert_for_the_service_the_scenario_never_touches(run: Run) -> None:
     unaffected = _unaffected(run)
     config = run.config
@@ -419,12 +471,22 @@ def test_no_slo_alert_for_the_service_the_scenario_never_touches(run: Run) -> No
     # the agent's first probes while Prometheus itself starts on the same two cores, not
     # the Service; every alert that became active once that window was full counts.
     full = run.start + min(b.short for b in config.slo.burn_rates)
-    burning = [
-        a
-        for a in run.alerts.active_since("TailwatchLatencyBudgetBurn")
-        if a["service"] == unaffected and a["active_at"] >= full
-    ]
-    assert not burning
+    budget = 1 - config.slo.objective
+    unfounded = []
+    for alert in run.alerts.active_since("TailwatchLatencyBudgetBurn"):
+        if alert["service"] != unaffected or alert["active_at"] < full:
+            continue
+        # A CPU-starved machine slows every probe of the demo, the untouched Service's too:
+        # then the alert is right. It is wrong if the raw counters do not show the burn
+        # (half the threshold: the rules' 5 s rate windows reach a little further back).
+        [rate] = [b for b in config.slo.burn_rates if b.short == _seconds(alert["short"])]
+        window = rate.short + FAST_MIN_WINDOW
+        share = _raw_slow_share(run, unaffected, window, alert["active_at"]) or 0.0
+        if share < rate.factor * budget / 2:
+            unfounded.append(alert | {"raw_slow_share": round(share, 4)})
+    assert not unfounded, f"burn-rate alerts the agent's own counters do not back: {unfounded}"
+    whole = _raw_slow_share(run, unaffected, run.end - run.start, run.end)
+    assert whole is not None, f"no probes of {unaffected} in Prometheus"
     # Silence means something only if its SLO was evaluated.
     short = config.slo.burn_rates[0].short
     series = run.prometheus.series(

@@ -30,7 +30,7 @@ from tests.otlp.builders import (
 
 WEB_REF = ServiceRef("shop", "web")
 DB_REF = ServiceRef("shop", "db")
-SERVICES = {"web.shop": WEB_REF, "10.96.0.7": WEB_REF, "10.244.1.5": WEB_REF, "db.shop": DB_REF}
+SERVICES = {"web.shop": WEB_REF, "127.96.0.7": WEB_REF, "127.244.1.5": WEB_REF, "db.shop": DB_REF}
 STARTED = T0 - 10**9  # the agent started a second before the client streams
 S = 10**9
 
@@ -302,8 +302,8 @@ def test_other_metrics_are_ignored_not_counted() -> None:
     [
         ({"server.address": "web.shop.svc.cluster.local"}, {}),
         ({"server.address": "web.shop"}, {}),
-        ({"server.address": "10.96.0.7", "server.port": 80}, {}),
-        ({"server.address": "10.244.1.5:8080"}, {}),
+        ({"server.address": "127.96.0.7", "server.port": 80}, {}),
+        ({"server.address": "127.244.1.5:8080"}, {}),
         ({"net.peer.name": "web.shop.svc", "net.peer.port": "8080"}, {}),
         ({"server.address": "web"}, {"k8s.namespace.name": "shop"}),
         ({"server.address": "web.shop", "net.peer.name": "db.shop"}, {}),  # current semconv wins
@@ -322,7 +322,7 @@ def test_streams_map_to_services(attrs: dict[str, str | int], resource: dict[str
         ({"server.address": ""}, "no_server_address"),
         ({"server.address": "web"}, "unknown_service"),  # no client namespace to complete it
         ({"server.address": "api.stripe.com"}, "unknown_service"),
-        ({"server.address": "10.96.0.8"}, "unknown_service"),
+        ({"server.address": "127.96.0.8"}, "unknown_service"),
         ({"server.address": "cache.shop.svc.cluster.local"}, "unknown_service"),
         ({"server.address": "web.shop" + "." * 300}, "unknown_service"),  # too long to parse
     ],

@@ -61,9 +61,9 @@ JSON = {"Content-Type": "application/json"}
 
 
 def catalog() -> ServiceCatalog:
-    """The Service view the lead wires in: web.shop, ClusterIP 10.96.0.7, one endpoint."""
-    web_ = service("web", namespace="shop", cluster_ip="10.96.0.7")
-    pod = objects.deployment_pod("web", namespace="shop", node="node-a", pod_ip="10.244.1.5")
+    """The Service view the lead wires in: web.shop, ClusterIP 127.96.0.7, one endpoint."""
+    web_ = service("web", namespace="shop", cluster_ip="127.96.0.7")
+    pod = objects.deployment_pod("web", namespace="shop", node="node-a", pod_ip="127.244.1.5")
     view = ServiceCatalog(node="node-a")
     assert view.sync_services([web_], 0.0) == []
     slice_ = endpoint_slice(web_, [endpoint_of_pod(pod)])
@@ -209,9 +209,9 @@ async def test_sdk_messages_as_otlp_json(agent: Agent) -> None:
     reader = InMemoryMetricReader()
     with sdk_client(reader) as (_, histogram):
         for value in VALUES:
-            histogram.record(value, {"server.address": "10.96.0.7", "server.port": 80})
+            histogram.record(value, {"server.address": "127.96.0.7", "server.port": 80})
         histogram.record(0.5, {"server.address": "web"})  # k8s.namespace.name completes it
-        histogram.record(0.5, {"server.address": "10.244.1.5"})  # an endpoint's IP
+        histogram.record(0.5, {"server.address": "127.244.1.5"})  # an endpoint's IP
         data = reader.get_metrics_data()
     assert data is not None
     body = json_format.MessageToJson(encode_metrics(data)).encode()

@@ -8,7 +8,7 @@ from exporter.simulator import objects
 from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
 
 WEB = service(
-    "web", namespace="shop", cluster_ip="10.96.0.7", ports=(("http", 80, "http"),),
+    "web", namespace="shop", cluster_ip="127.96.0.7", ports=(("http", 80, "http"),),
     annotations={"tailwatch.io/probe-protocol": "http", "tailwatch.io/probe-path": "/healthz",
                  "tailwatch.io/slo-latency": "50ms"},
 )  # fmt: skip
@@ -32,7 +32,7 @@ def catalog_with_pods(*nodes: str) -> tuple[ServiceCatalog, list[dict[str, objec
 def test_targets_are_the_service_and_its_local_endpoints() -> None:
     catalog, pods = catalog_with_pods("node-a", "node-b", "node-a")
     targets = catalog.targets()
-    assert targets[0] == TargetSpec(REF, "service", "", "10.96.0.7", 80, "http", "/healthz",
+    assert targets[0] == TargetSpec(REF, "service", "", "127.96.0.7", 80, "http", "/healthz",
                                     1.0, 0.05)  # fmt: skip
     local = [(t.target, t.pod, t.address, t.port) for t in targets[1:]]
     assert local == sorted(
@@ -59,10 +59,10 @@ def test_a_skipped_service_is_kept_with_its_reason_and_not_probed() -> None:
 def test_resolve_names_cluster_ips_and_endpoint_ips() -> None:
     catalog, pods = catalog_with_pods("node-a", "node-b")
     names = ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local"]
-    names += ["WEB.shop.svc.cluster.local.", "10.96.0.7", pods[1]["status"]["podIP"]]
+    names += ["WEB.shop.svc.cluster.local.", "127.96.0.7", pods[1]["status"]["podIP"]]
     for name in names:
         assert catalog.resolve(name, 80) == REF, name
-    for name in ("web", "web.other", "other.default", "10.96.0.8", "db.shop.svc.example.org"):
+    for name in ("web", "web.other", "other.default", "127.96.0.8", "db.shop.svc.example.org"):
         assert catalog.resolve(name) is None, name
 
 

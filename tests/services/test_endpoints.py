@@ -144,7 +144,7 @@ def test_address_lookup_for_otlp_mapping() -> None:
     p = pod("web-0", "a")
     tracker = synced(slice_of(p))
     assert tracker.service_of_address(p["status"]["podIP"]) == REF
-    assert tracker.service_of_address("192.0.2.1") is None
+    assert tracker.service_of_address("127.0.2.1") is None
 
 
 def test_nil_conditions_follow_the_api_semantics() -> None:

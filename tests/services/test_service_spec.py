@@ -10,11 +10,11 @@ from tests.core.kube_schema import validate_pod as validate
 
 
 def test_defaults() -> None:
-    obj = service("web", namespace="shop", cluster_ip="10.96.3.4")
+    obj = service("web", namespace="shop", cluster_ip="127.96.3.4")
     validate(obj)
     spec = parse_service(obj)
     assert spec.ref == ServiceRef("shop", "web")
-    assert spec.cluster_ip == "10.96.3.4"
+    assert spec.cluster_ip == "127.96.3.4"
     assert spec.port == ServicePort("http", 80, "http")  # first port
     assert (spec.protocol, spec.path, spec.interval, spec.slo) == ("tcp", "/", 1.0, None)
 

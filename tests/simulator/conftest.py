@@ -47,7 +47,7 @@ def make_service(
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
-        "spec": {"ports": [{"port": 80, "targetPort": 8080}], "clusterIP": "10.96.0.10"},
+        "spec": {"ports": [{"port": 80, "targetPort": 8080}], "clusterIP": "127.96.0.10"},
     }
 
 
@@ -61,7 +61,7 @@ def make_endpoint_slice(name: str, service: str, namespace: str = "default") -> 
             "labels": {"kubernetes.io/service-name": service},
         },
         "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}],
+        "endpoints": [{"addresses": ["127.0.10.1"], "conditions": {"ready": True}}],
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
     }
 

@@ -102,7 +102,7 @@ def test_watch_stream_sees_changes_in_order_and_bookmarks(
         wait_until(lambda: sim.faults.open_watches == 1, what="the client's watch")
         sim.store.create("pods", make_pod("web-1", node="node-a", grace=5))
         sim.store.create("pods", make_pod("elsewhere", node="node-b"))
-        sim.store.patch("pods", "default", "web-1", lambda o: o["status"].update(podIP="10.0.0.7"))
+        sim.store.patch("pods", "default", "web-1", lambda o: o["status"].update(podIP="127.0.0.7"))
         sim.store.delete("pods", "default", "web-1")  # terminating: MODIFIED
         sim.store.delete("pods", "default", "web-1")  # the kubelet's confirmation: DELETED
 

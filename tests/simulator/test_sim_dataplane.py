@@ -277,15 +277,15 @@ def test_backends_merge_slices_and_fall_back_to_terminating() -> None:
 
     ports = [{"name": "http", "port": 8080, "protocol": "TCP"}]
     slices = [
-        {"ports": ports, "endpoints": [endpoint("a", "10.0.0.1", True, True, False)]},
-        {"ports": ports, "endpoints": [endpoint("b", "10.0.0.2", False, True, True)]},
+        {"ports": ports, "endpoints": [endpoint("a", "127.0.10.1", True, True, False)]},
+        {"ports": ports, "endpoints": [endpoint("b", "127.0.10.2", False, True, True)]},
         {"ports": [{"name": "metrics", "port": 9090}], "endpoints": [
-            endpoint("c", "10.0.0.3", True, True, False)]},
+            endpoint("c", "127.0.10.3", True, True, False)]},
     ]  # fmt: skip
     backends = backends_of(slices, "http")
     assert [(b.pod, b.port) for b in backends] == [("default/a", 8080), ("default/b", 8080)]
     assert [b.pod for b in usable(backends)] == ["default/a"]
     # Only terminating ones left: kube-proxy still uses those that serve.
     assert [b.pod for b in usable(backends[1:])] == ["default/b"]
-    gone = Backend("default/d", "10.0.0.4", 8080, ready=False, serving=False, terminating=True)
+    gone = Backend("default/d", "127.0.10.4", 8080, ready=False, serving=False, terminating=True)
     assert usable([gone]) == []

@@ -43,18 +43,18 @@ def web_pod(seed: int, *, node: str = "node-a", state: str = "ready", ip: str = 
 @pytest.fixture
 def store() -> Store:
     s = Store()
-    s.create("services", service("web", cluster_ip="10.96.0.20", labels={"tier": "front"}))
+    s.create("services", service("web", cluster_ip="127.96.0.20", labels={"tier": "front"}))
     return s
 
 
 def test_slices_follow_the_controllers_rules(store: Store) -> None:
     cluster = Cluster(store, clock=lambda: NOW)
-    ready = store.create("pods", web_pod(1, ip="10.1.0.1"))
-    running = store.create("pods", web_pod(2, state="running", ip="10.1.0.2"))
-    leaving = store.create("pods", web_pod(3, node="node-b", ip="10.1.0.3"))
+    ready = store.create("pods", web_pod(1, ip="127.1.0.1"))
+    running = store.create("pods", web_pod(2, state="running", ip="127.1.0.2"))
+    leaving = store.create("pods", web_pod(3, node="node-b", ip="127.1.0.3"))
     cluster.terminate("default", leaving["metadata"]["name"])
     store.create("pods", web_pod(4, state="creating"))  # no IP yet: not an endpoint
-    evicted = store.create("pods", web_pod(5, ip="10.1.0.5"))
+    evicted = store.create("pods", web_pod(5, ip="127.1.0.5"))
     cluster.evict("default", evicted["metadata"]["name"])  # Failed: not an endpoint
     store.create("pods", objects.deployment_pod("other", node="node-a"))  # not selected
     controller = EndpointSliceController(store)
@@ -75,7 +75,7 @@ def test_slices_follow_the_controllers_rules(store: Store) -> None:
         "ready": False, "serving": True, "terminating": True,
     }  # fmt: skip
     e = got[ready["metadata"]["name"]]
-    assert e["addresses"] == ["10.1.0.1"] and e["nodeName"] == "node-a"
+    assert e["addresses"] == ["127.1.0.1"] and e["nodeName"] == "node-a"
     assert e["targetRef"] == {
         "kind": "Pod", "name": ready["metadata"]["name"], "namespace": "default",
         "uid": ready["metadata"]["uid"],  # the stored pod's uid
@@ -116,7 +116,7 @@ def test_publish_not_ready_addresses_and_slice_size() -> None:
 
 def test_pods_and_services_going_away(store: Store) -> None:
     controller = EndpointSliceController(store)
-    pod = store.create("pods", web_pod(1, ip="10.1.0.1"))
+    pod = store.create("pods", web_pod(1, ip="127.1.0.1"))
     controller.reconcile()
     store.remove("pods", "default", pod["metadata"]["name"])
     controller.reconcile()

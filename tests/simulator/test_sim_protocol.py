@@ -616,9 +616,9 @@ async def test_create_get_update_patch_delete_over_http(
     ) as resp:
         assert resp.status == 415
     async with http.patch(
-        f"{base}/a/status", data=json.dumps({"status": {"podIP": "10.0.0.9"}}), headers=merge
+        f"{base}/a/status", data=json.dumps({"status": {"podIP": "127.0.10.9"}}), headers=merge
     ) as resp:
-        assert (await resp.json())["status"] == {"phase": "Pending", "podIP": "10.0.0.9"}
+        assert (await resp.json())["status"] == {"phase": "Pending", "podIP": "127.0.10.9"}
     # DELETE: graceful (body DeleteOptions), repeated (no-op), then grace 0.
     async with http.delete(
         f"{base}/a", json={"kind": "DeleteOptions", "gracePeriodSeconds": 7}
