@@ -1,8 +1,10 @@
 """The chart rendered by the real Helm engine (helm-python-sdk), as parsed manifests.
 
 `VALUE_SETS` are the installs the tests cover: the defaults and the non-default sets a
-reviewer asks about (every optional object on, hostPort, host network, auth, custom
-scheduling and resources, the OTLP receiver off with a user-managed ServiceAccount).
+reviewer asks about (every optional object on, with endpoint auth and a cert-manager
+certificate; hostPort; host network; auth with an existing certificate Secret; TLS without
+auth; custom scheduling and resources; the OTLP receiver off with a user-managed
+ServiceAccount).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ KUBERNETES_VERSIONS = _claimed_versions()
 Values = dict[str, Any]
 Manifest = dict[str, Any]
 
+# A Prometheus's ServiceAccount, as a user binds it to the metrics reader role.
+PROMETHEUS_ACCOUNT = {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+# The Secret of `tls.existingSecret` in the value sets.
+TLS_SECRET = "tailwatch-serving-cert"
+
 EVERYTHING_ON: Values = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True, "labels": {"role": "alert-rules"}},
@@ -58,7 +65,15 @@ EVERYTHING_ON: Values = {
         },
         "otlp": {"from": [{"namespaceSelector": {}}]},
     },
-    "auth": {"enabled": True},
+    "auth": {"enabled": True, "metricsReader": {"subjects": [PROMETHEUS_ACCOUNT]}},
+    "tls": {
+        "certManager": {
+            "enabled": True,
+            "issuerRef": {"name": "cluster-ca", "kind": "ClusterIssuer"},
+            "duration": "720h",
+            "renewBefore": "240h",
+        }
+    },
     "otlp": {"hostPort": {"enabled": True, "port": 14318}},
     "priorityClassName": "system-node-critical",
     "commonLabels": {"team": "sre"},
@@ -75,7 +90,12 @@ VALUE_SETS: dict[str, Values] = {
     "defaults": {},
     "everything-on": EVERYTHING_ON,
     "host-network": {"hostNetwork": True, "otlp": {"hostPort": {"enabled": True}}},
-    "auth": {"auth": {"enabled": True}},
+    "auth": {
+        "auth": {"enabled": True},
+        "tls": {"existingSecret": TLS_SECRET},
+        "serviceMonitor": {"enabled": True},
+    },
+    "tls-only": {"tls": {"existingSecret": TLS_SECRET}},
     "scheduling-and-resources": {
         "tolerations": [
             {"key": "dedicated", "operator": "Equal", "value": "latency", "effect": "NoSchedule"}

@@ -1,7 +1,8 @@
 """The Helm chart as a reviewer reads it: rendered by the real Helm engine, linted, every
 manifest valid for every supported Kubernetes minor, least privilege, the security posture
-of docs/design.md, wiring that holds together, and the generated rules and dashboards
-carried unchanged."""
+of docs/design.md (endpoint auth over TLS wired from the certificate to the ServiceMonitor,
+the NetworkPolicy on both ports), wiring that holds together, and the generated rules and
+dashboards carried unchanged."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from tests.helm.chart import (
     KUBERNETES_VERSIONS,
     NAMESPACE,
     NATIVE_RULES_FILE,
+    PROMETHEUS_ACCOUNT,
     RELEASE,
     RULES_FILE,
+    TLS_SECRET,
     VALUE_SETS,
     Manifest,
     agent_container,
@@ -40,9 +43,9 @@ from tests.helm.chart import (
     render_files,
 )
 
-# Objects of prometheus-operator's CRDs: kubernetes-validate has no schema for them, so
-# their structure is checked by the tests below.
-OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Objects of prometheus-operator's and cert-manager's CRDs: kubernetes-validate has no schema
+# for them, so their structure is checked by the tests below.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 READ = {"get", "list", "watch"}
 # docs/design.md, *Kubernetes contract*, as (API group, resource, verb).
 WATCH_RULES = {
@@ -54,6 +57,8 @@ AUTH_RULES = {
     ("authentication.k8s.io", "tokenreviews", "create"),
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
 }
+# docs/design.md, *Security posture*: shutdown completes within this.
+AGENT_SHUTDOWN_SECONDS = 5
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -104,7 +109,7 @@ def test_every_manifest_is_valid_for_every_supported_kubernetes_version(
     manifests: list[Manifest],
 ) -> None:
     for manifest in manifests:
-        if manifest["kind"] in OPERATOR_KINDS:
+        if manifest["kind"] in CRD_KINDS:
             continue
         for version in KUBERNETES_VERSIONS:
             validate(json.dumps(manifest, sort_keys=True), version)
@@ -113,12 +118,17 @@ def test_every_manifest_is_valid_for_every_supported_kubernetes_version(
 def test_the_kinds_each_value_set_renders(value_set: str, manifests: list[Manifest]) -> None:
     kinds = sorted(m["kind"] for m in manifests if m["kind"] != "Pod")
     base = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Service"]
+    # With auth and a ServiceMonitor: the metrics reader role, its binding, and the scraper
+    # account with its token Secret.
+    scraping = ["ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Secret"]
     expected = {
         "defaults": [*base, "ServiceAccount"],
         "everything-on": sorted(
             [*base, "ServiceAccount", "ServiceMonitor", "PrometheusRule", "NetworkPolicy"]
+            + ["Certificate", *scraping]
             + ["ConfigMap"] * len(list(DASHBOARDS_DIR.glob("*.json")))
         ),
+        "auth": [*base, "ServiceAccount", "ServiceMonitor", *scraping],
         "otlp-off-external-account": ["ConfigMap", "DaemonSet", "Service"],
     }.get(value_set, sorted([*base, "ServiceAccount"]))
     assert kinds == sorted(expected)
@@ -168,8 +178,25 @@ def test_the_only_host_path_is_the_cgroup_filesystem_mounted_read_only(
     assert {v["name"]: v for v in spec["volumes"]}["tmp"]["emptyDir"]["medium"] == "Memory"
 
 
+def named(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    found = [m for m in objects(manifests, kind) if m["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def agent_role(manifests: list[Manifest]) -> Manifest:
+    """The agent's ClusterRole: the one its ServiceAccount is bound to."""
+    account = pod_spec(manifests)["serviceAccountName"]
+    [binding] = [
+        b
+        for b in objects(manifests, "ClusterRoleBinding")
+        if {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE} in b["subjects"]
+    ]
+    return named(manifests, "ClusterRole", binding["roleRef"]["name"])
+
+
 def rbac_rules(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
-    role = one(manifests, "ClusterRole")
+    role = agent_role(manifests)
     granted = set()
     for rule in role["rules"]:
         # Only named API groups, resources and verbs: no wildcards, URLs or name limits.
@@ -191,6 +218,7 @@ def test_rbac_grants_exactly_the_watches_of_design_section_2() -> None:
         "kind": "ClusterRole",
         "name": one(manifests, "ClusterRole")["metadata"]["name"],
     }
+    assert agent_role(manifests) == one(manifests, "ClusterRole")
     account = one(manifests, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
@@ -199,11 +227,13 @@ def test_rbac_grants_exactly_the_watches_of_design_section_2() -> None:
 
 
 def test_token_and_access_reviews_are_granted_only_with_endpoint_auth() -> None:
-    assert rbac_rules(render({"auth": {"enabled": True}})) == WATCH_RULES | AUTH_RULES
-    # And the NOTES say plainly that the agent does not enforce it yet.
-    notes = render_files({"auth": {"enabled": True}})["tailwatch/templates/NOTES.txt"]
-    assert "does not enforce endpoint authentication yet" in notes
-    assert "does not enforce" not in render_files()["tailwatch/templates/NOTES.txt"]
+    assert rbac_rules(render(VALUE_SETS["auth"])) == WATCH_RULES | AUTH_RULES
+    assert rbac_rules(render(EVERYTHING_ON)) == WATCH_RULES | AUTH_RULES
+    # TLS alone reads no tokens: no reviews.
+    assert rbac_rules(render(VALUE_SETS["tls-only"])) == WATCH_RULES
+    notes = render_files(VALUE_SETS["auth"])["tailwatch/templates/NOTES.txt"]
+    assert "Endpoint authentication is on" in notes
+    assert "Endpoint authentication" not in render_files()["tailwatch/templates/NOTES.txt"]
 
 
 def test_a_user_managed_service_account_gets_no_rbac_from_the_chart() -> None:
@@ -278,12 +308,15 @@ def test_probes_hit_health_and_readiness_on_the_metrics_port(manifests: list[Man
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     listen_port = int(flags(container)["listen"].rpartition(":")[2])
     assert ports["metrics"] == listen_port
+    # Over TLS when the agent serves TLS (the kubelet does not verify the certificate, and
+    # /healthz and /readyz need no token).
+    scheme = {"scheme": "HTTPS"} if "tls-cert-file" in flags(container) else {}
     for probe, path in (
         ("startupProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
         ("readinessProbe", "/readyz"),
     ):
-        assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
+        assert container[probe]["httpGet"] == {"path": path, "port": "metrics", **scheme}
 
 
 def test_runs_on_every_node_by_default_with_a_rolling_update() -> None:
@@ -295,7 +328,8 @@ def test_runs_on_every_node_by_default_with_a_rolling_update() -> None:
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 1},
     }
-    assert spec["terminationGracePeriodSeconds"] == 30
+    # The agent exits within 5 s of SIGTERM (docs/design.md): the grace period covers that.
+    assert spec["terminationGracePeriodSeconds"] == 30 > AGENT_SHUTDOWN_SECONDS
     resources = agent_container(manifests)["resources"]
     assert resources["requests"] == {"cpu": "50m", "memory": "128Mi"}
     # No CPU limit: throttling the agent would show up as prober lag in what it measures.
@@ -407,10 +441,38 @@ def test_network_policy_admits_the_configured_peers_to_each_port() -> None:
     assert selects(policy["podSelector"]["matchLabels"], pod_labels_of(manifests))
     assert policy["policyTypes"] == ["Ingress"]  # egress: the API server and every target
     by_port = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["ingress"]}
+    # The `helm test` pod may still check /readyz through the Service.
+    test_pod = {"podSelector": {"matchLabels": selector_of(helm_test_pod(manifests))}}
     assert by_port == {
-        "metrics": EVERYTHING_ON["networkPolicy"]["metrics"]["from"],
+        "metrics": [*EVERYTHING_ON["networkPolicy"]["metrics"]["from"], test_pod],
         "otlp-http": EVERYTHING_ON["networkPolicy"]["otlp"]["from"],
     }
+
+
+def selector_of(pod: Manifest) -> dict[str, str]:
+    labels = pod["metadata"]["labels"]
+    keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
+    return {key: labels[key] for key in keys}
+
+
+def test_network_policy_covers_both_ports_and_admits_only_pods_to_otlp_by_default() -> None:
+    manifests = render({"networkPolicy": {"enabled": True}})
+    policy = one(manifests, "NetworkPolicy")["spec"]
+    container_ports = {p["name"] for p in agent_container(manifests)["ports"]}
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["ingress"]}
+    assert set(rules) == container_ports == {"metrics", "otlp-http"}
+    assert all(len(rule["ports"]) == 1 for rule in rules.values())
+    # Metrics: every source until the user names Prometheus's namespace (with auth, a token
+    # is needed anyway). OTLP: every pod of the cluster, nothing from outside it; which pods
+    # may send to an agent (those on its node) the agent decides (--otlp-sources=local).
+    assert "from" not in rules["metrics"]
+    assert rules["otlp-http"]["from"] == [{"namespaceSelector": {}}]
+    assert agent_config(manifests)["otlp-sources"] == "local"
+    # Without the receiver, the metrics port alone.
+    off = one(
+        render({"networkPolicy": {"enabled": True}, "otlp": {"enabled": False}}), "NetworkPolicy"
+    )
+    assert [rule["ports"][0]["port"] for rule in off["spec"]["ingress"]] == ["metrics"]
 
 
 def pod_labels_of(manifests: list[Manifest]) -> dict[str, str]:
@@ -430,6 +492,228 @@ def test_helm_test_pod_checks_readyz_through_the_service_and_is_not_an_agent() -
     assert not selects(service["spec"]["selector"], labels)
     assert pod["spec"]["securityContext"] == pod_spec(manifests)["securityContext"]
     assert all(m["kind"] != "Pod" for m in render({"helmTest": {"enabled": False}}))
+
+
+# -- Endpoint authentication and TLS ------------------------------------------------------------
+
+SERVICE_DNS_NAME = f"{RELEASE}-tailwatch.{NAMESPACE}.svc"
+SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def tls_volume(manifests: list[Manifest]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, mount) of the certificate the agent serves with, found through its flags."""
+    container = agent_container(manifests)
+    cert, key = flags(container)["tls-cert-file"], flags(container)["tls-key-file"]
+    directory = cert.rpartition("/")[0]
+    assert key == f"{directory}/tls.key" and cert == f"{directory}/tls.crt"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    [volume] = [v for v in pod_spec(manifests)["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+def scrape_endpoint(manifests: list[Manifest]) -> dict[str, Any]:
+    [endpoint] = one(manifests, "ServiceMonitor")["spec"]["endpoints"]
+    return endpoint  # type: ignore[no-any-return]
+
+
+def reader_grants(manifests: list[Manifest]) -> dict[tuple[str, str, str | None], set[str]]:
+    """Subject (kind, name, namespace) -> the non-resource URLs it may `get`, through the
+    chart's metrics reader role."""
+    role = named(manifests, "ClusterRole", f"{RELEASE}-tailwatch-metrics-reader")
+    assert role["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    bindings = [
+        b for b in objects(manifests, "ClusterRoleBinding")
+        if b["roleRef"]["name"] == role["metadata"]["name"]
+    ]  # fmt: skip
+    grants: dict[tuple[str, str, str | None], set[str]] = {}
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "ClusterRole"
+        for subject in binding["subjects"]:
+            key = (subject["kind"], subject["name"], subject.get("namespace"))
+            grants[key] = set(role["rules"][0]["nonResourceURLs"])
+    return grants
+
+
+def test_auth_with_an_existing_secret_serves_tls_and_checks_tokens_end_to_end() -> None:
+    manifests = render(VALUE_SETS["auth"])
+    container = agent_container(manifests)
+    assert flags(container)["auth"] == "kubernetes"
+    # The certificate: the user's Secret, mounted whole and read-only. No subPath and no
+    # `items`: the kubelet's updates of a renewed certificate reach the files the agent
+    # re-reads.
+    volume, mount = tls_volume(manifests)
+    assert volume["secret"] == {"secretName": TLS_SECRET}
+    assert mount["readOnly"] is True and "subPath" not in mount
+    assert mount["mountPath"].startswith("/var/run/secrets/")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+
+    # Prometheus: HTTPS, verifying the Service's name (it scrapes pod IPs) against the CA
+    # in the certificate's Secret, with the scraper account's token.
+    endpoint = scrape_endpoint(manifests)
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": TLS_SECRET, "key": "ca.crt"}},
+        "serverName": SERVICE_DNS_NAME,
+    }
+    assert "insecureSkipVerify" not in endpoint["tlsConfig"]
+    assert "bearerTokenFile" not in endpoint  # deprecated: `authorization` instead
+    credentials = endpoint["authorization"]["credentials"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    token_secret = named(manifests, "Secret", credentials["name"])
+    assert token_secret["type"] == "kubernetes.io/service-account-token"
+    assert credentials["key"] == "token"  # what the token controller writes
+    scraper = token_secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    account = named(manifests, "ServiceAccount", scraper)
+    assert account["automountServiceAccountToken"] is False
+    # That account may read /metrics and nothing else; the agent may review tokens.
+    assert reader_grants(manifests) == {("ServiceAccount", scraper, NAMESPACE): {"/metrics"}}
+    assert rbac_rules(manifests) == WATCH_RULES | AUTH_RULES
+    # The `helm test` pod checks /readyz over HTTPS too.
+    url = helm_test_pod(manifests)["spec"]["containers"][0]["command"][-1]
+    assert url == f"https://{SERVICE_DNS_NAME}:9808/readyz"
+
+
+def test_cert_manager_issues_the_certificate_the_pods_mount_for_the_service_name() -> None:
+    manifests = render(EVERYTHING_ON)
+    certificate = one(manifests, "Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    volume, _ = tls_volume(manifests)
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    endpoint = scrape_endpoint(manifests)
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": spec["secretName"], "key": "ca.crt"}
+    # The name Prometheus verifies is one the certificate carries, and so are the Service's
+    # shorter names.
+    assert endpoint["tlsConfig"]["serverName"] in spec["dnsNames"]
+    service = one(manifests, "Service")["metadata"]["name"]
+    assert spec["dnsNames"] == [service, f"{service}.{NAMESPACE}", SERVICE_DNS_NAME]
+    assert spec["issuerRef"] == {
+        "name": "cluster-ca", "kind": "ClusterIssuer", "group": "cert-manager.io",
+    }  # fmt: skip
+    assert (spec["duration"], spec["renewBefore"]) == ("720h", "240h")
+    assert "server auth" in spec["usages"]
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+    assert certificate["metadata"]["namespace"] == NAMESPACE
+    # The user's Prometheus account is bound to the reader role next to the scraper.
+    grants = reader_grants(manifests)
+    prometheus = (PROMETHEUS_ACCOUNT["kind"], PROMETHEUS_ACCOUNT["name"], "monitoring")
+    assert grants[prometheus] == {"/metrics"} and len(grants) == 2
+    # Extra names, e.g. with the cluster domain.
+    extra = f"{service}.{NAMESPACE}.svc.cluster.local"
+    more = {**EVERYTHING_ON["tls"]["certManager"], "extraDnsNames": [extra]}
+    renamed = one(render({**EVERYTHING_ON, "tls": {"certManager": more}}), "Certificate")
+    assert renamed["spec"]["dnsNames"][-1] == extra
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"auth": {"enabled": True}},
+            "auth.enabled needs a certificate: the agent accepts bearer tokens over TLS only. "
+            "Set tls.existingSecret",
+        ),
+        (
+            {"tls": {"existingSecret": "a", "certManager": {"enabled": True}}},
+            "tls.existingSecret and tls.certManager.enabled are two sources for one certificate",
+        ),
+        (
+            {"tls": {"certManager": {"enabled": True}}},
+            "tls.certManager.enabled needs tls.certManager.issuerRef.name",
+        ),
+        (
+            {
+                **VALUE_SETS["auth"],
+                "serviceMonitor": {"enabled": True, "bearerToken": {"source": "secret"}},
+            },
+            "serviceMonitor.bearerToken.source=secret needs serviceMonitor.bearerToken.secret.name",
+        ),
+    ],
+)
+def test_auth_without_what_it_needs_fails_with_what_to_set(
+    values: dict[str, Any], message: str
+) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as failed:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert message in str(failed.value)
+
+
+def test_without_auth_or_tls_none_of_it_renders() -> None:
+    manifests = render({"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}})
+    container = agent_container(manifests)
+    assert not {"auth", "tls-cert-file", "tls-key-file"} & set(flags(container))
+    assert {v["name"] for v in pod_spec(manifests)["volumes"]} == {"cgroup", "config", "tmp"}
+    assert all("scheme" not in container[p]["httpGet"] for p in ("livenessProbe", "readinessProbe"))
+    endpoint = scrape_endpoint(manifests)
+    assert endpoint["scheme"] == "http"
+    assert not {"tlsConfig", "authorization", "bearerTokenFile"} & set(endpoint)
+    assert rbac_rules(manifests) == WATCH_RULES
+    assert [r["metadata"]["name"] for r in objects(manifests, "ClusterRole")] == [
+        f"{RELEASE}-tailwatch"
+    ]
+    assert not objects(manifests, "Certificate") and not objects(manifests, "Secret")
+    assert len(objects(manifests, "ServiceAccount")) == 1
+
+
+def test_tls_without_auth_encrypts_the_scrape_and_asks_no_token() -> None:
+    manifests = render({**VALUE_SETS["tls-only"], "serviceMonitor": {"enabled": True}})
+    assert "auth" not in flags(agent_container(manifests))
+    endpoint = scrape_endpoint(manifests)
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"]["serverName"] == SERVICE_DNS_NAME
+    assert not {"authorization", "bearerTokenFile"} & set(endpoint)
+    assert not objects(manifests, "Secret") and len(objects(manifests, "ClusterRole")) == 1
+
+
+def test_prometheus_may_present_its_own_token_or_a_secret_and_verify_its_own_way() -> None:
+    own = {
+        **VALUE_SETS["auth"],
+        "serviceMonitor": {
+            "enabled": True,
+            "bearerToken": {"source": "prometheusServiceAccount"},
+            # A CA of its own, e.g. a corporate one in a ConfigMap.
+            "tlsConfig": {
+                "ca": {"configMap": {"name": "corp-ca", "key": "ca.pem"}},
+                "serverName": SERVICE_DNS_NAME,
+            },
+        },
+        "auth": {"enabled": True, "metricsReader": {"subjects": [PROMETHEUS_ACCOUNT]}},
+    }
+    manifests = render(own)
+    endpoint = scrape_endpoint(manifests)
+    assert endpoint["bearerTokenFile"] == SA_TOKEN_FILE and "authorization" not in endpoint
+    assert endpoint["tlsConfig"] == own["serviceMonitor"]["tlsConfig"]
+    # No scraper account; the reader role is bound to the Prometheus the user named.
+    assert not objects(manifests, "Secret") and len(objects(manifests, "ServiceAccount")) == 1
+    assert reader_grants(manifests) == {
+        ("ServiceAccount", "prometheus", "monitoring"): {"/metrics"}
+    }
+    # Nobody named: the role alone, for the user to bind (no binding without subjects).
+    own["auth"] = {"enabled": True}
+    manifests = render(own)
+    assert reader_grants(manifests) == {}
+    assert named(manifests, "ClusterRole", f"{RELEASE}-tailwatch-metrics-reader")
+
+    secret = {
+        **VALUE_SETS["auth"],
+        "serviceMonitor": {
+            "enabled": True,
+            "bearerToken": {"source": "secret", "secret": {"name": "prom-token", "key": "t"}},
+        },
+    }
+    endpoint = scrape_endpoint(render(secret))
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "prom-token", "key": "t"},
+    }  # fmt: skip
+
+
+def test_no_cluster_rbac_from_the_chart_when_rbac_create_is_off() -> None:
+    manifests = render({**VALUE_SETS["auth"], "rbac": {"create": False}})
+    assert not objects(manifests, "ClusterRole") and not objects(manifests, "ClusterRoleBinding")
+    off = render(
+        {**VALUE_SETS["auth"], "auth": {"enabled": True, "metricsReader": {"create": False}}}
+    )
+    assert [r["metadata"]["name"] for r in objects(off, "ClusterRole")] == [f"{RELEASE}-tailwatch"]
 
 
 # -- Labels -----------------------------------------------------------------------------------

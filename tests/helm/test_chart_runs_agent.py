@@ -3,10 +3,12 @@
 Each test renders the chart, then runs the container as Kubernetes would: the Dockerfile's
 entry point followed by the rendered args, the rendered env with the downward API filled in
 and `$(VAR)` expanded, and each volume mount backed by a directory (the rendered ConfigMap's
-files, a cgroup tree, an empty dir). The only stand-in is the API server: the simulator,
-reached through KUBECONFIG because in-cluster credentials live at fixed paths. The agent must
-accept every flag and variable, and answer the rendered probes; the rendered `helm test`
-script must pass against it.
+files, a cgroup tree, an empty dir, the certificate Secret's files from a real test CA). The
+only stand-in is the API server: the simulator, reached through KUBECONFIG because in-cluster
+credentials live at fixed paths, with the tokens and the RBAC the chart renders for
+Prometheus. The agent must accept every flag and variable, and answer the rendered probes;
+the rendered `helm test` script must pass against it; with auth on, it must be scraped the
+way the rendered ServiceMonitor scrapes it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -27,9 +30,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter.settings import OPTIONS
+from exporter.settings import OPTIONS, load_settings
+from exporter.simulator import ApiServer
+from tests.certs import CertificateAuthority
 from tests.conftest import free_port, wait_for
 from tests.helm.chart import (
+    NAMESPACE,
     REPO,
     VALUE_SETS,
     Manifest,
@@ -161,6 +167,39 @@ def test_every_flag_and_variable_the_chart_passes_is_the_agents(value_set: str) 
     assert next(o for o in OPTIONS if o.name == "pod-namespace").env_fallback == "POD_NAMESPACE"
 
 
+@pytest.mark.parametrize("value_set", ["auth", "everything-on", "tls-only"])
+def test_the_certificate_flags_point_at_the_mounted_secret_and_the_agent_accepts_them(
+    value_set: str, tmp_path: Path
+) -> None:
+    """The rendered args, with the Secret's files where the kubelet mounts them, are settings
+    the agent starts with: --tls-cert-file/--tls-key-file name a certificate and key that load
+    together, and --auth=kubernetes has the TLS it needs."""
+    values, _, _ = with_ports(VALUE_SETS[value_set])
+    manifests = render(values)
+    container = agent_container(manifests)
+    [volume] = [
+        v
+        for v in one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
+    data, _ = serving_certificate(manifests, tmp_path / "ca")
+    mounts = sandbox(manifests, container, tmp_path, {volume["secret"]["secretName"]: data})
+    env = container_env(container)
+    given = {}
+    for arg in container["args"]:
+        name, _, value = in_sandbox(expand(arg, env), mounts)[2:].partition("=")
+        given[name.replace("-", "_")] = value
+    settings = load_settings(given, env)
+    assert settings.tls and settings.auth == ("kubernetes" if value_set != "tls-only" else "none")
+    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+        settings.tls_cert_file, settings.tls_key_file
+    )
+    # The ConfigMap's auth-cache-ttl reached the settings (1m, the agent's default too).
+    assert settings.auth_cache_ttl == 60.0
+    assert settings.otlp_sources == "local"
+
+
 # -- The container, run -----------------------------------------------------------------------
 
 
@@ -176,15 +215,37 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 @dataclass
+class Scraper:
+    """How a client reaches the agent's --listen: plain HTTP, or HTTPS verified as the
+    rendered ServiceMonitor verifies (its CA, its serverName while dialling the pod's IP)."""
+
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+@dataclass
 class RunningContainer:
     metrics_port: int
     otlp_port: int
     process: asyncio.subprocess.Process
     log: Path
+    scraper: Scraper
+    mounts: dict[str, Path]  # mount path -> its sandbox directory
 
-    async def get(self, path: str, port: int | None = None) -> int:
-        url = f"http://127.0.0.1:{port or self.metrics_port}{path}"
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
+    async def get(self, path: str, port: int | None = None, token: str | None = None) -> int:
+        url = f"{self.scraper.scheme}://127.0.0.1:{port or self.metrics_port}{path}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        tls: dict[str, Any] = {}
+        if self.scraper.tls:
+            tls = {"ssl": self.scraper.tls, "server_hostname": self.scraper.server_name}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, headers=headers, **tls) as response,
+        ):
             await response.read()
             return response.status
 
@@ -195,8 +256,14 @@ class RunningContainer:
             return False
 
 
-def sandbox(manifests: list[Manifest], container: Manifest, root: Path) -> dict[str, Path]:
-    """A directory for each of the container's volume mounts, filled like the kubelet would."""
+def sandbox(
+    manifests: list[Manifest],
+    container: Manifest,
+    root: Path,
+    secrets: dict[str, dict[str, bytes]] | None = None,
+) -> dict[str, Path]:
+    """A directory for each of the container's volume mounts, filled like the kubelet would
+    (`secrets`: the data of the Secrets the pod mounts, by name)."""
     volumes = {
         v["name"]: v for v in one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
     }
@@ -211,8 +278,41 @@ def sandbox(manifests: list[Manifest], container: Manifest, root: Path) -> dict[
                 (directory / key).write_text(content)
         elif "hostPath" in volume:
             (directory / "kubepods.slice").mkdir()  # an (empty) cgroup v2 tree
+        elif "secret" in volume:
+            write_like_kubelet(directory, (secrets or {})[volume["secret"]["secretName"]])
         paths[mount["mountPath"]] = directory
     return paths
+
+
+def write_like_kubelet(directory: Path, data: dict[str, bytes]) -> None:
+    """A Secret volume's files as the kubelet writes them, first and at every update: the
+    keys in a new hidden directory, the `..data` symlink swapped to it at once, each key a
+    symlink through `..data` (so a reader never sees half an update)."""
+    generations = sorted(directory.glob("..gen-*"))
+    current = directory / f"..gen-{len(generations):04d}"
+    current.mkdir()
+    for key, content in data.items():
+        (current / key).write_bytes(content)
+    swap = directory / "..data_tmp"
+    swap.symlink_to(current.name)
+    os.replace(swap, directory / "..data")
+    for key in data:
+        if not (directory / key).is_symlink():
+            (directory / key).symlink_to(f"..data/{key}")
+    for old in generations:
+        for file in old.iterdir():
+            file.unlink()
+        old.rmdir()
+
+
+def in_pod_network(arg: str) -> str:
+    """A listener on every address of the pod (`--listen=:9808`) reaches only the pod's own
+    address and its loopback: the pod's network namespace. Here, where no such namespace is
+    made, the stand-in is loopback: tests listen nowhere else."""
+    name, _, value = arg.partition("=")
+    if name in ("--listen", "--otlp-listen") and value.startswith(":"):
+        return f"{name}=127.0.0.1{value}"
+    return arg
 
 
 def in_sandbox(arg: str, mounts: dict[str, Path]) -> str:
@@ -224,24 +324,68 @@ def in_sandbox(arg: str, mounts: dict[str, Path]) -> str:
     return arg
 
 
-@asynccontextmanager
-async def run_container(
-    values: dict[str, Any], kubeconfig: Path, tmp_path: Path
-) -> AsyncIterator[tuple[RunningContainer, list[Manifest]]]:
+def with_ports(values: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
     metrics_port, otlp_port = free_port(), free_port()
     values = {**values, "metrics": {"port": metrics_port}}
     values["otlp"] = {**values.get("otlp", {}), "port": otlp_port}
-    manifests = render(values)
-    container = agent_container(manifests)
-    mounts = sandbox(manifests, container, tmp_path)
+    return values, metrics_port, otlp_port
 
+
+def container_env(container: Manifest) -> dict[str, str]:
+    """The container's environment as the kubelet sets it (downward API filled in)."""
     env: dict[str, str] = {}
     for var in container["env"]:
         if "valueFrom" in var:
             env[var["name"]] = DOWNWARD_API[var["valueFrom"]["fieldRef"]["fieldPath"]]
         else:
             env[var["name"]] = expand(var["value"], env)
-    args = [in_sandbox(expand(arg, env), mounts) for arg in container["args"]]
+    return env
+
+
+def serving_certificate(
+    manifests: list[Manifest], directory: Path
+) -> tuple[dict[str, bytes], Scraper]:
+    """The data of the certificate Secret the pods mount, from a real CA, for the names the
+    chart's Certificate names (an existing Secret: the Service's name, which the docs ask
+    for); and the client that verifies it the way the ServiceMonitor does, when there is one
+    (else as a client of the Service would)."""
+    server_name = f"{one(manifests, 'Service')['metadata']['name']}.{NAMESPACE}.svc"
+    for monitor in objects(manifests, "ServiceMonitor"):
+        server_name = monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"]
+    certificates = objects(manifests, "Certificate")
+    names = tuple(certificates[0]["spec"]["dnsNames"]) if certificates else (server_name,)
+    authority = CertificateAuthority.create(directory)
+    issued = authority.issue("serving", dns_names=names)
+    data = {
+        "tls.crt": issued.cert_pem,
+        "tls.key": issued.key_pem,
+        "ca.crt": authority.cert_pem,
+    }
+    client = ssl.create_default_context(cafile=str(authority.cert_file))
+    return data, Scraper(client, server_name)
+
+
+@asynccontextmanager
+async def run_container(
+    values: dict[str, Any], kubeconfig: Path, tmp_path: Path
+) -> AsyncIterator[tuple[RunningContainer, list[Manifest]]]:
+    values, metrics_port, otlp_port = with_ports(values)
+    manifests = render(values)
+    container = agent_container(manifests)
+    secrets: dict[str, dict[str, bytes]] = {}
+    scraper = Scraper()
+    secret_volumes = [
+        v
+        for v in one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
+    for volume in secret_volumes:
+        data, scraper = serving_certificate(manifests, tmp_path / "ca")
+        secrets[volume["secret"]["secretName"]] = data
+    mounts = sandbox(manifests, container, tmp_path, secrets)
+
+    env = container_env(container)
+    args = [in_pod_network(in_sandbox(expand(arg, env), mounts)) for arg in container["args"]]
     entrypoint, *entry_args = image_entrypoint()
     # The package's console script, as `pip install` put it on the image's PATH.
     executable = Path(sys.executable).parent / entrypoint
@@ -262,7 +406,7 @@ async def run_container(
             stderr=subprocess.STDOUT,
             env={**inherited, **env, "KUBECONFIG": str(kubeconfig)},
         )
-    running = RunningContainer(metrics_port, otlp_port, process, log)
+    running = RunningContainer(metrics_port, otlp_port, process, log, scraper, mounts)
     try:
         yield running, manifests
     finally:
@@ -294,7 +438,7 @@ def run_helm_test_script(
     [container] = pod["spec"]["containers"]
     program, *arguments = container["command"]
     assert program == "python"
-    url = re.sub(r"^http://[^/]+/", f"http://127.0.0.1:{port}/", arguments[-1])
+    url = re.sub(r"^(https?)://[^/]+/", rf"\1://127.0.0.1:{port}/", arguments[-1])
     env = {e["name"]: e["value"] for e in container["env"]} | {"TIMEOUT_SECONDS": timeout}
     return subprocess.run(
         [sys.executable, *arguments[:-1], url],
@@ -328,33 +472,93 @@ def started_line(log: Path) -> dict[str, Any] | None:
     return None
 
 
-async def episode_settings(running: RunningContainer) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{running.metrics_port}/api/v1/episodes"
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
+async def episode_settings(running: RunningContainer, token: str | None = None) -> dict[str, Any]:
+    url = f"{running.scraper.scheme}://127.0.0.1:{running.metrics_port}/api/v1/episodes"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    tls: dict[str, Any] = {}
+    if running.scraper.tls:
+        tls = {"ssl": running.scraper.tls, "server_hostname": running.scraper.server_name}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, **tls) as response,
+    ):
+        assert response.status == 200, await response.text()
         return (await response.json())["settings"]  # type: ignore[no-any-return]
+
+
+# A user's own token for the JSON API, as an operator would get with `kubectl create token`.
+OPERATOR_TOKEN = "operator-token"
+
+
+def grant_rendered_rbac(api: ApiServer, manifests: list[Manifest]) -> None:
+    """What the API server would allow once the chart's non-resource RBAC is applied: each
+    binding of a role with `nonResourceURLs`, for each of its subjects."""
+    roles = {r["metadata"]["name"]: r for r in objects(manifests, "ClusterRole")}
+    for binding in objects(manifests, "ClusterRoleBinding"):
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            if "nonResourceURLs" not in rule:
+                continue
+            for subject in binding["subjects"]:
+                kind, name = subject["kind"], subject["name"]
+                if kind == "ServiceAccount":
+                    who = {"user": f"system:serviceaccount:{subject['namespace']}:{name}"}
+                else:
+                    who = {"user" if kind == "User" else "group": name}
+                api.reviews.allow(**who, paths=rule["nonResourceURLs"], verbs=rule["verbs"])
+
+
+def scraper_token(api: ApiServer, manifests: list[Manifest]) -> str:
+    """The token the rendered ServiceMonitor presents: the one the token controller puts into
+    the scraper account's Secret, known to the simulated API server as that account's."""
+    [monitor] = objects(manifests, "ServiceMonitor")
+    credentials = monitor["spec"]["endpoints"][0]["authorization"]["credentials"]
+    [secret] = [
+        s for s in objects(manifests, "Secret") if s["metadata"]["name"] == credentials["name"]
+    ]
+    account = secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+    token = f"token-of-{account}"
+    api.reviews.add_service_account_token(token, NAMESPACE, account)
+    return token
 
 
 @pytest.mark.parametrize(
     ("value_set", "otlp_host", "spike_ratio"),
-    [("defaults", "", 2.0), ("host-network", "127.0.0.1", 2.0), ("everything-on", "", 4.0)],
+    [
+        ("defaults", "127.0.0.1", 2.0),
+        ("host-network", "127.0.0.1", 2.0),
+        ("everything-on", "127.0.0.1", 4.0),
+    ],
 )
 async def test_agent_runs_from_the_rendered_container(
-    kubeconfig: Path, tmp_path: Path, value_set: str, otlp_host: str, spike_ratio: float
+    api: ApiServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+    value_set: str,
+    otlp_host: str,
+    spike_ratio: float,
 ) -> None:
+    auth = VALUE_SETS[value_set].get("auth", {}).get("enabled", False)
     async with run_container(VALUE_SETS[value_set], kubeconfig, tmp_path) as (running, manifests):
         container = agent_container(manifests)
+        token = None
+        if auth:  # everything-on: over TLS from cert-manager, scraped with a token
+            grant_rendered_rbac(api, manifests)
+            token = scraper_token(api, manifests)
+            api.reviews.add_token(OPERATOR_TOKEN, "operator")
+            api.reviews.allow(user="operator", paths=["/api/v1/*"])
         await ready(running, container)
         for path in PROBES(container):
             assert await running.get(path) == 200, path
         started = started_line(running.log)
         assert started is not None
         assert started["node"] == NODE  # NODE_NAME from the downward API
-        # The OTLP receiver binds where the chart says: every pod address, or with
-        # hostNetwork the node's address only ($(HOST_IP), docs/design.md).
+        # The OTLP receiver binds where the chart says: every pod address (here the pod's
+        # stand-in, loopback: in_pod_network), or with hostNetwork the node's address only
+        # ($(HOST_IP), docs/design.md).
         assert started["otlp_listen"] == f"{otlp_host}:{running.otlp_port}"
         assert await otlp_status(running.otlp_port) == 200
         # The ConfigMap's options reached the agent (and extraEnv beats them).
-        settings = await episode_settings(running)
+        settings = await episode_settings(running, OPERATOR_TOKEN if auth else None)
         assert settings["spike_ratio"] == spike_ratio
         assert settings["baseline_seconds"] == 300
         # `helm test` passes against a ready agent.
@@ -363,6 +567,55 @@ async def test_agent_runs_from_the_rendered_container(
         )
         assert passed.returncode == 0, passed.stderr
         assert "/readyz 200" in passed.stdout
+        # Prometheus, as the ServiceMonitor says: verified TLS and, with auth, the token.
+        assert await running.get("/metrics", token=token) == 200
+        if auth:
+            assert await running.get("/metrics") == 401
+            assert await running.get("/metrics", token=OPERATOR_TOKEN) == 403  # not bound
+
+
+async def test_a_renewed_certificate_reaches_the_running_agent_through_the_secret_volume(
+    kubeconfig: Path, tmp_path: Path
+) -> None:
+    """The Secret is mounted as a directory, so the kubelet's update of a renewed certificate
+    reaches the files the flags name, and the agent serves it without a restart."""
+    async with run_container(VALUE_SETS["auth"], kubeconfig, tmp_path) as (running, manifests):
+        container = agent_container(manifests)
+        await ready(running, container)
+        directory = running.mounts[flags(container)["tls-cert-file"].rpartition("/")[0]]
+        renewed, verifier = serving_certificate(manifests, tmp_path / "renewed-ca")
+        before = running.scraper
+        write_like_kubelet(directory, renewed)  # e.g. cert-manager renewed it under a new CA
+        running.scraper = verifier
+
+        async def served() -> bool:
+            assert running.process.returncode is None, running.log.read_text()
+            return await running.answers("/readyz")
+
+        await wait_for(served, "the renewed certificate served by the same agent process")
+        running.scraper = before  # the old CA no longer verifies what the agent serves
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await running.get("/readyz")
+
+
+@pytest.mark.parametrize(("sources", "status"), [(None, 403), ("any", 200)])
+async def test_otlp_from_off_the_node_is_refused_by_the_charts_default(
+    kubeconfig: Path, tmp_path: Path, sources: str | None, status: int
+) -> None:
+    """config.otlp-sources (default local) reaches the agent: a sender that is neither a pod
+    of the node nor the node itself (here 127.0.0.2; the node is 127.0.0.1) is refused."""
+    values = {"config": {"otlp-sources": sources}} if sources else {}
+    async with run_container(values, kubeconfig, tmp_path) as (running, manifests):
+        await ready(running, agent_container(manifests))
+        assert await otlp_status(running.otlp_port) == 200  # the node itself
+        url = f"http://127.0.0.1:{running.otlp_port}/v1/metrics"
+        headers = {"Content-Type": "application/x-protobuf"}
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(url, data=b"", headers=headers) as response,
+        ):
+            assert response.status == status
 
 
 async def test_agent_without_otlp_and_a_helm_test_that_fails_when_nothing_answers(

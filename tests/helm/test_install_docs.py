@@ -16,7 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.helm.chart import REPO, RULES_FILE
+from tests.helm.chart import REPO, RULES_FILE, render
 
 INSTALL_DOC = REPO / "docs" / "install.md"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -70,6 +70,46 @@ def test_scrape_config_without_the_operator_is_valid_for_prometheus(tmp_path: Pa
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "rules found" in check.stdout
+
+
+def test_scrape_config_with_endpoint_auth_is_valid_and_matches_the_chart(tmp_path: Path) -> None:
+    """The doc's scrape job for agents with auth.enabled, without the operator: Prometheus
+    accepts it, and it verifies and authenticates the way the chart's ServiceMonitor does."""
+    doc = INSTALL_DOC.read_text()
+    block = re.search(r"<!-- scrape-config-auth -->\n```yaml\n(.*?)```", doc, re.DOTALL)
+    assert block is not None
+    config = yaml.safe_load(block.group(1))
+    [job] = config["scrape_configs"]
+    assert job["scheme"] == "https"
+    # The Service's name for the release `tailwatch` in namespace `tailwatch`, as the doc
+    # installs it: what the chart's certificate names and its ServiceMonitor verifies.
+    monitor = next(
+        m
+        for m in render(
+            {"serviceMonitor": {"enabled": True}, "tls": {"existingSecret": "tailwatch-tls"}},
+            release="tailwatch",
+            namespace="tailwatch",
+        )
+        if m["kind"] == "ServiceMonitor"
+    )
+    server_name = monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"]
+    assert job["tls_config"]["server_name"] == server_name == "tailwatch.tailwatch.svc"
+    assert "insecure_skip_verify" not in job["tls_config"]
+    assert job["authorization"]["credentials_file"].endswith("/serviceaccount/token")
+    # Checked by promtool with the files in place (the CA and token paths exist only in
+    # Prometheus's pod) and a static target instead of Kubernetes discovery.
+    for section, key in (("tls_config", "ca_file"), ("authorization", "credentials_file")):
+        local = tmp_path / key
+        local.write_text("placeholder\n")
+        job[section][key] = str(local)
+    assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+    job["static_configs"] = [{"targets": ["127.0.0.1:9808"]}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    check = subprocess.run(
+        ["promtool", "check", "config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def locked(path: Path) -> dict[str, tuple[str, int]]:

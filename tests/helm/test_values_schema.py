@@ -21,9 +21,12 @@ from tests.helm.chart import CHART, NAMESPACE, RELEASE, walk_schema
 
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
-# Options the chart sets from its own values (flags and the downward API), not from `config`.
+# Options the chart sets from its own values (flags and the downward API), not from `config`:
+# --auth and the certificate files follow auth.enabled and tls, which also mount the files
+# where the flags point (one switch, not two that could disagree).
 CHART_SET_OPTIONS = {
     "node-name", "kubeconfig", "cgroup-root", "listen", "otlp-listen", "pod-namespace",
+    "auth", "tls-cert-file", "tls-key-file",
 }  # fmt: skip
 # Options whose `config` default is null: the chart renders its own value in their place
 # (peer-selector: the DaemonSet's selector labels; tests/helm/test_chart_render.py).
@@ -39,6 +42,7 @@ PASS_THROUGH = {
     "serviceMonitor.labels",
     "serviceMonitor.relabelings",
     "serviceMonitor.metricRelabelings",
+    "serviceMonitor.tlsConfig",
     "prometheusRule.labels",
     "dashboards.annotations",
     "networkPolicy.metrics.from",
@@ -83,6 +87,11 @@ def install_error(values: dict[str, Any]) -> str:
         ({"otlp": {"hostport": True}}, "at '/otlp': additional properties 'hostport'"),
         ({"config": {"sample_interval": "1s"}}, "at '/config': additional properties"),
         ({"config": {"node-name": "x"}}, "at '/config': additional properties 'node-name'"),
+        ({"config": {"auth": "kubernetes"}}, "at '/config': additional properties 'auth'"),
+        ({"config": {"tls-cert-file": "/x"}}, "at '/config': additional properties 'tls-cert"),
+        ({"tls": {"existingSecert": "x"}}, "at '/tls': additional properties 'existingSecert'"),
+        ({"tls": {"certManager": {"issuerRef": {"nam": "ca"}}}}, "at '/tls/certManager/issuerRef'"),
+        ({"auth": {"metricsReader": {"subjects": [{"name": "p"}]}}}, "missing property 'kind'"),
         ({"resources": {"request": {}}}, "at '/resources': additional properties 'request'"),
         ({"livenessProbe": {"path": "/"}}, "at '/livenessProbe': additional properties"),
         # negative or zero intervals, counts and ratios
@@ -93,6 +102,11 @@ def install_error(values: dict[str, Any]) -> str:
         ({"config": {"recovery-tolerance": -0.1}}, "at '/config/recovery-tolerance': minimum"),
         ({"config": {"spike-ratio": 1}}, "at '/config/spike-ratio': exclusiveMinimum"),
         ({"config": {"service-probers": 0}}, "at '/config/service-probers': minimum: got 0"),
+        ({"config": {"series-limit": 0}}, "at '/config/series-limit': minimum: got 0"),
+        ({"config": {"series-ttl": "-15m"}}, "at '/config/series-ttl': '-15m' does not match"),
+        ({"config": {"series-ttl": 0}}, "at '/config/series-ttl': got number, want string"),
+        ({"config": {"auth-cache-ttl": "0s"}}, "at '/config/auth-cache-ttl'"),
+        ({"tls": {"certManager": {"duration": "90d"}}}, "at '/tls/certManager/duration'"),
         ({"config": {"service-probers": 2.5}}, "at '/config/service-probers': got number"),
         ({"config": {"service-probers": "3"}}, "at '/config/service-probers': got string"),
         ({"config": {"peer-selector": "app tailwatch"}}, "at '/config/peer-selector': 'app"),
@@ -108,6 +122,11 @@ def install_error(values: dict[str, Any]) -> str:
         # values outside their range or set
         ({"otlp": {"port": 70000}}, "at '/otlp/port': maximum: got 70,000, want 65,535"),
         ({"config": {"log-level": "loud"}}, "at '/config/log-level': value must be one of"),
+        ({"config": {"otlp-sources": "node"}}, "at '/config/otlp-sources': value must be one"),
+        (
+            {"serviceMonitor": {"bearerToken": {"source": "file"}}},
+            "at '/serviceMonitor/bearerToken/source': value must be one of",
+        ),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
         ({"image": {"digest": "latest"}}, "at '/image/digest': 'latest' does not match"),
         ({"service": {"internalTrafficPolicy": "Node"}}, "at '/service/internalTrafficPolicy'"),
@@ -179,7 +198,7 @@ def test_config_holds_exactly_the_agents_options_with_the_agents_defaults() -> N
 
 SAMPLES = [
     "1s", "1.5s", "250ms", "1m30s", "10us", "2h", "0s", "0.0ms", "-1s", "1", "fast", "1 s",
-    "s", "", "1d", "1e3s",
+    "s", "", "1d", "1e3s", "0", "15m",
 ]  # fmt: skip
 # Label selectors, good and bad (peer-selector).
 SELECTORS = [
@@ -188,13 +207,16 @@ SELECTORS = [
     "((a))", "a in (b)c", "  ", "x" * 64, "a=" + "x" * 64, "a\tin\t(b)",
 ]  # fmt: skip
 
+# Values of the options that take one of a few words (log-level, list-mode, otlp-sources).
+CHOICES = ["debug", "info", "warning", "error", "INFO", "auto", "list", "local", "any", "LOCAL"]
+
 
 @pytest.mark.parametrize("name", sorted(set(SCHEMA["properties"]["config"]["properties"])))
 def test_config_the_schema_accepts_is_config_the_agent_accepts(name: str) -> None:
     option = next(o for o in OPTIONS if o.name == name)
     kind = SCHEMA["properties"]["config"]["properties"][name]["type"]
     samples: list[Any] = (
-        [*SAMPLES, *SELECTORS, "debug", "info", "warning", "error", "INFO", "auto", "list"]
+        [*SAMPLES, *SELECTORS, *CHOICES]
         if "string" in kind  # a type or a list of types
         else [-1, 0, 0.2, 1, 1.0001, 2, 100]
     )

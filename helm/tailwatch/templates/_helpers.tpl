@@ -98,3 +98,58 @@ app.kubernetes.io/component: agent
 {{- define "tailwatch.configPath" -}}
 /etc/tailwatch/config.yaml
 {{- end }}
+
+{{/* The Secret holding the agents' certificate: tls.existingSecret, or the one cert-manager
+     writes for the chart's Certificate; empty when the agents serve plain HTTP. */}}
+{{- define "tailwatch.tlsSecretName" -}}
+{{- if .Values.tls.existingSecret }}
+{{- .Values.tls.existingSecret }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "tailwatch.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Where that Secret is mounted: a directory (no subPath), so the kubelet's updates of a
+     renewed certificate reach the agent, which re-reads the files when they change. */}}
+{{- define "tailwatch.tlsMountPath" -}}
+/var/run/secrets/tailwatch/tls
+{{- end }}
+
+{{/* The name the agents' certificate is verified against: the Service's. Prometheus scrapes
+     pod IPs, which no certificate names, so its tlsConfig sets this as serverName. */}}
+{{- define "tailwatch.serviceDnsName" -}}
+{{- printf "%s.%s.svc" (include "tailwatch.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The scraper ServiceAccount (serviceMonitor.bearerToken.source=scraper), and its token
+     Secret: rendered only when the ServiceMonitor presents a token, i.e. with auth on. */}}
+{{- define "tailwatch.scraperEnabled" -}}
+{{- if and .Values.auth.enabled .Values.serviceMonitor.enabled (eq .Values.serviceMonitor.bearerToken.source "scraper") }}true{{ end }}
+{{- end }}
+
+{{- define "tailwatch.scraperName" -}}
+{{- printf "%s-scraper" (include "tailwatch.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tailwatch.metricsReaderName" -}}
+{{- printf "%s-metrics-reader" (include "tailwatch.fullname" .) }}
+{{- end }}
+
+{{/* Combinations of values the schema cannot refuse, refused with what to set instead. */}}
+{{- define "tailwatch.validate" -}}
+{{- if and .Values.otlp.enabled (eq (int .Values.metrics.port) (int .Values.otlp.port)) }}
+{{- fail (printf "metrics.port and otlp.port are both %d: the agent needs two ports" (int .Values.metrics.port)) }}
+{{- end }}
+{{- if and .Values.tls.existingSecret .Values.tls.certManager.enabled }}
+{{- fail "tls.existingSecret and tls.certManager.enabled are two sources for one certificate: set only one" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name: the Issuer or ClusterIssuer (issuerRef.kind) that signs the agents' certificate" }}
+{{- end }}
+{{- if and .Values.auth.enabled (not (include "tailwatch.tlsSecretName" .)) }}
+{{- fail "auth.enabled needs a certificate: the agent accepts bearer tokens over TLS only. Set tls.existingSecret (a kubernetes.io/tls Secret naming <fullname>.<namespace>.svc) or tls.certManager.enabled=true with tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and .Values.auth.enabled .Values.serviceMonitor.enabled (eq .Values.serviceMonitor.bearerToken.source "secret") (not .Values.serviceMonitor.bearerToken.secret.name) }}
+{{- fail "serviceMonitor.bearerToken.source=secret needs serviceMonitor.bearerToken.secret.name: the Secret holding Prometheus's bearer token" }}
+{{- end }}
+{{- end }}
