@@ -57,6 +57,18 @@ class LogOnce:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, msg: str, *args: object) -> None:
+        self.log(logging.WARNING, key, msg, *args)
+
+    def log(
+        self,
+        level: int,
+        key: str,
+        msg: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Log `msg % args` at `level` unless `key` was logged less than `interval` ago; the
+        record after a quiet spell carries `suppressed`, how many were left out."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
@@ -65,4 +77,9 @@ class LogOnce:
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         extra = {"suppressed": suppressed} if suppressed else {}
-        self._logger.warning(msg, *args, extra=extra)
+        self._logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
+
+    def forget(self, key: str) -> None:
+        """Start `key` afresh: its next occurrence is logged at once (a new streak)."""
+        self._last.pop(key, None)
+        self._suppressed.pop(key, None)

@@ -111,6 +111,40 @@ class SeriesLimit:
         )
         return False
 
+    def add(
+        self,
+        family: Family,
+        table: dict[tuple[str, ...], float],
+        key: tuple[str, ...],
+        n: float = 1,
+    ) -> bool:
+        """Add `n` to the counter `table[key]`, creating it only if the family has room.
+        True when the key is new (the caller may index it), False otherwise."""
+        count = table.get(key)
+        if count is not None:
+            table[key] = count + n
+            return False
+        if not self.room(family, len(table)):
+            return False
+        table[key] = n
+        return True
+
+    def observe(
+        self,
+        family: Family,
+        table: dict[tuple[str, ...], FixedBuckets],
+        key: tuple[str, ...],
+        value: float,
+    ) -> None:
+        """Observe `value` in the histogram `table[key]` (in the family's buckets), made only
+        if the family has room."""
+        held = table.get(key)
+        if held is None:
+            if not self.room(family, len(table)):
+                return
+            held = FixedBuckets.empty(family.buckets)
+        table[key] = held.observe(value)
+
 
 class _Guard:
     """`AgentMetrics.guard`: an exception in the block is logged and counted, not raised."""
@@ -169,17 +203,12 @@ class AgentMetrics:
         self._pod_restarts: dict[tuple[str, str], set[tuple[str, ...]]] = {}
         # Workloads without pods on the node -> when their series go (clock time).
         self._expiry: OrderedDict[WorkloadKey, float] = OrderedDict()
-        # Per failing piece of code: when its traceback was last logged, how many since.
-        self._error_logged_at: dict[str, float] = {}
-        self._errors_suppressed: dict[str, int] = {}
+        # Per failing piece of code: its traceback, logged at most every ERROR_LOG_INTERVAL.
+        self._errors = LogOnce(log, ERROR_LOG_INTERVAL, clock)
 
     def record_endpoint(self, event: EndpointEvent) -> None:
         key = (event.service.namespace, event.service.name, event.kind.value)
-        count = self.endpoint_events.get(key)
-        if count is not None:
-            self.endpoint_events[key] = count + 1
-        elif self.limit.room(ENDPOINT_EVENTS, len(self.endpoint_events)):
-            self.endpoint_events[key] = 1
+        self.limit.add(ENDPOINT_EVENTS, self.endpoint_events, key)
 
     def forget_service(self, service: ServiceRef) -> None:
         """Drop the series of a Service that is no longer opted in."""
@@ -194,15 +223,7 @@ class AgentMetrics:
         sink, a tick): counted in tailwatch_dropped_total{reason="internal_error"}, and
         logged with its traceback, once per `what` every ERROR_LOG_INTERVAL at most."""
         self.count_dropped(INTERNAL_ERROR)
-        now = self.clock()
-        last = self._error_logged_at.get(what)
-        if last is not None and now - last < ERROR_LOG_INTERVAL:
-            self._errors_suppressed[what] = self._errors_suppressed.get(what, 0) + 1
-            return
-        self._error_logged_at[what] = now
-        suppressed = self._errors_suppressed.pop(what, 0)
-        extra = {"suppressed": suppressed} if suppressed else None
-        log.error("%s failed", what, exc_info=exc, extra=extra)
+        self._errors.log(logging.ERROR, what, "%s failed", what, exc_info=exc)
 
     def guard(self, what: str) -> _Guard:
         """`with metrics.guard("the OTLP sink"): ...`: an Exception raised in the block is
@@ -214,19 +235,11 @@ class AgentMetrics:
             return  # exported by the cgroup collector as tailwatch_container_oom_kills_total
         workload = (event.namespace, event.workload.kind, event.workload.name)
         key = (*workload, event.kind.value, event.reason)
-        count = self.pod_events.get(key)
-        if count is not None:
-            self.pod_events[key] = count + event.count
-        elif self.limit.room(POD_EVENTS, len(self.pod_events)):
-            self.pod_events[key] = event.count
+        if self.limit.add(POD_EVENTS, self.pod_events, key, event.count):
             self._workload_events.setdefault(workload, set()).add(key)
         if event.kind is PodEventKind.CONTAINER_RESTART:
             rkey = (event.namespace, event.pod, event.container, event.reason)
-            count = self.restarts.get(rkey)
-            if count is not None:
-                self.restarts[rkey] = count + event.count
-            elif self.limit.room(CONTAINER_RESTARTS, len(self.restarts)):
-                self.restarts[rkey] = event.count
+            if self.limit.add(CONTAINER_RESTARTS, self.restarts, rkey, event.count):
                 self._pod_restarts.setdefault((event.namespace, event.pod), set()).add(rkey)
         if event.duration_seconds is not None:
             if event.kind is PodEventKind.READY:
@@ -235,12 +248,7 @@ class AgentMetrics:
                 table, family = self.termination, POD_TERMINATION
             else:
                 return
-            held = table.get(workload)
-            if held is None:
-                if not self.limit.room(family, len(table)):
-                    return
-                held = FixedBuckets.empty(family.buckets)
-            table[workload] = held.observe(event.duration_seconds)
+            self.limit.observe(family, table, workload, event.duration_seconds)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         """Drop the per-pod series of a pod that left the node."""
@@ -415,37 +423,14 @@ class EpisodeMetrics:
         service = (episode.service.namespace, episode.service.name, episode.cause.value)
         if change.kind is ChangeKind.CLOSED:
             impact = episode.impact.value if episode.impact is not None else "unknown"
-            self._count(EPISODES, self.episodes, (*service, impact))
+            self.limit.add(EPISODES, self.episodes, (*service, impact))
             ratio = episode.p99_ratio()
             if ratio is not None:
-                self._observe(EPISODE_P99_RATIO, self.p99_ratio, service, ratio)
+                self.limit.observe(EPISODE_P99_RATIO, self.p99_ratio, service, ratio)
         elif change.kind is ChangeKind.RECOVERED and episode.recovery_seconds is not None:
-            self._observe(EPISODE_RECOVERY, self.recovery, service, episode.recovery_seconds)
+            self.limit.observe(EPISODE_RECOVERY, self.recovery, service, episode.recovery_seconds)
         elif change.kind is ChangeKind.NOT_RECOVERED:
-            self._count(EPISODES_NOT_RECOVERED, self.not_recovered, service)
-
-    def _count(
-        self, family: Family, table: dict[tuple[str, ...], float], key: tuple[str, ...]
-    ) -> None:
-        count = table.get(key)
-        if count is not None:
-            table[key] = count + 1
-        elif self.limit.room(family, len(table)):
-            table[key] = 1
-
-    def _observe(
-        self,
-        family: Family,
-        table: dict[tuple[str, ...], FixedBuckets],
-        key: tuple[str, ...],
-        value: float,
-    ) -> None:
-        held = table.get(key)
-        if held is None:
-            if not self.limit.room(family, len(table)):
-                return
-            held = FixedBuckets.empty(family.buckets)
-        table[key] = held.observe(value)
+            self.limit.add(EPISODES_NOT_RECOVERED, self.not_recovered, service)
 
     def forget_service(self, service: ServiceRef) -> None:
         for table in (self.episodes, self.p99_ratio, self.recovery, self.not_recovered):

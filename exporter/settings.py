@@ -101,21 +101,23 @@ def parse_node_name(text: str) -> str:
     return text
 
 
-def parse_log_level(text: str) -> str:
-    level = text.strip().lower()
-    if level not in {"debug", "info", "warning", "error"}:
-        raise ValueError(f"{text!r} is not one of debug, info, warning, error")
-    return level
+def parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser of one of `choices`, any case; its error lists them all."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
 LIST_MODES = ("auto", "stream", "list")  # exporter.kube.watching.LIST_MODES
 
-
-def parse_list_mode(text: str) -> str:
-    mode = text.strip().lower()
-    if mode not in LIST_MODES:
-        raise ValueError(f"{text!r} is not one of {', '.join(LIST_MODES)}")
-    return mode
+parse_log_level = parse_choice(LOG_LEVELS)
+parse_list_mode = parse_choice(LIST_MODES)
 
 
 def parse_positive_int(text: str) -> int:
@@ -219,16 +221,6 @@ def parse_optional_path(text: str) -> str | None:
 
 AUTH_MODES = ("none", "kubernetes")
 OTLP_SOURCES = ("local", "any")
-
-
-def parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in choices:
-            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
-        return value
-
-    return parse
 
 
 def parse_optional_duration(text: str) -> float | None:

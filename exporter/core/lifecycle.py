@@ -13,13 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
-from exporter.core.pods import MalformedObject, PodSnapshot, parse_pod, uid_of
+from exporter.core.pods import TERMINAL_PHASES, MalformedObject, PodSnapshot, parse_pod, uid_of
 
 WorkloadKey = tuple[str, str, str]  # (namespace, workload kind, workload name)
 #: Told when a workload gets its first pod on the node (True) or loses its last (False).
 OccupancyListener = Callable[[WorkloadKey, bool], None]
 
-_TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _CRASH_LOOP = "CrashLoopBackOff"
 
 
@@ -289,7 +288,7 @@ class PodLifecycleTracker:
             old.ready is True
             and new.ready is False
             and not new.deleting
-            and new.phase not in _TERMINAL_PHASES
+            and new.phase not in TERMINAL_PHASES
         ):
             events.append(self._event(PodEventKind.NOT_READY, new, now))
 

@@ -16,6 +16,8 @@ from typing import Any
 from exporter.core.events import Workload
 
 REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")
+#: Phases a pod never leaves: its containers will not run again, and it gets no IP.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 class MalformedObject(ValueError):

@@ -121,7 +121,7 @@ class TokenFile:
                 else:
                     if self._failing:
                         self._failing = False
-                        self._log = LogOnce(log, clock=self._clock)  # a new streak logs again
+                        self._log.forget("token_file")  # a new streak logs again
                         log.info("the token file %s is read again", self.path)
             return self._token
 
@@ -145,14 +145,17 @@ class KubeConnection:
     ssl_context: ssl.SSLContext | None
     source: str  # "in-cluster" or the kubeconfig path, for log lines
     _configuration: Any = None  # kubernetes.client.Configuration, which refreshes credentials
-    #: False only with insecure-skip-tls-verify: the server's certificate is not checked.
-    verify: bool = True
     #: The name the server's certificate must carry when it is not the URL's host
     #: (tls-server-name); also sent as SNI.
     server_name: str | None = None
     #: A token read from a file and re-read as it rotates; takes precedence over the
     #: configuration's static bearer token.
     token_file: TokenFile | None = None
+
+    @property
+    def verify(self) -> bool:
+        """False only with insecure-skip-tls-verify: the server's certificate is not checked."""
+        return self.ssl_context is None or self.ssl_context.verify_mode != ssl.CERT_NONE
 
     @property
     def tls(self) -> str:
@@ -316,7 +319,6 @@ def load_connection(
         ssl_context=ctx,
         source=source,
         _configuration=cfg,
-        verify=ctx is None or bool(cfg.verify_ssl),
         server_name=(cfg.tls_server_name or None) if ctx is not None else None,
         token_file=token_file,
     )

@@ -155,6 +155,9 @@ class TtlCache(Generic[K, V]):
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
 
 def token_digest(token: str) -> bytes:
     """The key a token is remembered by: a SHA-256 digest, never the token."""
@@ -230,12 +233,10 @@ class ReviewClient:
         self.access: TtlCache[tuple[UserInfo, str, str], Authorization] = TtlCache(
             max_entries, clock
         )
-        self._clock = clock
         self._slots = asyncio.Semaphore(max_in_flight)  # for tokens not known
         self._reserved = asyncio.Semaphore(reserved_in_flight)  # for known clients
-        #: Digests of the tokens authenticated lately -> when; least recently used first.
-        self._known: OrderedDict[bytes, float] = OrderedDict()
-        self._max_known = max_entries
+        #: Digests of the tokens authenticated in the last KNOWN_FOR_TTLS TTLs.
+        self._known: TtlCache[bytes, bool] = TtlCache(max_entries, clock)
         self._in_flight: dict[Hashable, asyncio.Task[Any]] = {}
         self.sent: dict[str, int] = {"tokenreviews": 0, "subjectaccessreviews": 0}
         self.failures = 0  # reviews that could not be made
@@ -260,13 +261,10 @@ class ReviewClient:
         def keep(answer: Authentication) -> None:
             if answer.authenticated:
                 self.tokens.put(key, answer, self.ttl)
-                self._known[key] = self._clock()
-                self._known.move_to_end(key)
-                while len(self._known) > self._max_known:
-                    self._known.popitem(last=False)
+                self._known.put(key, True, KNOWN_FOR_TTLS * self.ttl)
             else:
                 self.tokens.put(key, answer, self.negative_ttl)
-                self._known.pop(key, None)
+                self._known.discard(key)
 
         return await self._single_flight(
             ("token", key),
@@ -276,13 +274,7 @@ class ReviewClient:
 
     def known(self, key: bytes) -> bool:
         """Was the token of digest `key` authenticated within the last KNOWN_FOR_TTLS TTLs?"""
-        seen = self._known.get(key)
-        if seen is None:
-            return False
-        if self._clock() - seen >= KNOWN_FOR_TTLS * self.ttl:
-            del self._known[key]
-            return False
-        return True
+        return self._known.get(key) is not None
 
     async def authorize(self, user: UserInfo, path: str, verb: str = "get") -> Authorization:
         """May `user` `verb` the non-resource URL `path`? Raises ReviewUnavailable."""

@@ -309,34 +309,30 @@ class ApiSession:
     async def get(
         self, path: str, params: Mapping[str, str], client_timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
-        assert self._session is not None, "ApiSession used outside `async with`"
-        headers = await self.connection.auth_headers()
-        try:
-            resp = await self._session.get(
-                self.connection.host + path,
-                params=dict(params),
-                headers=headers,
-                timeout=client_timeout,
-                server_hostname=self.connection.server_name,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise self._failed(exc) from exc
-        return self._checked(resp)
+        return await self._request("GET", path, client_timeout, params=dict(params))
 
     async def post(
         self, path: str, body: Mapping[str, Any], client_timeout: aiohttp.ClientTimeout
     ) -> aiohttp.ClientResponse:
         """POST a JSON object (a TokenReview, a SubjectAccessReview); the caller reads and
         releases the response."""
+        return await self._request("POST", path, client_timeout, json=dict(body))
+
+    async def _request(
+        self, method: str, path: str, client_timeout: aiohttp.ClientTimeout, **kw: Any
+    ) -> aiohttp.ClientResponse:
+        """One request with fresh credentials, the certificate checked against
+        `server_name`; a failure to connect is a ConnectionFailed (a TlsFailed for TLS)."""
         assert self._session is not None, "ApiSession used outside `async with`"
         headers = await self.connection.auth_headers()
         try:
-            resp = await self._session.post(
+            resp = await self._session.request(
+                method,
                 self.connection.host + path,
-                json=dict(body),
                 headers=headers,
                 timeout=client_timeout,
                 server_hostname=self.connection.server_name,
+                **kw,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._failed(exc) from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -25,7 +26,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import hdrs, web
 
-from exporter.core.pods import PodSnapshot
+from exporter.core.pods import TERMINAL_PHASES, PodSnapshot
 from exporter.logs import LogOnce
 from exporter.otlp.decode import (
     DEFAULT_MAX_BODY_BYTES,
@@ -113,6 +114,7 @@ class _WatchHandler(Protocol):  # exporter.kube.watching.WatchHandler
     def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)  # a rebuild after pod churn re-parses no address it saw
 def normalize_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address of a peer or of a pod status, as compared: an IPv4-mapped IPv6 address
     (`::ffff:a.b.c.d`, how a dual-stack socket shows an IPv4 peer) is its IPv4 address and
@@ -196,7 +198,7 @@ class LocalSources:
         now = self._clock()
         waiting: dict[str, float] = {}
         for pod in self._pods():
-            if not pod.pod_ips and not pod.deleting and pod.phase not in _FINISHED:
+            if not pod.pod_ips and not pod.deleting and pod.phase not in TERMINAL_PHASES:
                 waiting[pod.uid] = self._waiting.get(pod.uid, now)
             for text in (*pod.pod_ips, *pod.host_ips):
                 address = normalize_address(text)
@@ -205,9 +207,6 @@ class LocalSources:
         self._waiting = waiting
         self._grace_until = max(waiting.values(), default=-math.inf) + self._grace
         return frozenset(allowed)
-
-
-_FINISHED = frozenset({"Succeeded", "Failed"})  # pods that will get no IP
 
 
 @dataclass
