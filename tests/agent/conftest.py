@@ -55,6 +55,22 @@ async def running_agent(
         await task
 
 
+def idle_agent(cgroup_root: Path, **settings_overrides: object) -> Agent:
+    """The agent on node-a, built but not run: no API server, no listener started; for tests
+    that drive its parts (the OTLP sink, the exposition, the correlation tick) directly."""
+    settings = Settings(
+        node_name="node-a",
+        kubeconfig=None,
+        cgroup_root=cgroup_root,
+        listen=ListenAddress("127.0.0.1", 0),
+        otlp_listen=None,
+        sample_interval=1.0,
+        log_level="info",
+        **settings_overrides,  # type: ignore[arg-type]
+    )
+    return Agent(settings)
+
+
 @pytest.fixture
 async def agent(kubeconfig: Path, tmp_path: Path) -> AsyncIterator[Agent]:
     async with running_agent(kubeconfig, tmp_path) as running:

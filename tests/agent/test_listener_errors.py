@@ -12,17 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.agent import Agent
 from exporter.core.correlation import ChangeKind, Episode, EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.services import ServiceRef
 from exporter.metrics import ERROR_LOG_INTERVAL, AgentMetrics
 from exporter.otlp import LatencyDelta
-from exporter.settings import ListenAddress, Settings
 from exporter.simulator import objects as o
 from exporter.simulator.cluster import Cluster
 from exporter.watches import notify
-from tests.agent.conftest import running_agent
+from tests.agent.conftest import idle_agent, running_agent
 from tests.conftest import wait_for
 
 # Every test here makes a listener fail on purpose and asserts on the logged traceback.
@@ -105,20 +103,6 @@ def test_notify_counts_each_failure_and_logs_it_at_most_every_interval(
     assert not hasattr(first, "suppressed") and second.suppressed == 1  # type: ignore[attr-defined]
     assert second.exc_info is not None and "cannot handle 'c'" in str(second.exc_info[1])
     assert metrics.dropped == {"internal_error": 3}
-
-
-def idle_agent(tmp_path: Path, **overrides: object) -> Agent:
-    settings = Settings(
-        node_name=NODE,
-        kubeconfig=None,
-        cgroup_root=tmp_path,
-        listen=ListenAddress("127.0.0.1", 0),
-        otlp_listen=None,
-        sample_interval=1.0,
-        log_level="info",
-        **overrides,  # type: ignore[arg-type]
-    )
-    return Agent(settings)
 
 
 def test_a_failing_otlp_sink_is_counted_and_the_receiver_goes_on(

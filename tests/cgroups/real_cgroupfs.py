@@ -154,11 +154,7 @@ class RealTree:
 
     def start(self, relpath: str, code: str) -> subprocess.Popen[bytes]:
         """Run `code` in a Python process that first joins the cgroup `relpath`."""
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _JOIN, code, *self.procs_files(relpath)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = _start(code, self.procs_files(relpath))
         self.processes.append(proc)
         return proc
 
@@ -167,37 +163,56 @@ class RealTree:
     def cleanup(self, deadline_seconds: float = 10.0) -> list[str]:
         """Kill the processes started here (by pid), then remove every directory created
         here, deepest first. Returns what could not be removed."""
-        for proc in self.processes:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=deadline_seconds)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        self.processes.clear()
-        leftovers: list[str] = []
+        _kill_all(self.processes, deadline_seconds)
         end = time.monotonic() + deadline_seconds
-        for path in sorted(self.created, key=lambda p: len(p.parts), reverse=True):
-            while True:
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    # A cgroup whose last task just exited can stay busy for a moment.
-                    if exc.errno == errno.EBUSY and time.monotonic() < end:
-                        _wait_unpopulated(path, end)
-                        continue
-                    leftovers.append(f"{path}: {exc.strerror}")
-                    break
+        deepest_first = sorted(self.created, key=lambda p: len(p.parts), reverse=True)
+        leftovers = [problem for path in deepest_first if (problem := _rmdir(path, end))]
         self.created.clear()
         for name in list(self.bases):
             link = self.link_dir / name
             if link.is_symlink():
                 link.unlink()
         return leftovers
+
+
+def _start(code: str, procs_files: list[str]) -> subprocess.Popen[bytes]:
+    """A Python process that writes its pid into each of `procs_files`, then runs `code`."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _JOIN, code, *procs_files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _kill_all(processes: list[subprocess.Popen[bytes]], deadline_seconds: float) -> None:
+    """Kill each process still running (by pid), reap it and close its pipes; empties the
+    list."""
+    for proc in processes:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=deadline_seconds)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    processes.clear()
+
+
+def _rmdir(path: Path, end: float) -> str | None:
+    """Remove the cgroup `path` (gone already is fine); None once it is gone, else why not.
+    A cgroup whose last task just exited can stay busy for a moment: while EBUSY and before
+    the monotonic time `end`, wait for it to empty and try again."""
+    while True:
+        try:
+            path.rmdir()
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and time.monotonic() < end:
+                _wait_unpopulated(path, end)
+                continue
+            return f"{path}: {exc.strerror}"
 
 
 def _wait_unpopulated(path: Path, end: float) -> None:
@@ -290,24 +305,12 @@ class HostContainerCgroup:
         """Run `code` in a Python process that first joins the container's cgroup in every
         controller (its pid written to each cgroup.procs)."""
         procs = [str(mount / self.relpath / "cgroup.procs") for mount in self.mounts.values()]
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _JOIN, code, *procs],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = _start(code, procs)
         self.processes.append(proc)
         return proc
 
     def stop_processes(self, deadline_seconds: float = 10.0) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=deadline_seconds)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        self.processes.clear()
+        _kill_all(self.processes, deadline_seconds)
 
     def remove_container(self, deadline_seconds: float = 10.0) -> list[str]:
         """Kill the processes, then remove the container's directory in every controller
@@ -327,20 +330,12 @@ class HostContainerCgroup:
         leftovers: list[str] = []
         end = time.monotonic() + deadline_seconds
         for path in sorted(paths, key=lambda p: len(p.parts), reverse=True):
-            while True:
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if path.name not in ours:
-                        break  # kubepods or the QoS level, still holding others' cgroups
-                    if exc.errno == errno.EBUSY and time.monotonic() < end:
-                        _wait_unpopulated(path, end)
-                        continue
-                    leftovers.append(f"{path}: {exc.strerror}")
-                    break
+            if path.name not in ours:
+                # kubepods or the QoS level: one try, no waiting; if it still holds others'
+                # cgroups it stays, and that is no leftover.
+                _rmdir(path, end=0.0)
+            elif problem := _rmdir(path, end):
+                leftovers.append(problem)
             if not path.exists():
                 self.created.remove(path)
         return leftovers

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from exporter.agent import Agent
 from exporter.catalogue import CLIENT_DURATION, POD_EVENTS, POD_STARTUP
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
 from exporter.core.services import ServiceRef
@@ -23,7 +22,7 @@ from exporter.metrics import (
     SeriesLimit,
 )
 from exporter.otlp.points import IngestLimits
-from exporter.settings import ListenAddress, Settings
+from tests.agent.conftest import idle_agent
 from tests.otlp.builders import explicit_point, metric, request
 
 LIMIT = 3
@@ -115,16 +114,7 @@ def test_client_latency_is_limited_per_family(caplog: pytest.LogCaptureFixture) 
 
 
 def test_otlp_stream_cap_drops_are_in_dropped_total(tmp_path: Path) -> None:
-    settings = Settings(
-        node_name="node-a",
-        kubeconfig=None,
-        cgroup_root=tmp_path,
-        listen=ListenAddress("127.0.0.1", 0),
-        otlp_listen=None,
-        sample_interval=1.0,
-        log_level="info",
-    )
-    agent = Agent(settings)
+    agent = idle_agent(tmp_path)
     ingest = agent.otlp.ingest
     ingest.limits = IngestLimits(max_streams_per_service=2)
     ingest.resolve = lambda host, port: ServiceRef("shop", "web")

@@ -46,6 +46,7 @@ from tests.helm.chart import (
     one,
     render,
 )
+from tests.volumes import write_like_kubelet
 
 pytestmark = pytest.mark.e2e
 
@@ -282,27 +283,6 @@ def sandbox(
             write_like_kubelet(directory, (secrets or {})[volume["secret"]["secretName"]])
         paths[mount["mountPath"]] = directory
     return paths
-
-
-def write_like_kubelet(directory: Path, data: dict[str, bytes]) -> None:
-    """A Secret volume's files as the kubelet writes them, first and at every update: the
-    keys in a new hidden directory, the `..data` symlink swapped to it at once, each key a
-    symlink through `..data` (so a reader never sees half an update)."""
-    generations = sorted(directory.glob("..gen-*"))
-    current = directory / f"..gen-{len(generations):04d}"
-    current.mkdir()
-    for key, content in data.items():
-        (current / key).write_bytes(content)
-    swap = directory / "..data_tmp"
-    swap.symlink_to(current.name)
-    os.replace(swap, directory / "..data")
-    for key in data:
-        if not (directory / key).is_symlink():
-            (directory / key).symlink_to(f"..data/{key}")
-    for old in generations:
-        for file in old.iterdir():
-            file.unlink()
-        old.rmdir()
 
 
 def in_pod_network(arg: str) -> str:

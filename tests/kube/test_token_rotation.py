@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tests.agent.conftest import running_agent
 from tests.certs import CertificateAuthority
 from tests.conftest import wait_for
 from tests.kube.test_reflector import FAST, Recorder
+from tests.volumes import write_like_kubelet
 
 PODS = ResourceSpec("pods", "/api/v1/pods", field_selector="spec.nodeName=node-a")
 
@@ -37,29 +37,10 @@ class ProjectedVolume:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.generation = 0
         directory.mkdir(parents=True)
 
     def write(self, files: Mapping[str, bytes]) -> None:
-        self.generation += 1
-        data = self.directory / f"..2026_01_01_00_00_{self.generation:02d}.000000001"
-        data.mkdir()
-        for name, content in files.items():
-            (data / name).write_bytes(content)
-        old = (
-            (self.directory / "..data").resolve() if (self.directory / "..data").exists() else None
-        )
-        staging = self.directory / "..data_tmp"
-        staging.symlink_to(data.name)
-        os.replace(staging, self.directory / "..data")  # the atomic swap
-        for name in files:
-            link = self.directory / name
-            if not link.is_symlink():
-                link.symlink_to(f"..data/{name}")
-        if old is not None:
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
+        write_like_kubelet(self.directory, files)
 
     def rotate_token(self, token: str) -> None:
         current = self.directory / "..data"

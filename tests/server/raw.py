@@ -35,6 +35,14 @@ class RawClient:
     async def response_head(self) -> bytes:
         return await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 20)
 
+    async def response(self) -> tuple[bytes, bytes]:
+        """One whole response, its head and its body (of its Content-Length), leaving the
+        connection where the next response would start."""
+        head = await self.response_head()
+        length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+        body = await asyncio.wait_for(self.reader.readexactly(length), 20)
+        return head, body
+
     def close(self) -> None:
         self.writer.close()
 

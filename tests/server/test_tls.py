@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -26,16 +25,16 @@ from exporter.settings import ListenAddress
 from tests.agent.conftest import running_agent
 from tests.certs import CertificateAuthority, Issued
 from tests.conftest import free_port
+from tests.volumes import write_like_kubelet
 
 
 class SecretVolume:
     """A directory laid out as the kubelet mounts a Secret: `tls.crt` -> `..data/tls.crt`,
-    `..data` -> `..<n>`; an update writes `..<n+1>` and renames a new `..data` symlink over
-    the old one, so the files change all at once."""
+    `..data` -> `..<timestamp>`; an update writes a new directory and renames a new `..data`
+    symlink over the old one, so the files change all at once."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.version = 0
         root.mkdir()
         for name in ("tls.crt", "tls.key"):
             (root / name).symlink_to(Path("..data") / name)
@@ -50,15 +49,10 @@ class SecretVolume:
 
     def publish(self, cert_pem: bytes, key_pem: bytes | None) -> None:
         """A new version of the Secret; without a key, its tls.key dangles."""
-        self.version += 1
-        directory = self.root / f"..{self.version}"
-        directory.mkdir()
-        (directory / "tls.crt").write_bytes(cert_pem)
+        files = {"tls.crt": cert_pem}
         if key_pem is not None:
-            (directory / "tls.key").write_bytes(key_pem)
-        staged = self.root / "..data_tmp"
-        staged.symlink_to(directory.name)
-        os.replace(staged, self.root / "..data")
+            files["tls.key"] = key_pem
+        write_like_kubelet(self.root, files)
 
 
 def der(issued: Issued) -> bytes:
