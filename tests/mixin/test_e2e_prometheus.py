@@ -413,26 +413,45 @@ def _with_episodes(run: Run) -> set[str]:
     return {e["service"].rpartition("/")[2] for e in episodes["recent"] + episodes["open"]}
 
 
+def _inputs_met(run: Run, *, over_threshold: bool) -> dict[str, int]:
+    """Per Service, the seconds (1 s steps, the rules' evaluation interval) at which both
+    inputs of TailwatchDisruptionImpact were there together: a p99 ratio (over the alert's
+    threshold, if `over_threshold`) and an open episode."""
+    r = Records(run.config)
+    window = f"{math.ceil(run.end - run.start)}s"
+    over = f" > {run.config.thresholds.disruption_p99_ratio:g}" if over_threshold else ""
+    met = run.prometheus.query(
+        f'count_over_time((max by (service) ({r.probe_p99_ratio}{{target="service"}}){over}'
+        f"\nand on (service)\nmax by (service) (tailwatch_service_disrupted) == 1)"
+        f"[{window}:1s])",
+        at=run.end,
+    )
+    return {m["metric"]["service"]: int(float(m["value"][1])) for m in met}
+
+
+#: Evaluations at which the alert's inputs must have held before it must have been seen:
+#: a loaded machine's Prometheus may skip or shift an evaluation, and inputs that meet for
+#: a moment between two evaluations are legitimately missed.
+HELD_EVALUATIONS = 3
+
+
 def test_the_disruption_alert_was_at_least_pending_for_every_clearly_disrupted_service(
     run: Run,
 ) -> None:
     # The demo's milder disruptions raise the p99 of this compressed scenario by 1x to 2.5x,
     # and under CPU starvation the agent may not see the sidecar burst at all: whether the
-    # alert's 2x is crossed depends on the run. Where the agent saw a clear one, so must
-    # the rules; in every run, the alert's two inputs must meet for a disrupted Service.
+    # alert's 2x is crossed depends on the run. Where the agent saw a clear one and the
+    # rules' own inputs held for a few evaluations, the alert must have been seen; in every
+    # run, the alert's two inputs must meet for a disrupted Service.
     seen = {a["service"] for a in run.alerts.of("TailwatchDisruptionImpact")}
-    assert _clearly_disrupted(run) <= seen, _disruption_inputs(run)
+    over = _inputs_met(run, over_threshold=True)
+    held = {service for service, n in over.items() if n >= HELD_EVALUATIONS}
+    assert _clearly_disrupted(run) & held <= seen, f"{_disruption_inputs(run)}; over: {over}"
     # Never for a Service without an episode: the untouched one stays silent unless the
     # machine starved the demo enough for the agent to see a spike of it too.
     assert seen <= _with_episodes(run), _disruption_inputs(run)
-    r = Records(run.config)
-    window = f"{math.ceil(run.end - run.start)}s"
-    met = run.prometheus.query(
-        f'count_over_time((max by (service) ({r.probe_p99_ratio}{{target="service"}})\n'
-        f"and on (service)\nmax by (service) (tailwatch_service_disrupted) == 1)[{window}:1s])",
-        at=run.end,
-    )
-    assert {m["metric"]["service"] for m in met} & set(_disrupted(run)), _disruption_inputs(run)
+    met = _inputs_met(run, over_threshold=False)
+    assert set(met) & set(_disrupted(run)), _disruption_inputs(run)
 
 
 #: Seconds in a Prometheus duration unit.
