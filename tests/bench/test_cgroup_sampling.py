@@ -273,6 +273,29 @@ def test_fixture_tree_pass_cost(
     print(f"  budget {BUDGET_SHARE:.0%} of a core: {'met' if share < BUDGET_SHARE else 'MISSED'}")
 
 
+@pytest.mark.parametrize("mode", list(MODES))
+def test_fixture_tree_pass_cost_v1_only_containers_on_hybrid(tmp_path: Path, mode: str) -> None:
+    """A hybrid host with the cgroupfs driver: the container cgroups exist only in the v1
+    controllers, nothing under unified/. Before the discovery hierarchy alone decided that
+    a cgroup vanished, every container was dropped on every pass (side_by_side asserts that
+    nothing is)."""
+    layout = TreeLayout("hybrid", "cgroupfs", "containerd", unified_kubepods=False)
+    pods = reference_pods("containerd")
+    write_tree(tmp_path, layout, pods)
+    churn = Churn(tmp_path, mode)
+    try:
+        ours, _ = side_by_side(
+            f"fixture tree, hybrid cgroupfs containerd, v1-only containers, {mode}",
+            tmp_path,
+            pod_snapshots(layout, pods),
+            churn,
+        )
+    finally:
+        churn.close()
+    share = statistics.median(ours.cpu) / 1.0
+    print(f"  budget {BUDGET_SHARE:.0%} of a core: {'met' if share < BUDGET_SHARE else 'MISSED'}")
+
+
 def test_real_cgroupfs_pass_cost(tmp_path: Path) -> None:
     runtime: Runtime = "containerd"
     layout = TreeLayout("v1", "cgroupfs", runtime)
