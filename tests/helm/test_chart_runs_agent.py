@@ -237,7 +237,10 @@ class RunningContainer:
     scraper: Scraper
     mounts: dict[str, Path]  # mount path -> its sandbox directory
 
-    async def get(self, path: str, port: int | None = None, token: str | None = None) -> int:
+    async def fetch(
+        self, path: str, port: int | None = None, token: str | None = None
+    ) -> tuple[int, bytes]:
+        """GET `path` as the ServiceMonitor scrapes: its scheme, CA and server name."""
         url = f"{self.scraper.scheme}://127.0.0.1:{port or self.metrics_port}{path}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         tls: dict[str, Any] = {}
@@ -247,8 +250,11 @@ class RunningContainer:
             aiohttp.ClientSession() as session,
             session.get(url, headers=headers, **tls) as response,
         ):
-            await response.read()
-            return response.status
+            return response.status, await response.read()
+
+    async def get(self, path: str, port: int | None = None, token: str | None = None) -> int:
+        status, _ = await self.fetch(path, port, token)
+        return status
 
     async def answers(self, path: str) -> bool:
         try:
@@ -453,17 +459,9 @@ def started_line(log: Path) -> dict[str, Any] | None:
 
 
 async def episode_settings(running: RunningContainer, token: str | None = None) -> dict[str, Any]:
-    url = f"{running.scraper.scheme}://127.0.0.1:{running.metrics_port}/api/v1/episodes"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    tls: dict[str, Any] = {}
-    if running.scraper.tls:
-        tls = {"ssl": running.scraper.tls, "server_hostname": running.scraper.server_name}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers=headers, **tls) as response,
-    ):
-        assert response.status == 200, await response.text()
-        return (await response.json())["settings"]  # type: ignore[no-any-return]
+    status, body = await running.fetch("/api/v1/episodes", token=token)
+    assert status == 200, body.decode(errors="replace")
+    return json.loads(body)["settings"]  # type: ignore[no-any-return]
 
 
 # A user's own token for the JSON API, as an operator would get with `kubectl create token`.
