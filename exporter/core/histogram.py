@@ -214,23 +214,42 @@ class FineHistogram:
         for q in qs:
             if not 0.0 <= q <= 1.0:
                 raise ValueError(f"quantile {q} is not in [0, 1]")
-        ranks = sorted((max(1, math.ceil(q * self.count)), n) for n, q in enumerate(qs))
-        out: list[float | None] = [None] * len(qs)
+        return list(self.at_ranks([max(1, math.ceil(q * self.count)) for q in qs]))
+
+    def at_ranks(self, ranks: Sequence[int]) -> list[float]:
+        """The values of 1-based ranks (1 = the smallest, `count` = the largest), in one pass
+        over the buckets: what order-statistic bounds are read from."""
+        for rank in ranks:
+            if not 1 <= rank <= self.count:
+                raise ValueError(f"rank {rank} is not in [1, {self.count}]")
+        out = [0.0] * len(ranks)
+        pending = sorted((rank, slot) for slot, rank in enumerate(ranks))
+        if not pending:
+            return out
+        at = 0
         seen = self.zero_count
-        pending = iter(ranks)
-        rank, slot = next(pending)
-        try:
-            while rank <= seen:
-                out[slot] = 0.0
-                rank, slot = next(pending)
-            for i in sorted(self._buckets):
-                seen += self._buckets[i]
-                while rank <= seen:
-                    out[slot] = _upper_edge(i) * _REPRESENTATIVE_FACTOR
-                    rank, slot = next(pending)
-        except StopIteration:
-            pass
+        while at < len(pending) and pending[at][0] <= seen:
+            at += 1  # 0.0 already
+        for i in sorted(self._buckets):
+            if at == len(pending):
+                break
+            seen += self._buckets[i]
+            value = _upper_edge(i) * _REPRESENTATIVE_FACTOR
+            while at < len(pending) and pending[at][0] <= seen:
+                out[pending[at][1]] = value
+                at += 1
         return out
+
+    def count_above(self, threshold: float) -> int:
+        """How many values are above `threshold` (values are known to their bucket: a bucket
+        counts as above when its representative value is)."""
+        above = 0
+        for i, n in self._buckets.items():
+            if _upper_edge(i) * _REPRESENTATIVE_FACTOR > threshold:
+                above += n
+        if threshold < 0.0:
+            above += self.zero_count
+        return above
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FineHistogram):
