@@ -47,8 +47,9 @@ from exporter.catalogue import (
     Series,
 )
 from exporter.core.buckets import FixedBuckets
-from exporter.core.correlation import ChangeKind, Correlator, EpisodeChange
+from exporter.core.correlation import Correlator
 from exporter.core.endpoints import EndpointCounts, EndpointEvent
+from exporter.core.episodes import ChangeKind, EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.histogram import (
     DEFAULT_CLASSIC_LAYOUT,

@@ -11,6 +11,7 @@ readings are plain objects, `now` is passed in.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -66,6 +67,7 @@ class Delta:
     """One container between two passes."""
 
     key: ContainerKey
+    at: float  # the later pass: the delta covers (at - elapsed, at]
     elapsed: float
     cpu_seconds: float | None
     periods: int | None
@@ -107,10 +109,35 @@ class ResourceTracker:
     only while the pod's Services are steady, so a burst does not become the norm.
     """
 
-    def __init__(self, steady_window: float = 300.0) -> None:
+    def __init__(self, steady_window: float = 300.0, history: float = 0.0) -> None:
         self.steady_window = steady_window
+        self.history = history
         self._previous: dict[ContainerKey, _Previous] = {}
         self._steady_cpu: dict[ContainerKey, float] = {}  # cores, moving average
+        # The last `history` seconds of deltas per pod: a spike is detected after it began,
+        # and its attribution covers it from its start.
+        self._recent: dict[PodKey, deque[Delta]] = {}
+
+    def recent(self, pods: Iterable[PodKey], since: float) -> list[Delta]:
+        """The kept deltas of `pods` that end after `since`, oldest first."""
+        out = [d for pod in pods for d in self._recent.get(pod, ()) if d.at > since]
+        out.sort(key=lambda d: d.at)
+        return out
+
+    def _remember(self, deltas: list[Delta], now: float) -> None:
+        if self.history <= 0:
+            return
+        for d in deltas:
+            held = self._recent.get(d.key[:2])
+            if held is None:
+                held = self._recent[d.key[:2]] = deque()
+            held.append(d)
+        for pod in list(self._recent):
+            held = self._recent[pod]
+            while held and held[0].at <= now - self.history:
+                held.popleft()
+            if not held:
+                del self._recent[pod]
 
     def observe(
         self,
@@ -151,6 +178,7 @@ class ResourceTracker:
             deltas.append(
                 Delta(
                     key=key,
+                    at=now,
                     elapsed=elapsed,
                     cpu_seconds=cpu,
                     periods=None if periods is None else int(periods),
@@ -182,6 +210,7 @@ class ResourceTracker:
             out.append(
                 replace(d, steady_share=mine / total if mine is not None and total > 0 else None)
             )
+        self._remember(out, now)
         return out
 
 
@@ -200,11 +229,45 @@ class _Sums:
     memory_ratio: float | None = None
     sidecar: bool = False
     steady_share: float | None = None
+    # The strongest single pass: a burst shows at its height, not only spread over the window.
+    peak_throttled: float | None = None
+    peak_psi_cpu: float | None = None
+    peak_psi_memory: float | None = None
+
+    def add(self, d: Delta) -> None:
+        self.elapsed += d.elapsed
+        self.sidecar = d.sidecar
+        if d.steady_share is not None:
+            self.steady_share = d.steady_share
+        if d.cpu_seconds is not None:
+            self.cpu += d.cpu_seconds
+            self.cpu_known = True
+        if d.periods is not None and d.throttled_periods is not None:
+            self.periods += d.periods
+            self.throttled += d.throttled_periods
+            self.periods_known = True
+            if d.periods:
+                self.peak_throttled = _peak(self.peak_throttled, d.throttled_periods / d.periods)
+        if d.psi_cpu_some is not None:
+            self.psi_cpu += d.psi_cpu_some
+            self.psi_cpu_known = True
+            self.peak_psi_cpu = _peak(self.peak_psi_cpu, d.psi_cpu_some / d.elapsed)
+        if d.psi_memory_some is not None:
+            self.psi_memory += d.psi_memory_some
+            self.psi_memory_known = True
+            self.peak_psi_memory = _peak(self.peak_psi_memory, d.psi_memory_some / d.elapsed)
+        if d.memory_ratio is not None:
+            self.memory_ratio = max(self.memory_ratio or 0.0, d.memory_ratio)
+
+
+def _peak(held: float | None, value: float) -> float:
+    return value if held is None else max(held, value)
 
 
 @dataclass(frozen=True, slots=True)
 class ContainerPressure:
-    """One container's signals over a window, and its pressure score (0 = none, 1 = full)."""
+    """One container's signals over a window, and its pressure score (0 = none, 1 = full).
+    The ratios are over the whole window; the peaks are the strongest single cgroup pass."""
 
     namespace: str
     pod: str
@@ -219,6 +282,9 @@ class ContainerPressure:
     memory_limit_ratio: float | None
     score: float
     signals: tuple[str, ...]
+    peak_throttled_ratio: float | None = None
+    peak_psi_cpu_some: float | None = None
+    peak_psi_memory_some: float | None = None
 
     def as_json(self) -> dict[str, object]:
         def r(x: float | None) -> float | None:
@@ -233,52 +299,58 @@ class ContainerPressure:
             "pod_cpu_share": r(self.pod_cpu_share),
             "steady_pod_cpu_share": r(self.steady_pod_cpu_share),
             "throttled_ratio": r(self.throttled_ratio),
+            "peak_throttled_ratio": r(self.peak_throttled_ratio),
             "psi_cpu_some": r(self.psi_cpu_some),
+            "peak_psi_cpu_some": r(self.peak_psi_cpu_some),
             "psi_memory_some": r(self.psi_memory_some),
+            "peak_psi_memory_some": r(self.peak_psi_memory_some),
             "memory_limit_ratio": r(self.memory_limit_ratio),
             "score": r(self.score),
             "signals": list(self.signals),
         }
 
 
+#: Cgroup passes one episode keeps for its attribution (over an hour of one container at
+#: one pass a second); past it the oldest are dropped and counted.
+MAX_DELTAS = 4096
+
+
 @dataclass(slots=True)
 class Pressure:
-    """Deltas of the containers of some pods, summed over a window (an episode)."""
+    """The deltas of the containers of some pods over an episode, ranked over any interval
+    of it (the slow interval, not the settle time after it)."""
 
-    sums: dict[ContainerKey, _Sums] = field(default_factory=dict)
+    deltas: deque[Delta] = field(default_factory=lambda: deque(maxlen=MAX_DELTAS))
+    dropped: int = 0
 
     def add(self, d: Delta) -> None:
-        s = self.sums.get(d.key)
-        if s is None:
-            s = self.sums[d.key] = _Sums()
-        s.elapsed += d.elapsed
-        s.sidecar = d.sidecar
-        if d.steady_share is not None:
-            s.steady_share = d.steady_share
-        if d.cpu_seconds is not None:
-            s.cpu += d.cpu_seconds
-            s.cpu_known = True
-        if d.periods is not None and d.throttled_periods is not None:
-            s.periods += d.periods
-            s.throttled += d.throttled_periods
-            s.periods_known = True
-        if d.psi_cpu_some is not None:
-            s.psi_cpu += d.psi_cpu_some
-            s.psi_cpu_known = True
-        if d.psi_memory_some is not None:
-            s.psi_memory += d.psi_memory_some
-            s.psi_memory_known = True
-        if d.memory_ratio is not None:
-            s.memory_ratio = max(s.memory_ratio or 0.0, d.memory_ratio)
+        if len(self.deltas) == MAX_DELTAS:
+            self.dropped += 1
+        self.deltas.append(d)
 
-    def ranked(self, thresholds: Thresholds, limit: int = 5) -> list[ContainerPressure]:
-        """The containers under the strongest pressure first; those with none are left out."""
+    def ranked(
+        self,
+        thresholds: Thresholds,
+        start: float = -math.inf,
+        end: float = math.inf,
+        limit: int = 5,
+    ) -> list[ContainerPressure]:
+        """The containers under the strongest pressure over [start, end] (to within one
+        cgroup pass: a pass that overlaps the interval counts whole) first; those with none
+        are left out."""
+        sums: dict[ContainerKey, _Sums] = {}
+        for d in self.deltas:
+            if d.at > start and d.at - d.elapsed < end:
+                held = sums.get(d.key)
+                if held is None:
+                    held = sums[d.key] = _Sums()
+                held.add(d)
         pod_cpu: dict[PodKey, float] = {}
-        for key, s in self.sums.items():
+        for key, s in sums.items():
             if s.cpu_known:
                 pod_cpu[key[:2]] = pod_cpu.get(key[:2], 0.0) + s.cpu
         out: list[ContainerPressure] = []
-        for key, s in self.sums.items():
+        for key, s in sums.items():
             if s.elapsed <= 0:
                 continue
             throttled = s.throttled / s.periods if s.periods_known and s.periods else None
@@ -327,6 +399,9 @@ class Pressure:
                     memory_limit_ratio=s.memory_ratio,
                     score=score,
                     signals=tuple(signals),
+                    peak_throttled_ratio=s.peak_throttled,
+                    peak_psi_cpu_some=s.peak_psi_cpu,
+                    peak_psi_memory_some=s.peak_psi_memory,
                 )
             )
         out.sort(key=lambda c: (not c.signals, -c.score, c.namespace, c.pod, c.container))

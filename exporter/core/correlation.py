@@ -4,96 +4,44 @@ lifecycle events (node-local pod events and the cluster view of endpoints), late
 
 An episode opens at the first disruptive event touching a Service and closes when every
 endpoint is ready, none is terminating and the set has been stable for `settle`; a tail
-spike with no lifecycle event is an episode too (`resource_pressure` or `unexplained`).
-Impact compares latency during the episode with the steady baseline before it; recovery
-is the time from close until the rolling p99 is back within tolerance of the baseline.
-docs/correlation.md states every rule. Pure: every call takes `now` (epoch seconds).
+spike with no lifecycle event is an episode too (`resource_pressure` or `unexplained`),
+from when its tail rose to when it fell. Impact compares latency during the episode with
+the steady baseline before it; recovery is when latency really returned within tolerance
+after the close, found once a window confirms it (exporter/core/tails.py). The episodes
+themselves, and their words and JSON, are in exporter/core/episodes.py. Pure: every call
+takes `now` (epoch seconds).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from exporter.core.attribution import (
-    ContainerPressure,
-    ContainerReading,
-    PodKey,
-    Pressure,
-    ResourceTracker,
-    Thresholds,
-)
+from exporter.core.attribution import ContainerReading, PodKey, ResourceTracker
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
+from exporter.core.episodes import (
+    CAUSE_RANK,
+    Cause,
+    ChangeKind,
+    CorrelationSettings,
+    Episode,
+    EpisodeChange,
+    Evidence,
+    Impact,
+    LatencyImpact,
+    ServiceState,
+    Source,
+    Status,
+    iso,
+)
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
 from exporter.core.histogram import FineHistogram
 from exporter.core.services import ServiceRef
-from exporter.core.windows import LatencyTimeline, Quantiles, kth_largest, quantiles
-
-
-class Cause(StrEnum):
-    """Values of the `cause` label (contract), lifecycle causes in order of dominance."""
-
-    ROLLOUT = "rollout"
-    RESCHEDULE = "reschedule"
-    EVICTION = "eviction"
-    RESTART = "restart"
-    READINESS = "readiness"
-    SCALE = "scale"
-    RESOURCE_PRESSURE = "resource_pressure"
-    UNEXPLAINED = "unexplained"
-
-
-LIFECYCLE_CAUSES: tuple[Cause, ...] = (
-    Cause.ROLLOUT,
-    Cause.RESCHEDULE,
-    Cause.EVICTION,
-    Cause.RESTART,
-    Cause.READINESS,
-    Cause.SCALE,
-)
-_RANK = {cause: rank for rank, cause in enumerate(LIFECYCLE_CAUSES)}
-
-
-class ServiceState(StrEnum):
-    """Values of the `state` label of latency samples (contract)."""
-
-    STEADY = "steady"
-    DISRUPTED = "disrupted"
-    RECOVERING = "recovering"
-
-
-class Impact(StrEnum):
-    """Values of the `impact` label of tailwatch_episodes_total. `unknown`: there was no
-    steady latency to compare with (e.g. in the agent's first minutes)."""
-
-    NONE = "none"
-    DEGRADED = "degraded"
-    SEVERE = "severe"
-    UNKNOWN = "unknown"
-
-
-class Status(StrEnum):
-    OPEN = "open"
-    RECOVERING = "recovering"  # closed; latency not yet back to baseline
-    RECOVERED = "recovered"
-    NOT_RECOVERED = "not_recovered"  # not back after recovery_max
-    INTERRUPTED = "interrupted"  # another episode opened before it recovered
-    NO_BASELINE = "no_baseline"  # closed, but recovery cannot be judged without a baseline
-
-
-class Source(StrEnum):
-    """Where a latency sample comes from. The episode's headline latency is the probe of
-    the Service address, else (a headless Service) of its endpoints on this node, else the
-    clients' OTLP histograms."""
-
-    SERVICE_PROBE = "service"
-    ENDPOINT_PROBE = "endpoint"
-    CLIENT = "client"
-
+from exporter.core.tails import ServiceLatency, fell_at, rose_at, spiking
 
 #: Non-disruptive events remembered per Service, for the episode they may lead to.
 PRECEDING_EVENTS = 16
@@ -117,296 +65,7 @@ EVICTION_REASONS = frozenset(
         "TerminationByKubelet",
     }
 )
-
-
-@dataclass(frozen=True)
-class CorrelationSettings:
-    """The knobs of docs/correlation.md (defaults there) and a few of our own."""
-
-    settle: float = 30.0
-    baseline: float = 300.0
-    recovery_window: float = 30.0
-    recovery_tolerance: float = 0.2
-    recovery_max: float = 600.0
-    spike_ratio: float = 2.0
-    #: A spike must also be this much slower than the baseline (seconds): a p99 going from
-    #: 200 µs to 500 µs is noise, not an episode.
-    spike_min_increase: float = 0.002
-    #: Samples the rolling window needs before a spike or a recovery is judged.
-    min_samples: int = 5
-    #: A spike needs at least this many samples over the threshold (and 1% of them).
-    spike_min_slow: int = 3
-    #: Steady samples a baseline needs before a spike is judged against it: a p99 of a
-    #: handful of samples makes every later sample look like a spike.
-    spike_min_baseline: int = 50
-    severe_ratio: float = 3.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    slots: int = 10
-    max_events: int = 200
-    max_recent: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("settle", "baseline", "recovery_window", "recovery_max"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.recovery_tolerance < 0:
-            raise ValueError("recovery_tolerance must not be negative")
-        if self.spike_ratio <= 1:
-            raise ValueError("spike_ratio must be above 1")
-
-    @property
-    def tick_interval(self) -> float:
-        """How often `tick` should run: often enough to see the shortest window move."""
-        return min(1.0, self.settle / 10, self.recovery_window / 10)
-
-    def as_json(self) -> dict[str, float]:
-        return {
-            "settle_seconds": self.settle,
-            "baseline_seconds": self.baseline,
-            "recovery_window_seconds": self.recovery_window,
-            "recovery_tolerance": self.recovery_tolerance,
-            "recovery_max_seconds": self.recovery_max,
-            "spike_ratio": self.spike_ratio,
-        }
-
-
-def _iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _round(x: float | None, digits: int = 6) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """One event that is part of an episode."""
-
-    at: float
-    source: str  # endpoint | pod | latency
-    event: str
-    pod: str = ""
-    container: str = ""
-    reason: str = ""
-    node: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "at": _iso(self.at),
-            "source": self.source,
-            "event": self.event,
-            "pod": self.pod,
-            "container": self.container,
-            "reason": self.reason,
-            "node": self.node,
-        }
-
-
-def _quantiles_json(q: Quantiles | None, samples: int) -> dict[str, Any] | None:
-    if q is None:
-        return None
-    return {"p50": _round(q[0]), "p99": _round(q[1]), "p999": _round(q[2]), "samples": samples}
-
-
-def _ratios(during: Quantiles | None, baseline: Quantiles | None) -> tuple[float, ...] | None:
-    if during is None or baseline is None:
-        return None
-    # A baseline of 0 (every value under 1 µs) compares as 1 µs.
-    return tuple(d / max(b, 1e-6) for d, b in zip(during, baseline, strict=True))
-
-
-@dataclass
-class LatencyImpact:
-    """One latency source over an episode: the baseline before it and what it was during."""
-
-    source: Source
-    baseline: Quantiles | None
-    baseline_samples: int
-    during: FineHistogram = field(default_factory=FineHistogram)
-
-    def during_quantiles(self) -> Quantiles | None:
-        return quantiles(self.during)
-
-    def ratios(self) -> tuple[float, ...] | None:
-        return _ratios(self.during_quantiles(), self.baseline)
-
-    def as_json(self) -> dict[str, Any]:
-        ratios = self.ratios()
-        return {
-            "source": "client" if self.source is Source.CLIENT else "probe",
-            "probe_target": None if self.source is Source.CLIENT else self.source.value,
-            "baseline": _quantiles_json(self.baseline, self.baseline_samples),
-            "during": _quantiles_json(self.during_quantiles(), self.during.count),
-            "ratios": None
-            if ratios is None
-            else {
-                "p50": round(ratios[0], 3),
-                "p99": round(ratios[1], 3),
-                "p999": round(ratios[2], 3),
-            },
-        }
-
-
-def _seconds_text(seconds: float) -> str:
-    if seconds < 0.001:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1000:.3g} ms"
-    return f"{seconds:.3g} s"
-
-
-def _duration_text(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-
-
-_CAUSE_TEXT = {
-    Cause.ROLLOUT: "A rollout",
-    Cause.RESCHEDULE: "A reschedule",
-    Cause.EVICTION: "An eviction",
-    Cause.RESTART: "A container restart",
-    Cause.READINESS: "A readiness change",
-    Cause.SCALE: "A scale change",
-    Cause.RESOURCE_PRESSURE: "Resource pressure",
-    Cause.UNEXPLAINED: "An unexplained tail spike",
-}
-
-
-@dataclass
-class Episode:
-    """One episode of one Service. Mutable while open or recovering; the correlator owns it."""
-
-    id: str
-    service: ServiceRef
-    opened_at: float
-    spike: bool  # opened by a latency spike, not by a lifecycle event
-    latency: dict[Source, LatencyImpact]
-    evidence: list[Evidence] = field(default_factory=list)
-    evidence_dropped: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    causes: set[Cause] = field(default_factory=set)
-    pressure: Pressure = field(default_factory=Pressure)
-    attribution: list[ContainerPressure] = field(default_factory=list)
-    last_change: float = 0.0
-    closed_at: float | None = None
-    recovered_at: float | None = None
-    status: Status = Status.OPEN
-    impact: Impact | None = None
-    cause: Cause = Cause.UNEXPLAINED
-    interrupted_by: str = ""
-    # Pods on this node that backed the Service during the episode.
-    pods: set[PodKey] = field(default_factory=set)
-    # Deployment rollout evidence from endpoint pod names: ReplicaSets added / leaving.
-    replica_sets_added: set[str] = field(default_factory=set)
-    replica_sets_leaving: set[str] = field(default_factory=set)
-
-    @property
-    def open(self) -> bool:
-        return self.status is Status.OPEN
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.closed_at is None else self.closed_at - self.opened_at
-
-    @property
-    def recovery_seconds(self) -> float | None:
-        if self.recovered_at is None or self.closed_at is None:
-            return None
-        return self.recovered_at - self.closed_at
-
-    def headline(self) -> LatencyImpact | None:
-        for source in (Source.SERVICE_PROBE, Source.ENDPOINT_PROBE, Source.CLIENT):
-            impact = self.latency.get(source)
-            if impact is not None and (impact.during.count or impact.baseline is not None):
-                return impact
-        return None
-
-    def p99_ratio(self) -> float | None:
-        headline = self.headline()
-        ratios = headline.ratios() if headline is not None else None
-        return None if ratios is None else ratios[1]
-
-    def summary(self) -> str:
-        what = f"{_CAUSE_TEXT[self.cause]} of {self.service}"
-        headline = self.headline()
-        during = headline.during_quantiles() if headline else None
-        baseline = headline.baseline if headline else None
-        parts: list[str] = []
-        if during is not None and baseline is not None:
-            ratio = during[1] / max(baseline[1], 1e-6)
-            if ratio > 1:
-                parts.append(
-                    f"{what} raised p99 from {_seconds_text(baseline[1])} to "
-                    f"{_seconds_text(during[1])} ({ratio:.1f}x)"
-                )
-            else:
-                parts.append(
-                    f"{what} did not raise p99 ({_seconds_text(during[1])} during it, "
-                    f"{_seconds_text(baseline[1])} before)"
-                )
-        elif during is not None:
-            parts.append(f"{what}: p99 {_seconds_text(during[1])} (no baseline to compare)")
-        else:
-            parts.append(f"{what} (no latency samples during it)")
-        if self.closed_at is not None:
-            parts[-1] += f" for {_duration_text(self.closed_at - self.opened_at)}"
-        else:
-            parts[-1] += ", still open"
-        if self.status is Status.RECOVERED and self.recovery_seconds is not None:
-            parts.append(
-                f"latency was back to baseline {_duration_text(self.recovery_seconds)} after"
-            )
-        elif self.status is Status.NOT_RECOVERED:
-            parts.append("latency did not return to baseline")
-        elif self.status is Status.INTERRUPTED:
-            parts.append(f"another episode ({self.interrupted_by}) began before it recovered")
-        if self.attribution and self.attribution[0].signals:
-            top = self.attribution[0]
-            signals = ", ".join(s.replace("_", " ") for s in top.signals)
-            parts.append(f"strongest pressure: {top.pod}/{top.container} ({signals})")
-        return "; ".join(parts) + "."
-
-    def as_json(self) -> dict[str, Any]:
-        headline = self.headline()
-        client = self.latency.get(Source.CLIENT)
-        return {
-            "id": self.id,
-            "namespace": self.service.namespace,
-            "service": self.service.name,
-            "cause": self.cause.value,
-            "status": self.status.value,
-            "opened_at": _iso(self.opened_at),
-            "closed_at": _iso(self.closed_at),
-            "duration_seconds": _round(self.duration, 3),
-            "recovered_at": _iso(self.recovered_at),
-            "recovery_seconds": _round(self.recovery_seconds, 3),
-            "impact": None if self.impact is None else self.impact.value,
-            "latency": None if headline is None else headline.as_json(),
-            "client_latency": None if client is None or client is headline else client.as_json(),
-            "events": [e.as_json() for e in self.evidence],
-            "events_dropped": self.evidence_dropped,
-            "event_counts": dict(sorted(self.counts.items())),
-            "attribution": [a.as_json() for a in self.attribution],
-            "summary": self.summary(),
-        }
-
-
-class ChangeKind(StrEnum):
-    OPENED = "opened"
-    CLOSED = "closed"
-    RECOVERED = "recovered"
-    NOT_RECOVERED = "not_recovered"
-    INTERRUPTED = "interrupted"
-    NO_BASELINE = "no_baseline"
-
-
-@dataclass(frozen=True, slots=True)
-class EpisodeChange:
-    """What a call changed: the agent counts, logs and announces these."""
-
-    kind: ChangeKind
-    episode: Episode
+Changes = list[EpisodeChange]
 
 
 def replica_set_of(pod: str) -> str | None:
@@ -422,19 +81,11 @@ class _ServiceView:
     """What the correlator holds per Service."""
 
     ref: ServiceRef
+    latency: ServiceLatency
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    timelines: dict[Source, LatencyTimeline] = field(default_factory=dict)
     episode: Episode | None = None  # open, or recovering
-    last_baseline: tuple[Quantiles, int] | None = None
     local_pods: set[PodKey] = field(default_factory=set)
     seq: int = 0
-    # After an episode that did not recover, its latency is the new normal: baselines start
-    # afresh from then, instead of every later sample looking like a spike.
-    baseline_from: float = 0.0
-    # Client histogram ranges since the last flush, by source and (lower, upper): clients
-    # send the same bounds over and over, so adding them up first makes one `record_range`
-    # per bucket per tick instead of one per data point.
-    pending: dict[Source, dict[tuple[float, float], int]] = field(default_factory=dict)
     # Events that touched the Service while it was steady without disrupting it.
     preceding: deque[EndpointEvent | LifecycleEvent] = field(
         default_factory=lambda: deque(maxlen=PRECEDING_EVENTS)
@@ -465,7 +116,8 @@ class Correlator:
         self._index_stale = False
         self.services: dict[ServiceRef, _ServiceView] = {}
         self.recent: list[Episode] = []  # finished episodes, newest last
-        self.resources = ResourceTracker(self.settings.baseline)
+        s = self.settings
+        self.resources = ResourceTracker(s.baseline, history=s.recovery_window + s.settle)
         self._pod_services: dict[PodKey, set[ServiceRef]] = {}
         self._workload_services: dict[tuple[str, str, str], set[ServiceRef]] = {}
 
@@ -479,12 +131,12 @@ class Correlator:
             self._index_stale = True
         for ref in wanted:
             if ref not in self.services:
-                self.services[ref] = _ServiceView(ref)
+                self.services[ref] = self._new_view(ref)
 
     def add_service(self, ref: ServiceRef) -> None:
         """Keep episodes for `ref` from now on (this agent has latency for it)."""
         if ref not in self.services:
-            self.services[ref] = _ServiceView(ref)
+            self.services[ref] = self._new_view(ref)
 
     def has_episode(self, ref: ServiceRef) -> bool:
         """Is an episode of `ref` open, or closed and waiting for its recovery?"""
@@ -495,6 +147,9 @@ class Correlator:
         """Forget `ref` with its episode (gone, or this agent no longer has latency for it)."""
         if self.services.pop(ref, None) is not None:
             self._index_stale = True
+
+    def _new_view(self, ref: ServiceRef) -> _ServiceView:
+        return _ServiceView(ref, ServiceLatency(self.settings))
 
     def _view(self, ref: ServiceRef) -> _ServiceView | None:
         return self.services.get(ref)
@@ -545,8 +200,9 @@ class Correlator:
 
     def on_endpoint_event(self, event: EndpointEvent) -> list[EpisodeChange]:
         view = self._view(event.service)
+        changes: Changes = []
         if view is None:
-            return []
+            return changes
         self._flush(view, event.at)
         kind = event.kind
         endpoint = view.endpoints.get(event.identity)
@@ -559,37 +215,40 @@ class Correlator:
             kind in (EndpointEventKind.ADDED, EndpointEventKind.REPLACED, EndpointEventKind.MOVED)
             and not_ready_now
         )
-        return self._event(view, event, disruptive)
+        self._event(view, event, disruptive, changes)
+        return changes
 
     def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
         refs = set(self._pod_index().get((event.namespace, event.pod), ()))
         w = event.workload
         if w.kind != "Pod":
             refs |= self._workload_services.get((event.namespace, w.kind, w.name), set())
-        changes: list[EpisodeChange] = []
+        changes: Changes = []
         for ref in sorted(refs, key=str):
             view = self._view(ref)
             if view is None:
                 continue
             self._flush(view, event.at)
-            changes += self._event(view, event, event.kind in _DISRUPTIVE_POD_EVENTS)
+            self._event(view, event, event.kind in _DISRUPTIVE_POD_EVENTS, changes)
         return changes
 
     def _event(
-        self, view: _ServiceView, event: EndpointEvent | LifecycleEvent, disruptive: bool
-    ) -> list[EpisodeChange]:
+        self,
+        view: _ServiceView,
+        event: EndpointEvent | LifecycleEvent,
+        disruptive: bool,
+        changes: Changes,
+    ) -> None:
         """An event touching the Service: joins the open episode, opens one if disruptive,
         else is remembered for `settle` (a rollout's new pod arrives before the first old
         one goes: that arrival belongs to the episode it leads to)."""
-        changes: list[EpisodeChange] = []
         episode = view.episode if view.episode is not None and view.episode.open else None
         if episode is None:
             if not disruptive:
                 view.preceding.append(event)
-                return []
-            episode = self._open(view, event.at, spike=False, changes=changes)
+                return
+            episode = self._open(view, event.at, event.at, changes)
         self._join(episode, event)
-        return changes
 
     def _join(self, episode: Episode, event: EndpointEvent | LifecycleEvent) -> None:
         if isinstance(event, EndpointEvent):
@@ -659,34 +318,28 @@ class Correlator:
             episode.evidence_dropped += 1
 
     def _update_cause(self, episode: Episode) -> None:
-        lifecycle = [c for c in episode.causes if c in _RANK]
+        lifecycle = [c for c in episode.causes if c in CAUSE_RANK]
         if lifecycle:
-            episode.cause = min(lifecycle, key=_RANK.__getitem__)
-        elif any(c.signals for c in episode.pressure.ranked(self.settings.thresholds)):
-            episode.cause = Cause.RESOURCE_PRESSURE
-        else:
-            episode.cause = Cause.UNEXPLAINED
+            episode.cause = min(lifecycle, key=CAUSE_RANK.__getitem__)
+            return
+        window = episode.attribution_window or (episode.opened_at, episode.closed_at or 1e18)
+        ranked = episode.pressure.ranked(self.settings.thresholds, *window)
+        pressure = any(c.signals for c in ranked)
+        episode.cause = Cause.RESOURCE_PRESSURE if pressure else Cause.UNEXPLAINED
 
     # -- opening and closing -----------------------------------------------------------
 
-    def _baseline(
-        self, view: _ServiceView, source: Source, now: float, exclude: float
-    ) -> tuple[Quantiles | None, int]:
-        timeline = view.timelines.get(source)
-        if timeline is None:
-            return None, 0
-        window = min(self.settings.baseline, now - view.baseline_from)
-        if window <= exclude:
-            return None, 0
-        steady = timeline.steady_before(now, window, exclude)
-        q = quantiles(steady)
-        if q is not None:
-            return q, steady.count
-        return None, 0
-
     def _open(
-        self, view: _ServiceView, now: float, *, spike: bool, changes: list[EpisodeChange]
+        self,
+        view: _ServiceView,
+        at: float,
+        baseline_end: float,
+        changes: Changes,
+        *,
+        spike: tuple[float, float] | None = None,
     ) -> Episode:
+        """Open an episode at `at` against the baselines before `baseline_end`; `spike` is
+        (detected at, threshold) for an episode opened by a tail spike."""
         held = view.episode
         view.seq += 1
         episode_id = f"{view.ref}/{view.seq}"
@@ -695,66 +348,88 @@ class Correlator:
             held.interrupted_by = episode_id
             self._finish(view, held)
             changes.append(EpisodeChange(ChangeKind.INTERRUPTED, held))
-        # A spike is detected a rolling window after it began: keep that window out.
-        exclude = self.settings.recovery_window if spike else 0.0
-        latency: dict[Source, LatencyImpact] = {}
-        for source in view.timelines:
-            q, n = self._baseline(view, source, now, exclude)
-            if q is None and source is self._primary_source(view) and view.last_baseline:
-                q, n = view.last_baseline  # back-to-back episodes: the last steady baseline
-            if q is not None and source is self._primary_source(view):
-                view.last_baseline = (q, n)
-            latency[source] = LatencyImpact(source, q, n)
+        latency = view.latency
+        primary = latency.primary()
+        impacts: dict[Source, LatencyImpact] = {}
+        for source in latency.timelines:
+            tail = latency.baseline(source, baseline_end)
+            if source is primary:
+                # Back to back episodes: the last baseline that could bound a p99.
+                if tail is not None and tail.p99.supported:
+                    latency.last_baseline = tail
+                elif latency.last_baseline is not None:
+                    tail = latency.last_baseline
+            impacts[source] = LatencyImpact(source, tail, self.settings.confidence)
         episode = Episode(
             id=episode_id,
             service=view.ref,
-            opened_at=now,
-            spike=spike,
-            latency=latency,
-            last_change=now,
+            opened_at=at,
+            latency=impacts,
+            last_change=at,
             pods=set(view.local_pods),
         )
+        if spike is not None:
+            episode.spike_detected_at, episode.spike_threshold = spike
         view.episode = episode
         changes.append(EpisodeChange(ChangeKind.OPENED, episode))
         for held_event in view.preceding:
-            if held_event.at >= now - self.settings.settle:
+            if held_event.at >= at - self.settings.settle:
                 self._join(episode, held_event)
         view.preceding.clear()
         return episode
 
-    def _primary_source(self, view: _ServiceView) -> Source | None:
-        for source in (Source.SERVICE_PROBE, Source.ENDPOINT_PROBE, Source.CLIENT):
-            if source in view.timelines:
-                return source
-        return None
-
     def _endpoints_settled(self, view: _ServiceView) -> bool:
         return all(e.ready and not e.terminating for e in view.endpoints.values())
 
-    def _close(self, view: _ServiceView, episode: Episode, now: float) -> EpisodeChange:
+    def _slow_threshold(self, view: _ServiceView, episode: Episode) -> float | None:
+        """Baseline p99 x (1 + tolerance) of the headline: over it, a sample is slow."""
+        primary = view.latency.primary()
+        impact = episode.latency.get(primary) if primary is not None else None
+        if impact is None or impact.baseline is None or not impact.baseline.p99.supported:
+            return None
+        return impact.baseline.p99.value * self.settings.recovery_threshold_factor
+
+    def _close(
+        self, view: _ServiceView, episode: Episode, closed_at: float, changes: Changes
+    ) -> None:
         s = self.settings
-        episode.closed_at = now
-        episode.attribution = episode.pressure.ranked(s.thresholds)
+        episode.closed_at = closed_at
+        if episode.spike:
+            window = (episode.opened_at, closed_at)
+        elif episode.slow_from is not None and episode.slow_to is not None:
+            window = (episode.slow_from, episode.slow_to)
+        else:
+            window = (episode.opened_at, closed_at)
+        episode.attribution_window = window
+        episode.attribution = episode.pressure.ranked(s.thresholds, *window)
         self._update_cause(episode)
         headline = episode.headline()
-        ratios = headline.ratios() if headline is not None else None
-        if ratios is None:
+        baseline = headline.baseline if headline is not None else None
+        during = headline.during_tail() if headline is not None else None
+        threshold = self._slow_threshold(view, episode)
+        if baseline is None or threshold is None or during is None:
             episode.impact = Impact.UNKNOWN
-        elif ratios[1] >= s.severe_ratio:
-            episode.impact = Impact.SEVERE
-        elif ratios[1] > 1 + s.recovery_tolerance:
-            episode.impact = Impact.DEGRADED
         else:
-            episode.impact = Impact.NONE
-        if headline is None or headline.baseline is None:
+            # Decided on what the samples show at least: the during p99's lower bound.
+            lower = during.p99.lower or 0.0
+            if lower >= baseline.p99.value * s.severe_ratio:
+                episode.impact = Impact.SEVERE
+            elif lower > threshold:
+                episode.impact = Impact.DEGRADED
+            else:
+                episode.impact = Impact.NONE
+        primary = view.latency.primary()
+        if threshold is None or primary is None:
             episode.status = Status.NO_BASELINE
         else:
             episode.status = Status.RECOVERING
-        return EpisodeChange(ChangeKind.CLOSED, episode)
+            view.latency.start_recovery(primary, closed_at, threshold)
+        changes.append(EpisodeChange(ChangeKind.CLOSED, episode))
 
     def _finish(self, view: _ServiceView, episode: Episode) -> None:
         if view.episode is episode:
             view.episode = None
+            view.latency.recovery = None
         self.recent.append(episode)
         del self.recent[: -self.settings.max_recent]
 
@@ -768,26 +443,32 @@ class Correlator:
             return ServiceState.DISRUPTED.value
         return ServiceState.RECOVERING.value
 
-    def _timeline(self, view: _ServiceView, source: Source) -> LatencyTimeline:
-        timeline = view.timelines.get(source)
-        if timeline is None:
-            s = self.settings
-            timeline = view.timelines[source] = LatencyTimeline(
-                s.recovery_window, s.baseline, s.slots
-            )
-        return timeline
+    def _during(
+        self, view: _ServiceView, source: Source, histogram: FineHistogram, now: float
+    ) -> None:
+        """Samples taken while the episode is open: its latency, and its slow interval."""
+        episode = view.episode
+        if episode is None or not episode.open:
+            return
+        impact = episode.latency.get(source)
+        if impact is None:
+            impact = episode.latency[source] = LatencyImpact(source, None, self.settings.confidence)
+        impact.during.merge(histogram)
+        if source is view.latency.primary():
+            threshold = self._slow_threshold(view, episode)
+            if threshold is not None and histogram.count_above(threshold):
+                episode.slow_from = now if episode.slow_from is None else episode.slow_from
+                episode.slow_to = now
 
     def record_latency(self, ref: ServiceRef, source: Source, seconds: float, now: float) -> None:
         view = self.services.get(ref)
         if view is None:
             return
-        episode = view.episode
-        self._timeline(view, source).record(now, seconds, steady=episode is None)
-        if episode is not None and episode.open:
-            impact = episode.latency.get(source)
-            if impact is None:
-                impact = episode.latency[source] = LatencyImpact(source, None, 0)
-            impact.during.record(seconds)
+        view.latency.record(source, seconds, now, steady=view.episode is None)
+        if view.episode is not None and view.episode.open:
+            one = FineHistogram()
+            one.record(seconds)
+            self._during(view, source, one, now)
 
     def record_latency_ranges(
         self,
@@ -798,33 +479,15 @@ class Correlator:
         """Values known by range (a client's histogram buckets), recorded at the next tick
         or state change with the state of then."""
         view = self.services.get(ref)
-        if view is None:
-            return
-        pending = view.pending.get(source)
-        if pending is None:
-            pending = view.pending[source] = {}
-        for lower, upper, count in ranges:
-            if count:
-                key = (lower, upper)
-                pending[key] = pending.get(key, 0) + count
+        if view is not None:
+            view.latency.add_ranges(source, ranges)
 
     def _flush(self, view: _ServiceView, now: float) -> None:
-        if not view.pending:
+        if not view.latency.pending:
             return
-        episode = view.episode
-        during = episode is not None and episode.open
-        for source, pending in view.pending.items():
-            histogram = FineHistogram()
-            for (lower, upper), count in pending.items():
-                histogram.record_range(lower, upper, count)
-            self._timeline(view, source).merge(now, histogram, steady=episode is None)
-            if during:
-                assert episode is not None
-                impact = episode.latency.get(source)
-                if impact is None:
-                    impact = episode.latency[source] = LatencyImpact(source, None, 0)
-                impact.during.merge(histogram)
-        view.pending = {}
+        flushed = view.latency.flush(now, steady=view.episode is None)
+        for source, histogram in flushed.items():
+            self._during(view, source, histogram, now)
 
     # -- resources ---------------------------------------------------------------------
 
@@ -853,9 +516,9 @@ class Correlator:
 
     # -- the clock -----------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[EpisodeChange]:
+    def tick(self, now: float) -> Changes:
         """Close settled episodes, judge recovery, detect spikes."""
-        changes: list[EpisodeChange] = []
+        changes: Changes = []
         for view in list(self.services.values()):
             self._flush(view, now)
             episode = view.episode
@@ -869,79 +532,82 @@ class Correlator:
                 self._finish(view, episode)
         return changes
 
-    def _rolling(self, view: _ServiceView, now: float) -> FineHistogram | None:
-        source = self._primary_source(view)
-        if source is None:
-            return None
-        return view.timelines[source].recent(now, self.settings.recovery_window)
-
-    def _spike_threshold(self, view: _ServiceView, baseline_p99: float) -> float:
+    def _detect_spike(self, view: _ServiceView, now: float, changes: Changes) -> None:
+        """A steady Service whose window's p99 is confidently over the spike threshold: an
+        episode from when the tail rose. The baseline is the one before the window."""
         s = self.settings
-        return max(baseline_p99 * s.spike_ratio, baseline_p99 + s.spike_min_increase)
-
-    def _is_spiking(self, view: _ServiceView, baseline_p99: float, now: float) -> bool:
-        rolling = self._rolling(view, now)
-        if rolling is None or rolling.count < self.settings.min_samples:
-            return False
-        k = max(self.settings.spike_min_slow, -(-rolling.count // 100))
-        slow = kth_largest(rolling, k)
-        return slow is not None and slow > self._spike_threshold(view, baseline_p99)
-
-    def _detect_spike(self, view: _ServiceView, now: float, changes: list[EpisodeChange]) -> None:
-        source = self._primary_source(view)
+        latency = view.latency
+        source = latency.primary()
         if source is None:
             return
-        baseline, samples = self._baseline(view, source, now, self.settings.recovery_window)
-        if baseline is None or samples < self.settings.spike_min_baseline:
+        end = now - s.recovery_window
+        baseline = latency.baseline(source, end)
+        if baseline is None or not baseline.p99.supported:
             return
-        if not self._is_spiking(view, baseline[1], now):
+        threshold = s.spike_threshold(baseline.p99.value)
+        counts = latency.counts(source, end, threshold)
+        if not spiking(counts, s):
             return
-        episode = self._open(view, now, spike=True, changes=changes)
-        self._add_evidence(episode, Evidence(now, "latency", "tail_spike"))
-        # The samples that made the spike were recorded as steady: count them as during.
+        rise = rose_at(counts)
+        assert rise is not None  # spiking: some slot has samples above
+        episode = self._open(view, rise.first, end, changes, spike=(now, threshold))
+        self._add_evidence(episode, Evidence(rise.first, "latency", "tail_spike"))
+        # The samples since the rise were recorded as steady: they are the episode's.
         for src, impact in episode.latency.items():
-            impact.during.merge(view.timelines[src].recent(now, self.settings.recovery_window))
+            impact.during.merge(latency.timelines[src].fine.merged(rise.first))
+        fell = fell_at(counts, s.confidence)
+        episode.last_change = max(episode.last_change, fell.last if fell else rise.last)
+        for delta in self.resources.recent(episode.pods, rise.first):
+            episode.pressure.add(delta)
         self._update_cause(episode)
 
     def _maybe_close(
-        self, view: _ServiceView, episode: Episode, now: float, changes: list[EpisodeChange]
+        self, view: _ServiceView, episode: Episode, now: float, changes: Changes
     ) -> None:
         s = self.settings
+        lifecycle = any(c in CAUSE_RANK for c in episode.causes)
+        source = view.latency.primary()
+        if episode.spike and not lifecycle and source is not None:
+            assert episode.spike_threshold is not None
+            counts = view.latency.counts(source, episode.opened_at, episode.spike_threshold)
+            fell = fell_at(counts, s.confidence)
+            if fell is not None:  # still up, or it fell at this slot
+                episode.last_change = max(episode.last_change, fell.last)
         if now - episode.last_change < s.settle:
             return
         long_open = now - episode.opened_at >= s.recovery_max
         if not (self._endpoints_settled(view) or long_open):
             return
-        if episode.spike and not any(c in _RANK for c in episode.causes):
-            headline = episode.headline()
-            baseline = headline.baseline if headline is not None else None
-            if baseline is not None and self._is_spiking(view, baseline[1], now):
-                episode.last_change = now  # still slow: settle counts from the calm
-                return
-        changes.append(self._close(view, episode, now))
+        if episode.spike and not lifecycle and source is not None:
+            # A spike ends when its tail fell: what came after is not part of it.
+            closed_at = episode.last_change
+            for src, impact in episode.latency.items():
+                fine = view.latency.timelines[src].fine
+                after = fine.merged(math.nextafter(closed_at, math.inf))
+                # (not all of it the episode's, e.g. a source that joined late: keep it all)
+                with contextlib.suppress(ValueError):
+                    impact.during = impact.during.subtract(after)
+            self._close(view, episode, closed_at, changes)
+        else:
+            self._close(view, episode, now, changes)
 
     def _judge_recovery(
-        self, view: _ServiceView, episode: Episode, now: float, changes: list[EpisodeChange]
+        self, view: _ServiceView, episode: Episode, now: float, changes: Changes
     ) -> None:
         s = self.settings
         assert episode.closed_at is not None
-        headline = episode.headline()
-        baseline = headline.baseline if headline is not None else None
-        if baseline is None:
-            return
-        rolling = self._rolling(view, now)
-        if rolling is not None and rolling.count >= s.min_samples:
-            p99 = rolling.quantile(0.99)
-            if p99 is not None and p99 <= baseline[1] * (1 + s.recovery_tolerance):
-                episode.recovered_at = now
-                episode.status = Status.RECOVERED
-                self._finish(view, episode)
-                changes.append(EpisodeChange(ChangeKind.RECOVERED, episode))
-                return
-        if now - episode.closed_at >= s.recovery_max:
+        track = view.latency.recovery
+        moment = track.confirmed(now, s) if track is not None else None
+        if moment is not None:
+            episode.recovered_at = moment
+            episode.detected_at = now
+            episode.status = Status.RECOVERED
+            self._finish(view, episode)
+            changes.append(EpisodeChange(ChangeKind.RECOVERED, episode))
+        elif now - episode.closed_at >= s.recovery_max:
             episode.status = Status.NOT_RECOVERED
-            view.baseline_from = now
-            view.last_baseline = None
+            view.latency.baseline_from = now
+            view.latency.last_baseline = None
             self._finish(view, episode)
             changes.append(EpisodeChange(ChangeKind.NOT_RECOVERED, episode))
 
@@ -961,7 +627,7 @@ class Correlator:
     def as_json(self, now: float) -> dict[str, Any]:
         return {
             "node": self.node,
-            "generated_at": _iso(now),
+            "generated_at": iso(now),
             "settings": self.settings.as_json(),
             "open": [e.as_json() for e in self.open_episodes()],
             "recent": [e.as_json() for e in self.closed_episodes()],

@@ -1,20 +1,19 @@
-"""Bounded fine-resolution latency history: rings of time slots, each a `FineHistogram`.
+"""Bounded fine-resolution latency history: time slots, each a `FineHistogram`.
 
-The correlation core needs latency over two windows of each Service: the rolling window
-(recovery and spike detection, 30 s by default) and the baseline window (5 min), the latter
-from steady samples only. Both are kept as a fixed number of slots, so memory is bounded
-whatever the sample rate: `slots + 1` histograms per ring (the extra one is the slot being
-filled), each at most ~1,100 buckets and usually a few dozen. Pure: `now` is passed in.
+The correlation core needs latency of each Service at two scales: the last rolling window
+and settle time in short slots (one per tick, 1 s by default: when a tail rose or fell, to
+within a slot), and the baseline window (5 min) in 30 s slots, from steady samples only.
+Both are kept as a fixed number of slots, so memory is bounded whatever the sample rate:
+each slot is at most ~1,100 buckets and usually a few. Pure: `now` is passed in.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass, field
 
 from exporter.core.histogram import FineHistogram
-
-Quantiles = tuple[float, float, float]  # p50, p99, p99.9
 
 
 class SlotRing:
@@ -61,12 +60,80 @@ class SlotRing:
         return len(self._ring)
 
 
-def quantiles(histogram: FineHistogram) -> Quantiles | None:
-    """p50, p99 and p99.9 of a histogram, or None when it is empty."""
-    p50, p99, p999 = histogram.quantiles((0.5, 0.99, 0.999))
-    if p50 is None or p99 is None or p999 is None:
-        return None
-    return p50, p99, p999
+@dataclass(slots=True)
+class FineSlot:
+    """One short slot of a `FineTrack`: its samples and when the first and last came."""
+
+    index: int
+    start: float  # the slot's own span is [start, start + width)
+    histogram: FineHistogram = field(default_factory=FineHistogram)
+    first: float = math.inf
+    last: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCount:
+    """A slot's samples against one threshold: what the tail decisions read."""
+
+    samples: int
+    above: int
+    first: float  # the first sample's time
+    last: float  # the last sample's time
+    last_above: float = -math.inf  # the last sample above's, where known (else `last`)
+
+
+class FineTrack:
+    """The last `span` seconds of samples in slots of `width` seconds (the correlator's
+    tick), each with the times of its first and last sample: fine enough to tell when a
+    tail rose or fell to within one slot, and, at one probe per slot, to the probe."""
+
+    __slots__ = ("_slots", "span", "width")
+
+    def __init__(self, span: float, width: float) -> None:
+        if span <= 0 or width <= 0:
+            raise ValueError("a fine track needs a positive span and slot width")
+        self.span = span
+        self.width = width
+        self._slots: deque[FineSlot] = deque()
+
+    def _current(self, now: float) -> FineSlot:
+        index = math.floor(now / self.width)
+        slots = self._slots
+        if not slots or slots[-1].index < index:
+            slots.append(FineSlot(index, index * self.width))
+            oldest = math.floor((now - self.span) / self.width)
+            while slots[0].index < oldest:
+                slots.popleft()
+        return slots[-1]  # a clock step back lands in the newest slot
+
+    def record(self, now: float, seconds: float, count: int = 1) -> None:
+        slot = self._current(now)
+        slot.histogram.record(seconds, count)
+        slot.first = min(slot.first, now)
+        slot.last = max(slot.last, now)
+
+    def merge(self, now: float, histogram: FineHistogram) -> None:
+        if histogram.count:
+            slot = self._current(now)
+            slot.histogram.merge(histogram)
+            slot.first = min(slot.first, now)
+            slot.last = max(slot.last, now)
+
+    def slots(self, start: float, end: float = math.inf) -> list[FineSlot]:
+        """The slots with a sample in [start, end], oldest first."""
+        return [s for s in self._slots if s.last >= start and s.first <= end]
+
+    def merged(self, start: float, end: float = math.inf) -> FineHistogram:
+        out = FineHistogram()
+        for slot in self.slots(start, end):
+            out.merge(slot.histogram)
+        return out
+
+    def counts(self, start: float, threshold: float) -> list[SlotCount]:
+        return [
+            SlotCount(s.histogram.count, s.histogram.count_above(threshold), s.first, s.last)
+            for s in self.slots(start)
+        ]
 
 
 def kth_largest(histogram: FineHistogram, k: int) -> float | None:
@@ -74,38 +141,38 @@ def kth_largest(histogram: FineHistogram, k: int) -> float | None:
     n = histogram.count
     if n < k or k < 1:
         return None
-    # Nearest rank ceil(q·n) = n - k + 1 for q just above (n - k)/n.
-    return histogram.quantile((n - k + 0.5) / n)
+    return histogram.at_ranks([n - k + 1])[0]
 
 
 class LatencyTimeline:
-    """One latency source of one Service: the rolling ring (every sample) and the baseline
-    ring (steady samples only, so that the baseline never includes a disruption)."""
+    """One latency source of one Service: the fine track of recent samples (spikes,
+    recovery, the spike's own window) and the baseline ring (steady samples only, so that
+    the baseline never includes a disruption). The ring reaches back the baseline window
+    past the rolling window, and one of its slots more: the baseline of a window being
+    judged is the full baseline window before it."""
 
-    __slots__ = ("baseline", "rolling")
+    __slots__ = ("baseline", "fine")
 
-    def __init__(self, rolling_span: float, baseline_span: float, slots: int) -> None:
-        self.rolling = SlotRing(rolling_span, slots)
-        self.baseline = SlotRing(baseline_span, slots)
+    def __init__(self, fine_span: float, width: float, baseline_span: float, slots: int) -> None:
+        self.fine = FineTrack(fine_span, width)
+        slot = baseline_span / slots
+        ring_slots = slots + math.ceil(fine_span / slot) + 1
+        self.baseline = SlotRing(slot * ring_slots, ring_slots)
 
     def record(self, now: float, seconds: float, steady: bool) -> None:
-        self.rolling.record(now, seconds)
+        self.fine.record(now, seconds)
         if steady:
             self.baseline.record(now, seconds)
 
     def merge(self, now: float, histogram: FineHistogram, steady: bool) -> None:
         """Values recorded elsewhere first (a tick's worth of client histograms)."""
-        self.rolling.merge(now, histogram)
+        self.fine.merge(now, histogram)
         if steady:
             self.baseline.merge(now, histogram)
 
-    def recent(self, now: float, window: float) -> FineHistogram:
-        return self.rolling.merged(now - window, now)
-
-    def steady_before(self, now: float, window: float, exclude: float = 0.0) -> FineHistogram:
-        """Steady samples of [now - window, now - exclude]. With `exclude`, only slots that
-        ended before now - exclude count: a slot is longer than the excluded span, and the
-        samples being judged must never be part of their own baseline."""
-        if exclude <= 0:
-            return self.baseline.merged(now - window, now)
-        return self.baseline.merged(now - window, now - exclude - self.baseline.slot)
+    def steady_before(self, end: float, window: float) -> FineHistogram:
+        """Steady samples of the `window` seconds before `end`, in whole slots: only slots
+        that ended by `end` count (the samples being judged are never part of their own
+        baseline), and the first slot may reach one slot further back."""
+        slot = self.baseline.slot
+        return self.baseline.merged(end - slot - window, end - slot)

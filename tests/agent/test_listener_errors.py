@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.core.correlation import ChangeKind, Episode, EpisodeChange
+from exporter.core.episodes import ChangeKind, Episode, EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.services import ServiceRef
 from exporter.metrics import ERROR_LOG_INTERVAL, AgentMetrics

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from exporter.core.correlation import ChangeKind, CorrelationSettings, Correlator, Source
+from exporter.core.correlation import Correlator
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
+from exporter.core.episodes import ChangeKind, CorrelationSettings, Source
 from exporter.core.services import ServiceRef
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]

@@ -6,14 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from exporter.core.correlation import (
-    ChangeKind,
-    CorrelationSettings,
-    Correlator,
-    EpisodeChange,
-    Source,
-)
+from exporter.core.correlation import Correlator
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
+from exporter.core.episodes import ChangeKind, CorrelationSettings, EpisodeChange, Source
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
 from exporter.core.services import ServiceRef
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.core.correlation import (
+from exporter.core.endpoints import EndpointEventKind as E
+from exporter.core.episodes import (
     LIFECYCLE_CAUSES,
     ChangeKind,
     CorrelationSettings,
     Source,
 )
-from exporter.core.endpoints import EndpointEventKind as E
 from exporter.core.events import PodEventKind as P
 
 from .harness import CHECKOUT, SEARCH, World
@@ -76,7 +76,7 @@ def check(w: World) -> None:
         assert recovery is None or recovery >= 0
         for impact in episode.latency.values():
             # Samples taken while disrupted or recovering never make a baseline.
-            assert impact.baseline is None or impact.baseline[2] < DISRUPTED_LATENCY
+            assert impact.baseline is None or impact.baseline.p999.value < DISRUPTED_LATENCY
     for change in w.changes:
         if change.kind is ChangeKind.CLOSED:
             episode = change.episode

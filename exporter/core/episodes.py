@@ -1,0 +1,461 @@
+"""Episodes as values (docs/correlation.md): what one disruption of one Service was, its
+latency before and during it, its evidence and attribution, and how it is put in words and
+JSON. The correlator (exporter/core/correlation.py) owns them and changes them; everything
+here only reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from exporter.core.attribution import ContainerPressure, PodKey, Pressure, Thresholds
+from exporter.core.histogram import FineHistogram
+from exporter.core.quantiles import DEFAULT_CONFIDENCE, Estimate, Tail, tail_of
+from exporter.core.services import ServiceRef
+
+
+class Cause(StrEnum):
+    """Values of the `cause` label (contract), lifecycle causes in order of dominance."""
+
+    ROLLOUT = "rollout"
+    RESCHEDULE = "reschedule"
+    EVICTION = "eviction"
+    RESTART = "restart"
+    READINESS = "readiness"
+    SCALE = "scale"
+    RESOURCE_PRESSURE = "resource_pressure"
+    UNEXPLAINED = "unexplained"
+
+
+LIFECYCLE_CAUSES: tuple[Cause, ...] = (
+    Cause.ROLLOUT,
+    Cause.RESCHEDULE,
+    Cause.EVICTION,
+    Cause.RESTART,
+    Cause.READINESS,
+    Cause.SCALE,
+)
+CAUSE_RANK = {cause: rank for rank, cause in enumerate(LIFECYCLE_CAUSES)}
+
+
+class ServiceState(StrEnum):
+    """Values of the `state` label of latency samples (contract)."""
+
+    STEADY = "steady"
+    DISRUPTED = "disrupted"
+    RECOVERING = "recovering"
+
+
+class Impact(StrEnum):
+    """Values of the `impact` label of tailwatch_episodes_total. `unknown`: no baseline
+    that can bound a p99 to compare with (e.g. in the agent's first minutes), or no
+    latency sample during the episode."""
+
+    NONE = "none"
+    DEGRADED = "degraded"
+    SEVERE = "severe"
+    UNKNOWN = "unknown"
+
+
+class Status(StrEnum):
+    OPEN = "open"
+    RECOVERING = "recovering"  # closed; latency not yet confirmed back to baseline
+    RECOVERED = "recovered"
+    NOT_RECOVERED = "not_recovered"  # not back after recovery_max
+    INTERRUPTED = "interrupted"  # another episode opened before it recovered
+    NO_BASELINE = "no_baseline"  # closed, but recovery cannot be judged without a baseline
+
+
+class Source(StrEnum):
+    """Where a latency sample comes from. The episode's headline latency is the probe of
+    the Service address, else (a headless Service) of its endpoints on this node, else the
+    clients' OTLP histograms."""
+
+    SERVICE_PROBE = "service"
+    ENDPOINT_PROBE = "endpoint"
+    CLIENT = "client"
+
+
+HEADLINE_ORDER = (Source.SERVICE_PROBE, Source.ENDPOINT_PROBE, Source.CLIENT)
+
+
+@dataclass(frozen=True)
+class CorrelationSettings:
+    """The knobs of docs/correlation.md, each a setting of the agent (defaults there)."""
+
+    settle: float = 30.0
+    baseline: float = 300.0
+    recovery_window: float = 30.0
+    recovery_tolerance: float = 0.2
+    recovery_max: float = 600.0
+    spike_ratio: float = 2.0
+    #: A spike must also be this much slower than the baseline p99 (seconds): a p99 going
+    #: from 200 µs to 500 µs is noise, not an episode.
+    spike_min_increase: float = 0.002
+    #: Samples over the spike threshold a window needs, whatever the statistics allow.
+    spike_min_slow: int = 3
+    #: Samples the rolling window needs before a spike or a recovery is judged.
+    min_samples: int = 5
+    #: Confidence of the order-statistic bounds every decision is taken on.
+    confidence: float = DEFAULT_CONFIDENCE
+    severe_ratio: float = 3.0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    slots: int = 10
+    max_events: int = 200
+    max_recent: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("settle", "baseline", "recovery_window", "recovery_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.recovery_tolerance < 0:
+            raise ValueError("recovery_tolerance must not be negative")
+        if self.spike_ratio <= 1:
+            raise ValueError("spike_ratio must be above 1")
+        if self.baseline <= self.recovery_window:
+            raise ValueError("baseline must be longer than recovery_window")
+        if self.recovery_max < self.recovery_window:
+            raise ValueError("recovery_max must be at least recovery_window")
+        if self.recovery_tolerance >= self.spike_ratio - 1:
+            raise ValueError("recovery_tolerance must be below spike_ratio - 1")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError("confidence must be in [0.5, 1)")
+        if self.min_samples < 1 or self.spike_min_slow < 1 or self.spike_min_increase < 0:
+            raise ValueError("min_samples and spike_min_slow must be positive")
+
+    @property
+    def tick_interval(self) -> float:
+        """How often `tick` should run, and the width of the fine slots: often enough to see
+        the shortest window move, and to place a rise or a recovery to within a probe."""
+        return min(1.0, self.settle / 10, self.recovery_window / 10)
+
+    @property
+    def recovery_threshold_factor(self) -> float:
+        return 1 + self.recovery_tolerance
+
+    def spike_threshold(self, baseline_p99: float) -> float:
+        return max(baseline_p99 * self.spike_ratio, baseline_p99 + self.spike_min_increase)
+
+    def as_json(self) -> dict[str, float]:
+        return {
+            "settle_seconds": self.settle,
+            "baseline_seconds": self.baseline,
+            "recovery_window_seconds": self.recovery_window,
+            "recovery_tolerance": self.recovery_tolerance,
+            "recovery_max_seconds": self.recovery_max,
+            "spike_ratio": self.spike_ratio,
+            "spike_min_increase_seconds": self.spike_min_increase,
+            "spike_min_slow": self.spike_min_slow,
+            "window_min_samples": self.min_samples,
+            "confidence": self.confidence,
+        }
+
+
+def iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _round(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One event that is part of an episode."""
+
+    at: float
+    source: str  # endpoint | pod | latency
+    event: str
+    pod: str = ""
+    container: str = ""
+    reason: str = ""
+    node: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": iso(self.at),
+            "source": self.source,
+            "event": self.event,
+            "pod": self.pod,
+            "container": self.container,
+            "reason": self.reason,
+            "node": self.node,
+        }
+
+
+def _ratio(value: float | None, baseline: float) -> float | None:
+    # A baseline of 0 (every value under 1 µs) compares as 1 µs.
+    return None if value is None else value / max(baseline, 1e-6)
+
+
+@dataclass
+class LatencyImpact:
+    """One latency source over an episode: the baseline before it and what it was during."""
+
+    source: Source
+    baseline: Tail | None
+    confidence: float = DEFAULT_CONFIDENCE
+    during: FineHistogram = field(default_factory=FineHistogram)
+
+    def during_tail(self) -> Tail | None:
+        return tail_of(self.during, self.confidence)
+
+    def ratios(self) -> tuple[float, float, float] | None:
+        during = self.during_tail()
+        if during is None or self.baseline is None:
+            return None
+        d, b = during.estimates, self.baseline.estimates
+        return (
+            d[0].value / max(b[0].value, 1e-6),
+            d[1].value / max(b[1].value, 1e-6),
+            d[2].value / max(b[2].value, 1e-6),
+        )
+
+    def p99_ratio_lower(self) -> float | None:
+        """The during p99's lower bound over the baseline p99: what the samples show at least."""
+        during = self.during_tail()
+        if during is None or self.baseline is None:
+            return None
+        return _ratio(during.p99.lower, self.baseline.p99.value)
+
+    def as_json(self) -> dict[str, Any]:
+        during = self.during_tail()
+        ratios = self.ratios()
+        out: dict[str, Any] = {
+            "source": "client" if self.source is Source.CLIENT else "probe",
+            "probe_target": None if self.source is Source.CLIENT else self.source.value,
+            "baseline": None if self.baseline is None else self.baseline.as_json(),
+            "during": None if during is None else during.as_json(),
+            "ratios": None,
+        }
+        if ratios is not None and during is not None and self.baseline is not None:
+            base = self.baseline.estimates
+            out["ratios"] = {
+                "p50": round(ratios[0], 3),
+                "p99": round(ratios[1], 3),
+                "p999": round(ratios[2], 3),
+                "bounds": {
+                    name: [_round(_ratio(e.lower, b.value), 3), _round(_ratio(e.upper, b.value), 3)]
+                    for name, e, b in zip(
+                        ("p50", "p99", "p999"), during.estimates, base, strict=True
+                    )
+                },
+            }
+        return out
+
+
+def seconds_text(seconds: float) -> str:
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
+_CAUSE_TEXT = {
+    Cause.ROLLOUT: "A rollout",
+    Cause.RESCHEDULE: "A reschedule",
+    Cause.EVICTION: "An eviction",
+    Cause.RESTART: "A container restart",
+    Cause.READINESS: "A readiness change",
+    Cause.SCALE: "A scale change",
+    Cause.RESOURCE_PRESSURE: "Resource pressure",
+    Cause.UNEXPLAINED: "An unexplained tail spike",
+}
+
+
+def _p99_text(estimate: Estimate, confidence: float) -> str:
+    note = estimate.note(confidence)
+    text = seconds_text(estimate.value)
+    return text if note is None else f"{text} ({note})"
+
+
+@dataclass
+class Episode:
+    """One episode of one Service. Mutable while open or recovering; the correlator owns it.
+
+    Times are when things happened, not when the agent noticed: a spike's `opened_at` is
+    when its tail rose and `closed_at` when it fell (`spike_detected_at` is when the rise
+    was detected); `recovered_at` is when latency really returned within tolerance after
+    the close, `detected_at` when a window confirmed it."""
+
+    id: str
+    service: ServiceRef
+    opened_at: float
+    latency: dict[Source, LatencyImpact]
+    spike_detected_at: float | None = None  # set for an episode opened by a tail spike
+    spike_threshold: float | None = None
+    evidence: list[Evidence] = field(default_factory=list)
+    evidence_dropped: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    causes: set[Cause] = field(default_factory=set)
+    pressure: Pressure = field(default_factory=Pressure)
+    attribution: list[ContainerPressure] = field(default_factory=list)
+    #: The slow interval attribution is measured over: the spike, or the first to the
+    #: last slow headline sample of a lifecycle episode (else the whole episode).
+    attribution_window: tuple[float, float] | None = None
+    last_change: float = 0.0
+    closed_at: float | None = None
+    recovered_at: float | None = None
+    detected_at: float | None = None
+    status: Status = Status.OPEN
+    impact: Impact | None = None
+    cause: Cause = Cause.UNEXPLAINED
+    interrupted_by: str = ""
+    #: First and last headline samples over baseline p99 x (1 + tolerance) while open.
+    slow_from: float | None = None
+    slow_to: float | None = None
+    # Pods on this node that backed the Service during the episode.
+    pods: set[PodKey] = field(default_factory=set)
+    # Deployment rollout evidence from endpoint pod names: ReplicaSets added / leaving.
+    replica_sets_added: set[str] = field(default_factory=set)
+    replica_sets_leaving: set[str] = field(default_factory=set)
+
+    @property
+    def spike(self) -> bool:
+        """Opened by a latency spike, not by a lifecycle event."""
+        return self.spike_detected_at is not None
+
+    @property
+    def open(self) -> bool:
+        return self.status is Status.OPEN
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.closed_at is None else self.closed_at - self.opened_at
+
+    @property
+    def recovery_seconds(self) -> float | None:
+        if self.recovered_at is None or self.closed_at is None:
+            return None
+        return self.recovered_at - self.closed_at
+
+    def headline(self) -> LatencyImpact | None:
+        for source in HEADLINE_ORDER:
+            impact = self.latency.get(source)
+            if impact is not None and (impact.during.count or impact.baseline is not None):
+                return impact
+        return None
+
+    def p99_ratio(self) -> float | None:
+        headline = self.headline()
+        ratios = headline.ratios() if headline is not None else None
+        return None if ratios is None else ratios[1]
+
+    def observed_p99_ratio(self) -> float | None:
+        """The p99 ratio to report as a number: the estimate when the samples bound the
+        during p99, else its lower bound (never more than the samples show)."""
+        headline = self.headline()
+        during = headline.during_tail() if headline is not None else None
+        if during is None or headline is None or headline.baseline is None:
+            return None
+        return self.p99_ratio() if during.p99.supported else headline.p99_ratio_lower()
+
+    def summary(self) -> str:
+        what = f"{_CAUSE_TEXT[self.cause]} of {self.service}"
+        headline = self.headline()
+        during = headline.during_tail() if headline else None
+        baseline = headline.baseline if headline else None
+        confidence = headline.confidence if headline else DEFAULT_CONFIDENCE
+        parts: list[str] = []
+        if during is not None and baseline is not None:
+            ratio = during.p99.value / max(baseline.p99.value, 1e-6)
+            before = seconds_text(baseline.p99.value)
+            if ratio > 1:
+                parts.append(
+                    f"{what} raised p99 from {before} to {_p99_text(during.p99, confidence)} "
+                    f"({ratio:.1f}x)"
+                )
+            else:
+                parts.append(
+                    f"{what} did not raise p99 ({_p99_text(during.p99, confidence)} during "
+                    f"it, {before} before)"
+                )
+        elif during is not None:
+            parts.append(
+                f"{what}: p99 {_p99_text(during.p99, confidence)} (no baseline to compare)"
+            )
+        else:
+            parts.append(f"{what} (no latency samples during it)")
+        if self.closed_at is not None:
+            parts[-1] += f" for {_duration_text(self.closed_at - self.opened_at)}"
+        else:
+            parts[-1] += ", still open"
+        if self.status is Status.RECOVERED and self.recovery_seconds is not None:
+            parts.append(
+                f"latency was back to baseline {_duration_text(self.recovery_seconds)} after"
+            )
+        elif self.status is Status.NOT_RECOVERED:
+            parts.append("latency did not return to baseline")
+        elif self.status is Status.INTERRUPTED:
+            parts.append(f"another episode ({self.interrupted_by}) began before it recovered")
+        elif self.status is Status.NO_BASELINE and baseline is not None:
+            note = baseline.p99.note(confidence)
+            if note is not None:
+                parts.append(f"recovery not judged: the baseline {note}")
+        if self.attribution and self.attribution[0].signals:
+            top = self.attribution[0]
+            signals = ", ".join(s.replace("_", " ") for s in top.signals)
+            parts.append(f"strongest pressure: {top.pod}/{top.container} ({signals})")
+        return "; ".join(parts) + "."
+
+    def as_json(self) -> dict[str, Any]:
+        headline = self.headline()
+        client = self.latency.get(Source.CLIENT)
+        window = self.attribution_window
+        return {
+            "id": self.id,
+            "namespace": self.service.namespace,
+            "service": self.service.name,
+            "cause": self.cause.value,
+            "status": self.status.value,
+            "opened_at": iso(self.opened_at),
+            "closed_at": iso(self.closed_at),
+            "duration_seconds": _round(self.duration, 3),
+            "recovered_at": iso(self.recovered_at),
+            "recovery_seconds": _round(self.recovery_seconds, 3),
+            "detected_at": iso(self.detected_at),
+            "spike": None
+            if self.spike_detected_at is None
+            else {
+                "detected_at": iso(self.spike_detected_at),
+                "threshold_seconds": _round(self.spike_threshold),
+            },
+            "impact": None if self.impact is None else self.impact.value,
+            "latency": None if headline is None else headline.as_json(),
+            "client_latency": None if client is None or client is headline else client.as_json(),
+            "events": [e.as_json() for e in self.evidence],
+            "events_dropped": self.evidence_dropped,
+            "event_counts": dict(sorted(self.counts.items())),
+            "attribution_window": None
+            if window is None
+            else {"from": iso(window[0]), "to": iso(window[1])},
+            "attribution": [a.as_json() for a in self.attribution],
+            "summary": self.summary(),
+        }
+
+
+class ChangeKind(StrEnum):
+    OPENED = "opened"
+    CLOSED = "closed"
+    RECOVERED = "recovered"
+    NOT_RECOVERED = "not_recovered"
+    INTERRUPTED = "interrupted"
+    NO_BASELINE = "no_baseline"
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeChange:
+    """What a call changed: the agent counts, logs and announces these."""
+
+    kind: ChangeKind
+    episode: Episode
