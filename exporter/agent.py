@@ -20,14 +20,9 @@ from exporter.cgroups import (
     raise_open_files_limit,
 )
 from exporter.core.catalog import ServiceCatalog
-from exporter.core.correlation import (
-    ChangeKind,
-    CorrelationSettings,
-    Correlator,
-    EpisodeChange,
-    Source,
-)
+from exporter.core.correlation import Correlator
 from exporter.core.endpoints import EndpointEvent
+from exporter.core.episodes import ChangeKind, CorrelationSettings, EpisodeChange, Source
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.lifecycle import PodLifecycleTracker
 from exporter.core.peers import PeerSet
@@ -84,6 +79,8 @@ _EPISODE_MESSAGES = {
 
 
 def correlation_settings(settings: Settings) -> CorrelationSettings:
+    """The windows and gates that open, close and recover episodes, each from its option
+    (docs/correlation.md, *Settings*): what decides an episode is what `run --help` shows."""
     return CorrelationSettings(
         settle=settings.episode_settle,
         baseline=settings.baseline_window,
@@ -91,6 +88,10 @@ def correlation_settings(settings: Settings) -> CorrelationSettings:
         recovery_tolerance=settings.recovery_tolerance,
         recovery_max=settings.recovery_max,
         spike_ratio=settings.spike_ratio,
+        spike_min_increase=settings.spike_min_increase,
+        spike_min_slow=settings.spike_min_slow,
+        min_samples=settings.window_min_samples,
+        confidence=settings.quantile_confidence,
     )
 
 

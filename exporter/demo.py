@@ -48,7 +48,7 @@ from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.kube.config import load_connection
 from exporter.logs import configure_logging
 from exporter.server import ListenError
-from exporter.settings import ListenAddress, Settings, parse_listen
+from exporter.settings import ListenAddress, Settings, check_settings, parse_listen
 from exporter.simulator import ApiServer
 from exporter.simulator.dataplane import DataPlane
 from exporter.simulator.endpointslices import EndpointSliceController
@@ -373,7 +373,8 @@ def demo_settings(
     speed: float, kubeconfig: Path, cgroup_root: Path, listen: ListenAddress, otlp: ListenAddress
 ) -> Settings:
     """The agent's settings, its windows divided by `speed` (fields this version of the
-    agent lacks are left out)."""
+    agent lacks are left out), checked as `tailwatch run` checks its own: scaling keeps the
+    windows' order, so they pass at every speed the demo takes."""
     values: dict[str, Any] = {
         "node_name": AGENT_NODE,
         "kubeconfig": str(kubeconfig),
@@ -390,7 +391,9 @@ def demo_settings(
         "spike_ratio": 2.0,
     }
     known = {f.name for f in dataclasses.fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known})
+    settings = Settings(**{k: v for k, v in values.items() if k in known})
+    check_settings(settings)
+    return settings
 
 
 def _free_local_port() -> int:

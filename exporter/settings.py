@@ -8,6 +8,7 @@ before exiting with status 2.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,8 +40,16 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 
 def parse_positive_duration(text: str) -> float:
     seconds = parse_duration(text)
-    if seconds <= 0:
+    if not 0 < seconds < math.inf:  # a plain number may also be nan or inf
         raise ValueError(f"{text!r} must be a positive duration")
+    return seconds
+
+
+def parse_non_negative_duration(text: str) -> float:
+    """A duration where 0 means "none" and stays 0 (not None: the value is a floor)."""
+    seconds = parse_duration(text)
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"{text!r} must be a duration, 0 or more")
     return seconds
 
 
@@ -70,6 +79,22 @@ def parse_ratio(text: str) -> float:
         raise ValueError(f"{text!r} is not a number") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{text!r} must be a finite number, 0 or more")
+    return value
+
+
+MIN_CONFIDENCE, MAX_CONFIDENCE = 0.5, 0.999
+
+
+def parse_confidence(text: str) -> float:
+    """The confidence of the quantiles' order-statistic bounds: below 0.5 a bound is more
+    likely wrong than right; above 0.999 a p99 needs more samples (688 at 0.999) than most
+    baseline windows hold."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not MIN_CONFIDENCE <= value <= MAX_CONFIDENCE:
+        raise ValueError(f"{text!r} must be a number from {MIN_CONFIDENCE} to {MAX_CONFIDENCE}")
     return value
 
 
@@ -228,7 +253,7 @@ def parse_optional_duration(text: str) -> float | None:
     if not text.strip():
         return None
     seconds = parse_duration(text)
-    if seconds < 0:
+    if not 0 <= seconds < math.inf:
         raise ValueError(f"{text!r} must not be negative")
     return seconds or None
 
@@ -386,6 +411,32 @@ OPTIONS: tuple[Option, ...] = (
         parse_spike_ratio,
         "2",
     ),
+    Option(
+        "spike-min-increase",
+        "a tail spike must also be this much slower than the baseline p99 (0: no such floor)",
+        parse_non_negative_duration,
+        "2ms",
+    ),
+    Option(
+        "spike-min-slow",
+        "samples of the rolling window over the spike threshold a tail spike needs at least",
+        parse_positive_int,
+        "3",
+    ),
+    Option(
+        "window-min-samples",
+        "samples the rolling window needs before a tail spike or a recovery is judged",
+        parse_positive_int,
+        "5",
+    ),
+    Option(
+        "quantile-confidence",
+        "confidence of the order-statistic bounds on quantiles, from 0.5 to 0.999; a quantile "
+        "its samples cannot bound is reported as unsupported and decides nothing (a p99 needs "
+        "299 samples at 0.95)",
+        parse_confidence,
+        "0.95",
+    ),
     # Service addresses probed by k agents, not all (docs/design.md, *Architecture*). Peer
     # discovery needs both a selector and the namespace; without either, every agent probes
     # every Service address (Settings.peer_discovery).
@@ -436,6 +487,10 @@ class Settings:
     recovery_tolerance: float = 0.2
     recovery_max: float = 600.0
     spike_ratio: float = 2.0
+    spike_min_increase: float = 0.002
+    spike_min_slow: int = 3
+    window_min_samples: int = 5
+    quantile_confidence: float = 0.95
     classic_buckets: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
     service_probers: int = 3
     peer_selector: str = "app.kubernetes.io/name=tailwatch"
@@ -502,12 +557,56 @@ def load_settings(flags: Mapping[str, str | None], environ: Mapping[str, str]) -
     return settings
 
 
+def _duration_text(seconds: float) -> str:
+    """A duration as a flag would take it: 300.0 -> 5m, 0.002 -> 2ms."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 1e-3)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds / 1e-6:g}us"
+
+
 def check_settings(settings: Settings) -> None:
-    """What no single option can check alone."""
+    """What no single option can check alone: options that contradict each other."""
+    _check_correlation(settings)
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError("--tls-cert-file and --tls-key-file go together: set both or neither")
     if settings.auth == "kubernetes" and not settings.tls:
         raise ConfigError(
             "--auth=kubernetes reads bearer tokens from requests: serve them over TLS "
             "(--tls-cert-file and --tls-key-file)"
+        )
+
+
+def _check_correlation(settings: Settings) -> None:
+    """The correlation windows and ratios against each other (docs/correlation.md,
+    *Settings*): each combination refused here would quietly make episodes meaningless (every
+    episode not recovered, none waiting for ready endpoints, a Service still spiking counted
+    as recovered), so it is a configuration error instead."""
+    s = settings
+    baseline, window = _duration_text(s.baseline_window), _duration_text(s.recovery_window)
+    if s.baseline_window <= s.recovery_window:
+        raise ConfigError(
+            f"--baseline-window ({baseline}) must be longer than --recovery-window ({window}): "
+            "a tail spike is the rolling window compared with the steady baseline before it, "
+            "and a baseline no longer than that window is no steadier than what it judges"
+        )
+    recovery_max = _duration_text(s.recovery_max)
+    if s.recovery_max < s.recovery_window:
+        raise ConfigError(
+            f"--recovery-max ({recovery_max}) must be at least --recovery-window ({window}): "
+            "a recovery is confirmed by one whole rolling window after the close, so every "
+            "episode would end not recovered"
+        )
+    settle = _duration_text(s.episode_settle)
+    if s.recovery_max <= s.episode_settle:
+        raise ConfigError(
+            f"--recovery-max ({recovery_max}) must be longer than --episode-settle ({settle}): "
+            "an episode open for --recovery-max closes without waiting for ready endpoints, "
+            "so with a settle that long no episode would wait for them"
+        )
+    if s.recovery_tolerance >= s.spike_ratio - 1:
+        raise ConfigError(
+            f"--recovery-tolerance ({s.recovery_tolerance:g}) must be below --spike-ratio "
+            f"minus 1 ({s.spike_ratio - 1:g}): a rolling p99 within baseline x (1 + tolerance) "
+            "could still be a tail spike, so a Service still spiking would count as recovered"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.agent import correlation_settings
+from exporter.core.episodes import CorrelationSettings
 from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
 from exporter.core.units import parse_duration
+from exporter.demo import MAX_SPEED, demo_settings
 from exporter.settings import (
+    OPTIONS,
     ConfigError,
     ListenAddress,
+    Option,
+    Settings,
+    check_settings,
     load_settings,
     parse_label_selector,
     parse_listen,
@@ -45,6 +53,8 @@ def test_defaults_with_node_name_from_downward_api_env(cgroup_root: str) -> None
     # The correlation defaults of docs/correlation.md.
     assert (s.episode_settle, s.baseline_window, s.recovery_window) == (30.0, 300.0, 30.0)
     assert (s.recovery_tolerance, s.recovery_max, s.spike_ratio) == (0.2, 600.0, 2.0)
+    assert (s.spike_min_increase, s.spike_min_slow) == (0.002, 3)
+    assert (s.window_min_samples, s.quantile_confidence) == (5, 0.95)
 
 
 def test_flag_beats_env_beats_file(tmp_path: Path, cgroup_root: str) -> None:
@@ -91,6 +101,22 @@ def test_empty_otlp_listen_disables_the_receiver(cgroup_root: str) -> None:
         ({"node_name": "a", "recovery_tolerance": "nan"}, "must be a finite number, 0 or more"),
         ({"node_name": "a", "spike_ratio": "1"}, "--spike-ratio: '1' must be above 1"),
         ({"node_name": "a", "spike_ratio": "x2"}, "--spike-ratio: 'x2' is not a number"),
+        ({"node_name": "a", "recovery_max": "inf"}, "--recovery-max: 'inf' must be a positive"),
+        ({"node_name": "a", "baseline_window": "nan"}, "--baseline-window: 'nan' must be a"),
+        ({"node_name": "a", "series_ttl": "nan"}, "--series-ttl: 'nan' must not be negative"),
+        ({"node_name": "a", "spike_min_increase": "-1ms"}, "--spike-min-increase: '-1ms'"),
+        ({"node_name": "a", "spike_min_increase": "-0.001"}, "must be a duration, 0 or more"),
+        ({"node_name": "a", "spike_min_increase": "inf"}, "must be a duration, 0 or more"),
+        ({"node_name": "a", "spike_min_increase": "2 ms"}, "'2 ms' is not a duration"),
+        ({"node_name": "a", "spike_min_slow": "0"}, "--spike-min-slow: '0' must be a whole"),
+        ({"node_name": "a", "spike_min_slow": "2.5"}, "--spike-min-slow: '2.5' must be a"),
+        ({"node_name": "a", "window_min_samples": "0"}, "--window-min-samples: '0' must be"),
+        ({"node_name": "a", "window_min_samples": "-5"}, "--window-min-samples: '-5' must"),
+        ({"node_name": "a", "quantile_confidence": "0.4"}, "from 0.5 to 0.999"),
+        ({"node_name": "a", "quantile_confidence": "1"}, "--quantile-confidence: '1' must be"),
+        ({"node_name": "a", "quantile_confidence": "0.9999"}, "from 0.5 to 0.999"),
+        ({"node_name": "a", "quantile_confidence": "nan"}, "from 0.5 to 0.999"),
+        ({"node_name": "a", "quantile_confidence": "95%"}, "'95%' is not a number"),
         ({"node_name": "a", "classic_buckets": "5ms,1ms"}, "--classic-buckets: classic bucket"),
         ({"node_name": "a", "classic_buckets": "5ms,,1s"}, "--classic-buckets: '5ms,,1s'"),
         ({"node_name": "a", "classic_buckets": "0s,1s"}, "must be positive, finite"),
@@ -128,6 +154,223 @@ def test_correlation_windows_from_env_and_file(tmp_path: Path, cgroup_root: str)
     s = load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env)
     assert (s.episode_settle, s.recovery_max, s.baseline_window) == (10.0, 1200.0, 600.0)
     assert s.spike_ratio == 4.0  # env beats the file
+
+
+# The gates of the correlation core: (option attr, a value as text, the parsed value).
+GATES = [
+    ("spike_min_increase", "5ms", 0.005),
+    ("spike_min_slow", "7", 7),
+    ("window_min_samples", "12", 12),
+    ("quantile_confidence", "0.99", 0.99),
+]
+
+
+@pytest.mark.parametrize(("attr", "text", "value"), GATES)
+def test_correlation_gates_from_flag_env_and_file(
+    attr: str, text: str, value: float, tmp_path: Path, cgroup_root: str
+) -> None:
+    config = tmp_path / "tailwatch.yaml"
+    dashed = attr.replace("_", "-")
+    config.write_text(f"{dashed}: {text}\n")
+    env = {"NODE_NAME": "a"}
+    default = getattr(load_settings(flags(cgroup_root=cgroup_root), env), attr)
+    assert default != value
+    from_file = load_settings(flags(cgroup_root=cgroup_root, config=str(config)), env)
+    assert getattr(from_file, attr) == value
+    env["TAILWATCH_" + attr.upper()] = text
+    assert getattr(load_settings(flags(cgroup_root=cgroup_root), env), attr) == value
+    # The flag wins over both, and reaches the correlation core under its own name there.
+    overrides = {"cgroup_root": cgroup_root, "config": str(config), attr: str(default)}
+    from_flag = load_settings(overrides, env)
+    assert getattr(from_flag, attr) == default
+    assert correlation_settings(from_file) != correlation_settings(from_flag)
+
+
+def test_correlation_gates_reach_the_correlation_core(cgroup_root: str) -> None:
+    overrides = {attr: text for attr, text, _ in GATES}
+    s = load_settings({"cgroup_root": cgroup_root, **overrides}, {"NODE_NAME": "a"})
+    c = correlation_settings(s)
+    assert (c.spike_min_increase, c.spike_min_slow, c.min_samples, c.confidence) == tuple(
+        value for _, _, value in GATES
+    )
+
+
+def test_zero_spike_min_increase_means_no_absolute_floor(cgroup_root: str) -> None:
+    s = load_settings(flags(cgroup_root=cgroup_root, spike_min_increase="0"), {"NODE_NAME": "a"})
+    assert s.spike_min_increase == 0.0
+    assert correlation_settings(s).spike_threshold(0.001) == 0.002  # the ratio alone
+
+
+def test_defaults_are_the_correlation_cores_defaults(cgroup_root: str) -> None:
+    """The option table, the Settings dataclass (the demo builds one) and CorrelationSettings
+    agree on every default: a default changed in one place only fails here."""
+    s = load_settings(flags(cgroup_root=cgroup_root), {"NODE_NAME": "a"})
+    assert correlation_settings(s) == CorrelationSettings()
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for option in OPTIONS:
+        field = fields[option.attr]
+        if field.default is not dataclasses.MISSING:
+            assert option.parse(option.default or "") == field.default, option.name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"baseline_window": "30s"},
+            "--baseline-window (30s) must be longer than --recovery-window (30s): a tail spike",
+        ),
+        (
+            {"baseline_window": "1m", "recovery_window": "90s"},
+            "--baseline-window (1m) must be longer than --recovery-window (1.5m)",
+        ),
+        (
+            {"recovery_max": "20s"},
+            "--recovery-max (20s) must be at least --recovery-window (30s): a recovery is "
+            "confirmed by one whole rolling window after the close",
+        ),
+        (
+            {"episode_settle": "10m"},
+            "--recovery-max (10m) must be longer than --episode-settle (10m): an episode open",
+        ),
+        (
+            {"recovery_tolerance": "1", "spike_ratio": "2"},
+            "--recovery-tolerance (1) must be below --spike-ratio minus 1 (1): a rolling p99",
+        ),
+        (
+            {"recovery_tolerance": "0.5", "spike_ratio": "1.5"},
+            "so a Service still spiking would count as recovered",
+        ),
+    ],
+)
+def test_contradictory_correlation_settings_exit_2_with_one_line(
+    overrides: dict[str, str], message: str, cgroup_root: str
+) -> None:
+    args = [
+        arg for attr, text in overrides.items() for arg in (f"--{attr.replace('_', '-')}", text)
+    ]
+    result = run_cli("run", "--node-name", "n", "--cgroup-root", cgroup_root, *args)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("tailwatch: error: --")
+    assert message in line
+
+
+def test_contradictions_from_env_and_file_are_refused_too(tmp_path: Path, cgroup_root: str) -> None:
+    config = tmp_path / "tailwatch.yaml"
+    config.write_text("recovery-window: 5m\n")
+    with pytest.raises(ConfigError, match=r"^--baseline-window \(5m\) must be longer than"):
+        load_settings(flags(cgroup_root=cgroup_root, config=str(config)), {"NODE_NAME": "a"})
+    env = {"NODE_NAME": "a", "TAILWATCH_RECOVERY_MAX": "30s", "TAILWATCH_EPISODE_SETTLE": "1m"}
+    with pytest.raises(ConfigError, match=r"--recovery-max \(30s\) must be longer than"):
+        load_settings(flags(cgroup_root=cgroup_root), env)
+
+
+def test_correlation_settings_at_their_limits_are_accepted(cgroup_root: str) -> None:
+    """The checks refuse contradictions only: a recovery-max of one window, a tolerance just
+    below the spike ratio and a baseline just longer than the window all run."""
+    s = load_settings(
+        flags(
+            cgroup_root=cgroup_root,
+            episode_settle="10s",
+            recovery_window="30s",
+            recovery_max="30s",
+            baseline_window="31s",
+            recovery_tolerance="0.99",
+            spike_ratio="2",
+        ),
+        {"NODE_NAME": "a"},
+    )
+    assert (s.recovery_max, s.baseline_window, s.recovery_tolerance) == (30.0, 31.0, 0.99)
+    correlation_settings(s)
+
+
+DEFAULT_SETTINGS = Settings(
+    node_name="a",
+    kubeconfig=None,
+    cgroup_root=Path("."),
+    listen=ListenAddress("", 9808),
+    otlp_listen=None,
+    sample_interval=1.0,
+    log_level="info",
+)
+
+WINDOWS = st.sampled_from([0.5, 1.0, 10.0, 30.0, 60.0, 300.0, 600.0])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    settle=WINDOWS,
+    baseline=WINDOWS,
+    window=WINDOWS,
+    recovery_max=WINDOWS,
+    tolerance=st.sampled_from([0.0, 0.2, 0.5, 0.99, 1.0, 1.5, 3.0]),
+    ratio=st.sampled_from([1.01, 1.2, 1.5, 2.0, 2.5, 4.0]),
+)
+def test_settings_the_checks_accept_the_correlation_core_accepts(
+    settle: float,
+    baseline: float,
+    window: float,
+    recovery_max: float,
+    tolerance: float,
+    ratio: float,
+) -> None:
+    """What passes the checks never fails in the correlation core at start-up (a traceback
+    instead of the one-line error), and what is refused is refused in one line."""
+    s = dataclasses.replace(
+        DEFAULT_SETTINGS,
+        episode_settle=settle,
+        baseline_window=baseline,
+        recovery_window=window,
+        recovery_max=recovery_max,
+        recovery_tolerance=tolerance,
+        spike_ratio=ratio,
+    )
+    try:
+        check_settings(s)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    correlation_settings(s)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=1e-300, max_value=MAX_SPEED))
+def test_demo_settings_pass_the_checks_at_every_speed(speed: float) -> None:
+    """Down to speeds whose windows still are numbers (below ~1e-306 they overflow to inf)."""
+    here = ListenAddress("127.0.0.1", 9808)
+    s = demo_settings(speed, Path("kubeconfig"), Path("."), here, here)  # checks them
+    assert s.recovery_window == 30.0 / speed
+    correlation_settings(s)
+
+
+def test_run_help_lists_every_correlation_gate_with_its_default() -> None:
+    result = run_cli("run", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, default in (
+        ("--spike-min-increase", "2ms"),
+        ("--spike-min-slow", "3"),
+        ("--window-min-samples", "5"),
+        ("--quantile-confidence", "0.95"),
+    ):
+        metavar = flag[2:].upper().replace("-", "_")
+        help_text = text.split(f"{flag} {metavar} ", 2)[-1].split(" --", 1)[0]
+        assert help_text.endswith(f"(default: {default})"), flag
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+def test_every_option_is_documented(option: Option) -> None:
+    """A setting nobody can find is a hidden constant: each one has its row in the README's
+    flags table (flag and env var) and its place in docs/design.md's list of flags."""
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `--")]
+    [row] = [r for r in rows if f"`--{option.name}`" in r.split(" | ")[0]]
+    assert f"`{option.env}`" in row
+    assert f"`--{option.name}`" in (REPO / "docs" / "design.md").read_text()
 
 
 def test_service_probing_by_peers_defaults_and_sources(cgroup_root: str) -> None:

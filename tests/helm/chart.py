@@ -83,7 +83,15 @@ EVERYTHING_ON: Values = {
     "image": {"registry": "registry.example", "repository": "obs/tailwatch"},
     # The environment wins over the config file: the agent runs with a spike ratio of 4.
     "extraEnv": [{"name": "TAILWATCH_SPIKE_RATIO", "value": "4"}],
-    "config": {"sample-interval": "500ms", "spike-ratio": 3},
+    "config": {
+        "sample-interval": "500ms",
+        "spike-ratio": 3,
+        # Every gate of the correlation core is a value of the chart too.
+        "spike-min-increase": "0",
+        "spike-min-slow": 4,
+        "window-min-samples": 10,
+        "quantile-confidence": 0.99,
+    },
 }
 
 VALUE_SETS: dict[str, Values] = {

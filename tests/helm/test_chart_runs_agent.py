@@ -499,12 +499,34 @@ def scraper_token(api: ApiServer, manifests: list[Manifest]) -> str:
     return token
 
 
+# The correlation settings the agent reports with the chart's defaults.
+DEFAULT_CORRELATION = {
+    "spike_ratio": 2.0,
+    "baseline_seconds": 300,
+    "spike_min_increase_seconds": 0.002,
+    "spike_min_slow": 3,
+    "window_min_samples": 5,
+    "confidence": 0.95,
+}
+
+
 @pytest.mark.parametrize(
-    ("value_set", "otlp_host", "spike_ratio"),
+    ("value_set", "otlp_host", "correlation"),
     [
-        ("defaults", "127.0.0.1", 2.0),
-        ("host-network", "127.0.0.1", 2.0),
-        ("everything-on", "127.0.0.1", 4.0),
+        ("defaults", "127.0.0.1", DEFAULT_CORRELATION),
+        ("host-network", "127.0.0.1", DEFAULT_CORRELATION),
+        (
+            "everything-on",
+            "127.0.0.1",
+            {
+                **DEFAULT_CORRELATION,
+                "spike_ratio": 4.0,
+                "spike_min_increase_seconds": 0.0,
+                "spike_min_slow": 4,
+                "window_min_samples": 10,
+                "confidence": 0.99,
+            },
+        ),
     ],
 )
 async def test_agent_runs_from_the_rendered_container(
@@ -513,7 +535,7 @@ async def test_agent_runs_from_the_rendered_container(
     tmp_path: Path,
     value_set: str,
     otlp_host: str,
-    spike_ratio: float,
+    correlation: dict[str, float],
 ) -> None:
     auth = VALUE_SETS[value_set].get("auth", {}).get("enabled", False)
     async with run_container(VALUE_SETS[value_set], kubeconfig, tmp_path) as (running, manifests):
@@ -537,8 +559,7 @@ async def test_agent_runs_from_the_rendered_container(
         assert await otlp_status(running.otlp_port) == 200
         # The ConfigMap's options reached the agent (and extraEnv beats them).
         settings = await episode_settings(running, OPERATOR_TOKEN if auth else None)
-        assert settings["spike_ratio"] == spike_ratio
-        assert settings["baseline_seconds"] == 300
+        assert {key: settings[key] for key in correlation} == correlation
         # `helm test` passes against a ready agent.
         passed = await asyncio.to_thread(
             run_helm_test_script, manifests, running.metrics_port, "30"

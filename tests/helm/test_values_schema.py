@@ -103,6 +103,12 @@ def install_error(values: dict[str, Any]) -> str:
         ({"config": {"spike-ratio": 1}}, "at '/config/spike-ratio': exclusiveMinimum"),
         ({"config": {"service-probers": 0}}, "at '/config/service-probers': minimum: got 0"),
         ({"config": {"series-limit": 0}}, "at '/config/series-limit': minimum: got 0"),
+        ({"config": {"spike-min-slow": 0}}, "at '/config/spike-min-slow': minimum: got 0"),
+        ({"config": {"window-min-samples": 2.5}}, "at '/config/window-min-samples': got number"),
+        ({"config": {"spike-min-increase": "-2ms"}}, "at '/config/spike-min-increase': '-2ms'"),
+        ({"config": {"spike-min-increase": 0}}, "at '/config/spike-min-increase': got number"),
+        ({"config": {"quantile-confidence": 1}}, "at '/config/quantile-confidence': maximum"),
+        ({"config": {"quantile-confidence": 0.4}}, "at '/config/quantile-confidence': minimum"),
         ({"config": {"series-ttl": "-15m"}}, "at '/config/series-ttl': '-15m' does not match"),
         ({"config": {"series-ttl": 0}}, "at '/config/series-ttl': got number, want string"),
         ({"config": {"auth-cache-ttl": "0s"}}, "at '/config/auth-cache-ttl'"),
@@ -218,7 +224,7 @@ def test_config_the_schema_accepts_is_config_the_agent_accepts(name: str) -> Non
     samples: list[Any] = (
         [*SAMPLES, *SELECTORS, *CHOICES]
         if "string" in kind  # a type or a list of types
-        else [-1, 0, 0.2, 1, 1.0001, 2, 100]
+        else [-1, 0, 0.2, 0.5, 0.95, 0.999, 0.9999, 1, 1.0001, 2, 100]
     )
     accepted = 0
     with helm.Chart.load(CHART) as chart:
