@@ -116,14 +116,14 @@ CONTAINER_RESTARTS = Family(
 POD_STARTUP = Family(
     "tailwatch_pod_startup_seconds",
     Kind.HISTOGRAM,
-    "Time from a pod's arrival on this node to its first Ready.",
+    "Time from a pod's scheduling to its first Ready, by the API's timestamps.",
     WORKLOAD,
     (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
 POD_TERMINATION = Family(
     "tailwatch_pod_termination_seconds",
     Kind.HISTOGRAM,
-    "Time from a pod's deletionTimestamp being set to the pod being gone.",
+    "Time from a pod's deletion request to the pod being gone.",
     WORKLOAD,
     (1, 2, 5, 10, 20, 30, 45, 60, 120, 300, 600),
 )

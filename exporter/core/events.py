@@ -38,8 +38,10 @@ class LifecycleEvent:
 
     `count` is how many times it happened since the agent last looked (a restart count
     that grew by two across a watch gap is one event with count=2). `duration_seconds` is
-    set on the first `ready` after `scheduled` (startup time) and on `deleted` after
-    `terminating` (termination time), measured with the agent's clock.
+    the startup time on a pod's first `ready` (PodScheduled -> Ready, by the API's condition
+    times) and the termination time on `deleted` (from the deletion request the API records
+    to the moment the agent learns the pod is gone, by the agent's clock); None where they
+    cannot be told (docs/lifecycle.md, *Durations*).
     """
 
     kind: PodEventKind

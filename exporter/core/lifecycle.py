@@ -20,6 +20,13 @@ WorkloadKey = tuple[str, str, str]  # (namespace, workload kind, workload name)
 OccupancyListener = Callable[[WorkloadKey, bool], None]
 
 _CRASH_LOOP = "CrashLoopBackOff"
+#: How far below 0 a duration between two clocks may fall and still be reported (as 0): the
+#: API's times have whole-second resolution, and the node's clock and the control plane's
+#: differ a little. Further below, the clocks disagree and the duration is dropped.
+CLOCK_TOLERANCE = 2.0
+#: The kubelet writes status.startTime and the first Ready=False in one status update; read
+#: back to the second, they differ by at most this much for a pod never Ready.
+_FIRST_STATUS_SPREAD = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +40,16 @@ class SyncResult:
 @dataclass(slots=True)
 class _HeldPod:
     snapshot: PodSnapshot
-    # When `scheduled` was seen, while the first `ready` (startup time) is still to come.
+    # The pod's first Ready is still to come as far as the agent can tell: the `ready` that
+    # ends this carries the startup time.
+    startup_pending: bool = False
+    # When the agent saw the pod arrive (agent's clock): the start of a startup time only where
+    # the API gives no timestamps.
     startup_from: float | None = None
-    # When `terminating` was seen as a transition, for the termination time on `deleted`.
+    # The earliest deletion request (deletionTimestamp - deletionGracePeriodSeconds) seen.
+    deletion_requested: float | None = None
+    # When `terminating` was seen as a transition (agent's clock): the start of a termination
+    # time only where the API gives no deletion request time.
     terminating_since: float | None = None
 
 
@@ -54,10 +68,29 @@ class PodLifecycleTracker:
       pod that was just scheduled: `scheduled`, then `rollout` if its revision is new for its
       workload, then whatever already happened to it on this node (restarts, crash loop,
       ready, terminating, evicted). Restarts before the arrival did happen on this node.
-    - Durations are measured only between two changes this agent saw happen. A pod that
-      arrives already Ready reports `ready` without a startup time (0 would be false); a pod
-      from the initial sync never gets a startup time, but does get a termination time if its
-      `terminating` is seen later; a pod that arrives already terminating gets none.
+    - Durations come from the API's own times, not from when events reached the agent
+      (docs/lifecycle.md, *Durations*). Startup: Ready's lastTransitionTime minus
+      PodScheduled's (never before creationTimestamp: a pod is not scheduled before it
+      exists), on the first `ready` of the pod, once. Termination: the agent's time of the
+      `deleted` minus the deletion request, deletionTimestamp - deletionGracePeriodSeconds
+      (the earliest seen for the pod: the kubelet's final grace-0 delete may move it later).
+    - Which `ready` is the first: a pod that arrives after the first list is new, so its
+      first `ready` has a startup time even when it arrives already Ready (a relist after a
+      gap) - unless the API shows it was Ready before: Ready=False since later than
+      status.startTime (the kubelet writes both in its first status). A pod of the first list
+      that is already Ready never gets one: it started before the agent ran, and every agent
+      restart would put the node's old pods in the histogram again. A pod of the first list
+      that has never been Ready (no Ready condition yet, or Ready=False since startTime)
+      gets one when it becomes Ready: the pods that start with the agent, at a node's boot.
+    - The API keeps only a condition's latest transition: readiness that flapped while the
+      agent was not watching cannot be seen once the pod is Ready again, and such a startup
+      runs to the latest Ready. A flap the agent sees never yields a startup.
+    - A pod seen already terminating (in the first list, or arriving so) still gets its
+      termination time: the request time is in the object.
+    - A duration below 0 is the clocks disagreeing: down to -CLOCK_TOLERANCE it is reported
+      as 0, below that it is dropped. Only where the API gives no usable time does the
+      agent's clock stand in, between two changes it saw (arrival -> Ready, terminating ->
+      gone); else there is no duration.
     - `not_ready` is not reported for a pod that is deleting or has finished (phase
       Succeeded/Failed): that is the end of the pod, not a readiness flap. An eviction is
       reported as `evicted` only.
@@ -209,7 +242,14 @@ class PodLifecycleTracker:
 
     def _establish(self, snapshots: Iterable[PodSnapshot]) -> None:
         """Take `snapshots` as the state of the node, silently."""
-        self._pods = {s.uid: _HeldPod(s) for s in snapshots}
+        self._pods = {
+            s.uid: _HeldPod(
+                s,
+                startup_pending=_never_ready(s),
+                deletion_requested=s.deletion_requested_at,
+            )
+            for s in snapshots
+        }
         self._recount()
         # The newest pod of a workload carries the revision it is rolling towards.
         for held in sorted(self._pods.values(), key=lambda h: h.snapshot.created_at or 0.0):
@@ -226,7 +266,11 @@ class PodLifecycleTracker:
         if snapshot.revision and previous and previous != snapshot.revision:
             events.append(self._event(PodEventKind.ROLLOUT, snapshot, now))
         self._remember_revision(snapshot)
-        held = _HeldPod(_just_scheduled(snapshot), startup_from=now)
+        held = _HeldPod(
+            _just_scheduled(snapshot),
+            startup_pending=not _was_ready_before(snapshot),
+            startup_from=now,
+        )
         self._hold(held)
         events += self._transitions(held, snapshot, now, arriving=True)
         return events
@@ -243,7 +287,10 @@ class PodLifecycleTracker:
         self._tombstone(uid)
         if not self._synced:
             return []
-        duration = None if held.terminating_since is None else now - held.terminating_since
+        # Gone now, by the agent's clock: the API gives no time for the removal.
+        duration = _elapsed(held.deletion_requested, now)
+        if duration is None:
+            duration = _elapsed(held.terminating_since, now)
         return [self._event(PodEventKind.DELETED, held.snapshot, now, duration_seconds=duration)]
 
     def _transitions(
@@ -279,9 +326,8 @@ class PodLifecycleTracker:
                 )
 
         if new.ready is True and old.ready is not True:
-            startup = None
-            if held.startup_from is not None and not arriving:
-                startup = now - held.startup_from
+            startup = _startup(held, new, now, arriving) if held.startup_pending else None
+            held.startup_pending = False
             held.startup_from = None
             events.append(self._event(PodEventKind.READY, new, now, duration_seconds=startup))
         elif (
@@ -291,7 +337,13 @@ class PodLifecycleTracker:
             and new.phase not in TERMINAL_PHASES
         ):
             events.append(self._event(PodEventKind.NOT_READY, new, now))
+        if held.startup_pending and _was_ready_before(new):
+            # Ready and unready again while the agent was not watching: the first Ready went
+            # by unseen, and a later one is no startup.
+            held.startup_pending = False
+            held.startup_from = None
 
+        held.deletion_requested = _earliest(held.deletion_requested, new.deletion_requested_at)
         if new.deleting and not old.deleting:
             if not arriving:
                 held.terminating_since = now
@@ -389,6 +441,51 @@ class PodLifecycleTracker:
             count=count,
             duration_seconds=duration_seconds,
         )
+
+
+def _never_ready(snapshot: PodSnapshot) -> bool:
+    """The API shows the pod has never been Ready: no Ready condition yet, or Ready=False
+    since the kubelet first reported the pod (its startTime)."""
+    if snapshot.ready is None:
+        return True
+    if snapshot.ready is True or snapshot.ready_since is None or snapshot.started_at is None:
+        return False
+    return snapshot.ready_since - snapshot.started_at <= _FIRST_STATUS_SPREAD
+
+
+def _was_ready_before(snapshot: PodSnapshot) -> bool:
+    """The API shows the pod was Ready before and is not now: Ready=False since a time later
+    than the kubelet's first status of the pod."""
+    if snapshot.ready is not False or snapshot.ready_since is None or snapshot.started_at is None:
+        return False
+    return snapshot.ready_since - snapshot.started_at > _FIRST_STATUS_SPREAD
+
+
+def _startup(held: _HeldPod, new: PodSnapshot, now: float, arriving: bool) -> float | None:
+    """Scheduled -> Ready by the API's times; else by the agent's, if it saw both ends."""
+    scheduled = new.scheduled_at
+    if scheduled is not None and new.created_at is not None:
+        scheduled = max(scheduled, new.created_at)
+    startup = _elapsed(scheduled, new.ready_at)
+    if startup is None and held.startup_from is not None and not arriving:
+        startup = _elapsed(held.startup_from, now)
+    return startup
+
+
+def _elapsed(start: float | None, end: float | None) -> float | None:
+    """`end - start`, 0 if a little below 0 (CLOCK_TOLERANCE), None if unknown or further."""
+    if start is None or end is None:
+        return None
+    elapsed = end - start
+    if elapsed < -CLOCK_TOLERANCE:
+        return None
+    return max(elapsed, 0.0)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _workload_key(snapshot: PodSnapshot) -> WorkloadKey:

@@ -3,7 +3,8 @@
 `parse_pod` turns a raw Pod (the JSON body of the API, a dict) into a `PodSnapshot`, or
 raises `MalformedObject` with a short reason when a field it cannot do without is missing
 or of the wrong type. Fields that may legitimately be absent (status of a pod not yet
-started, conditions, container statuses) default to "unknown" instead.
+started, conditions, container statuses) default to "unknown" instead, and so do timestamps
+that cannot be read: a bad time costs a duration, never the pod.
 """
 
 from __future__ import annotations
@@ -61,6 +62,17 @@ class PodSnapshot:
     qos_class: str = ""
     containers: tuple[ContainerSnapshot, ...] = field(default_factory=tuple)
     created_at: float | None = None  # metadata.creationTimestamp; None if absent or unreadable
+    # The API's own times of the pod's lifecycle, epoch seconds (None if absent or unreadable),
+    # for startup and termination times that do not depend on when the agent looked
+    # (docs/lifecycle.md, *Durations*). Condition times and deletionTimestamp have whole-second
+    # resolution: the API server writes them truncated to the second.
+    scheduled_at: float | None = None  # lastTransitionTime of PodScheduled, when it is True
+    # lastTransitionTime of the Ready condition: when it took its current status (`ready`).
+    # Only the latest transition is kept by the API: after a flap it is the flap's time.
+    ready_since: float | None = None
+    started_at: float | None = None  # status.startTime: when the kubelet first reported the pod
+    deletion_at: float | None = None  # metadata.deletionTimestamp: when it is to be gone
+    deletion_grace_seconds: float | None = None  # metadata.deletionGracePeriodSeconds
     # status.podIPs (or podIP) and status.hostIPs (or hostIP), as written: who may send OTLP
     # under --otlp-sources=local (exporter.otlp.receiver.LocalSources).
     pod_ips: tuple[str, ...] = ()
@@ -69,6 +81,19 @@ class PodSnapshot:
     @property
     def key(self) -> str:
         return self.uid
+
+    @property
+    def ready_at(self) -> float | None:
+        """When the pod last became Ready, if it is Ready now."""
+        return self.ready_since if self.ready is True else None
+
+    @property
+    def deletion_requested_at(self) -> float | None:
+        """When the graceful deletion was requested, as the API tells it: deletionTimestamp is
+        the request's time plus the grace period (deletionGracePeriodSeconds)."""
+        if self.deletion_at is None or self.deletion_grace_seconds is None:
+            return None
+        return self.deletion_at - self.deletion_grace_seconds
 
     def container(self, name: str) -> ContainerSnapshot | None:
         for c in self.containers:
@@ -103,6 +128,13 @@ def parse_time(value: object) -> float | None:
     if parsed.tzinfo is None:
         return None  # the API always writes UTC with a Z; anything else is not a timestamp of ours
     return parsed.timestamp()
+
+
+def parse_seconds(value: object) -> float | None:
+    """A count of seconds as the API writes it (an integer, 0 or more), or None if unreadable."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return float(value)
 
 
 def uid_of(obj: object) -> str | None:
@@ -228,6 +260,8 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     status = opt_mapping(obj, "status", "pod")
 
     ready: bool | None = None
+    ready_since: float | None = None
+    scheduled_at: float | None = None
     disruption_reason = ""
     for cond in _opt_list(status, "conditions", "status"):
         if not isinstance(cond, Mapping):
@@ -236,6 +270,9 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         cstatus = cond.get("status")
         if ctype == "Ready":
             ready = cstatus == "True"
+            ready_since = parse_time(cond.get("lastTransitionTime"))
+        elif ctype == "PodScheduled":
+            scheduled_at = parse_time(cond.get("lastTransitionTime")) if cstatus == "True" else None
         elif ctype == "DisruptionTarget" and cstatus == "True":
             disruption_reason = str(cond.get("reason") or "")
 
@@ -267,6 +304,11 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         qos_class=str(status.get("qosClass") or ""),
         containers=tuple(containers),
         created_at=parse_time(metadata.get("creationTimestamp")),
+        scheduled_at=scheduled_at,
+        ready_since=ready_since,
+        started_at=parse_time(status.get("startTime")),
+        deletion_at=parse_time(metadata.get("deletionTimestamp")),
+        deletion_grace_seconds=parse_seconds(metadata.get("deletionGracePeriodSeconds")),
         pod_ips=_ips(status, "podIPs", "podIP"),
         host_ips=_ips(status, "hostIPs", "hostIP"),
     )

@@ -269,24 +269,26 @@ def test_startup_time_runs_from_scheduled_to_the_first_ready(agent: Agent) -> No
     pod = o.containers_running(pod, T + 5)
     assert agent.apply("MODIFIED", pod, T + 5) == []
     pod = o.mark_ready(pod, T + 13.5)
-    (ready,) = agent.apply("MODIFIED", pod, T + 13.5)
-    assert ready.kind is E.READY and ready.duration_seconds == 12.5
+    (ready,) = agent.apply("MODIFIED", pod, T + 13.7)
+    # The API's times (whole seconds): PodScheduled at T, Ready at T + 13.
+    assert ready.kind is E.READY and ready.duration_seconds == 13
     # A later flap is readiness, not startup.
     agent.apply("MODIFIED", o.mark_not_ready(pod, T + 20), T + 20)
     (again,) = agent.apply("MODIFIED", o.mark_ready(pod, T + 30), T + 30)
     assert again.kind is E.READY and again.duration_seconds is None
 
 
-def test_a_pod_arriving_ready_has_no_startup_time(agent: Agent) -> None:
+def test_a_pod_arriving_ready_has_its_startup_time_from_the_api(agent: Agent) -> None:
     agent.sync([], now=T)
-    events = agent.apply("ADDED", api(created=T), T + 9)
+    events = agent.apply("ADDED", api(created=T), T + 9)  # scheduled at T, Ready at T + 5
     assert brief(events) == [("scheduled", "", "", 1), ("ready", "", "", 1)]
-    assert events[1].duration_seconds is None
+    assert events[1].duration_seconds == 5
 
 
-def test_a_pod_of_the_first_list_has_no_startup_time(agent: Agent) -> None:
-    pod = api(state="running")
+def test_a_ready_pod_of_the_first_list_never_has_a_startup_time(agent: Agent) -> None:
+    pod = api()
     agent.sync([pod], now=T)
+    agent.apply("MODIFIED", o.mark_not_ready(pod, T + 1), T + 1)
     (ready,) = agent.apply("MODIFIED", o.mark_ready(pod, T + 3), T + 3)
     assert ready.duration_seconds is None
 
@@ -300,13 +302,13 @@ def test_termination_time_runs_from_terminating_to_deleted(agent: Agent) -> None
     assert deleted.kind is E.DELETED and deleted.duration_seconds == 31
 
 
-def test_deleted_without_a_terminating_seen_has_no_duration(agent: Agent) -> None:
+def test_a_pod_first_seen_terminating_still_has_a_termination_time(agent: Agent) -> None:
     deleting = o.begin_termination(api(), T0 + 100)
     agent.sync([deleting, api(seed=1)], now=T)
     (first,) = agent.apply("DELETED", deleting, T + 5)
-    assert first.duration_seconds is None
+    assert first.duration_seconds == T + 5 - (T0 + 100)  # from the request, in the object
     (second,) = agent.apply("DELETED", api(seed=1), T + 6)
-    assert second.duration_seconds is None
+    assert second.duration_seconds is None  # never terminating: removed at once
 
 
 def test_a_pod_arriving_with_history_reports_it(agent: Agent) -> None:
@@ -321,7 +323,7 @@ def test_a_pod_arriving_with_history_reports_it(agent: Agent) -> None:
         ("terminating", "DeletionByTaintManager", "", 1),
     ]
     (deleted,) = agent.apply("DELETED", pod, T + 20)
-    assert deleted.duration_seconds is None  # it arrived terminating: the start was not seen
+    assert deleted.duration_seconds == 13  # arrived terminating: requested at T + 7
 
 
 def test_modified_of_an_unknown_pod_is_an_arrival(agent: Agent) -> None:
