@@ -105,23 +105,31 @@ def _episode_log_fields(change: EpisodeChange) -> dict[str, object]:
         "cause": doc["cause"],
         "status": doc["status"],
     }
+    if doc["spike"] is not None:
+        fields["spike_detected_at"] = doc["spike"]["detected_at"]
     if change.kind is not ChangeKind.OPENED:
-        for key in ("opened_at", "closed_at", "duration_seconds", "impact",
-                    "recovery_seconds", "event_counts", "summary"):  # fmt: skip
+        for key in ("opened_at", "closed_at", "duration_seconds", "impact", "recovered_at",
+                    "recovery_seconds", "detected_at", "event_counts", "summary"):  # fmt: skip
             if doc[key] is not None:
                 fields[key] = doc[key]
         latency = doc["latency"]
         if latency is not None:
+            notes: list[str] = []
             for part in ("baseline", "during"):
                 if latency[part] is not None:
                     fields[f"{part}_p99_seconds"] = latency[part]["p99"]
+                    fields[f"{part}_samples"] = latency[part]["samples"]
+                    notes += [f"{part}: {note}" for note in latency[part]["notes"]]
             if latency["ratios"] is not None:
                 fields["p99_ratio"] = latency["ratios"]["p99"]
+            if notes:
+                fields["latency_notes"] = notes
         if doc["attribution"]:
             top = doc["attribution"][0]
             fields["top_container"] = f"{top['namespace']}/{top['pod']}/{top['container']}"
             fields["top_signals"] = top["signals"]
     else:
+        fields["opened_at"] = doc["opened_at"]
         fields["first_event"] = doc["events"][0]["event"] if doc["events"] else ""
     return fields
 

@@ -425,7 +425,8 @@ class EpisodeMetrics:
         if change.kind is ChangeKind.CLOSED:
             impact = episode.impact.value if episode.impact is not None else "unknown"
             self.limit.add(EPISODES, self.episodes, (*service, impact))
-            ratio = episode.p99_ratio()
+            # The estimate where the samples bound the during p99, else its lower bound.
+            ratio = episode.observed_p99_ratio()
             if ratio is not None:
                 self.limit.observe(EPISODE_P99_RATIO, self.p99_ratio, service, ratio)
         elif change.kind is ChangeKind.RECOVERED and episode.recovery_seconds is not None:

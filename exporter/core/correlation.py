@@ -40,6 +40,7 @@ from exporter.core.episodes import (
 )
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
 from exporter.core.histogram import FineHistogram
+from exporter.core.quantiles import Tail
 from exporter.core.services import ServiceRef
 from exporter.core.tails import ServiceLatency, fell_at, rose_at, spiking
 
@@ -150,6 +151,15 @@ class Correlator:
 
     def _new_view(self, ref: ServiceRef) -> _ServiceView:
         return _ServiceView(ref, ServiceLatency(self.settings))
+
+    def baseline_of(self, ref: ServiceRef, now: float) -> Tail | None:
+        """The steady baseline of the Service's headline latency up to `now`: whether it can
+        bound a p99 yet (`.p99.supported`) tells if episodes of it can be judged."""
+        view = self.services.get(ref)
+        source = view.latency.primary() if view is not None else None
+        if view is None or source is None:
+            return None
+        return view.latency.baseline(source, now)
 
     def _view(self, ref: ServiceRef) -> _ServiceView | None:
         return self.services.get(ref)
