@@ -419,9 +419,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "spike-min-slow",
-        "samples of the rolling window over the spike threshold a tail spike needs at least",
+        "samples of the rolling window over the spike threshold a tail spike needs at least "
+        "(5 keeps steady heavy-tailed traffic under one false episode a day)",
         parse_positive_int,
-        "3",
+        "5",
     ),
     Option(
         "window-min-samples",
@@ -488,7 +489,7 @@ class Settings:
     recovery_max: float = 600.0
     spike_ratio: float = 2.0
     spike_min_increase: float = 0.002
-    spike_min_slow: int = 3
+    spike_min_slow: int = 5
     window_min_samples: int = 5
     quantile_confidence: float = 0.95
     classic_buckets: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT

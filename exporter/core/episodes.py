@@ -96,7 +96,7 @@ class CorrelationSettings:
     #: from 200 µs to 500 µs is noise, not an episode.
     spike_min_increase: float = 0.002
     #: Samples over the spike threshold a window needs, whatever the statistics allow.
-    spike_min_slow: int = 3
+    spike_min_slow: int = 5
     #: Samples the rolling window needs before a spike or a recovery is judged.
     min_samples: int = 5
     #: Confidence of the order-statistic bounds every decision is taken on.

@@ -53,7 +53,7 @@ def test_defaults_with_node_name_from_downward_api_env(cgroup_root: str) -> None
     # The correlation defaults of docs/correlation.md.
     assert (s.episode_settle, s.baseline_window, s.recovery_window) == (30.0, 300.0, 30.0)
     assert (s.recovery_tolerance, s.recovery_max, s.spike_ratio) == (0.2, 600.0, 2.0)
-    assert (s.spike_min_increase, s.spike_min_slow) == (0.002, 3)
+    assert (s.spike_min_increase, s.spike_min_slow) == (0.002, 5)
     assert (s.window_min_samples, s.quantile_confidence) == (5, 0.95)
 
 
@@ -350,7 +350,7 @@ def test_run_help_lists_every_correlation_gate_with_its_default() -> None:
     text = " ".join(result.stdout.split())
     for flag, default in (
         ("--spike-min-increase", "2ms"),
-        ("--spike-min-slow", "3"),
+        ("--spike-min-slow", "5"),
         ("--window-min-samples", "5"),
         ("--quantile-confidence", "0.95"),
     ):

@@ -504,7 +504,7 @@ DEFAULT_CORRELATION = {
     "spike_ratio": 2.0,
     "baseline_seconds": 300,
     "spike_min_increase_seconds": 0.002,
-    "spike_min_slow": 3,
+    "spike_min_slow": 5,
     "window_min_samples": 5,
     "confidence": 0.95,
 }
