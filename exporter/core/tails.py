@@ -138,6 +138,8 @@ class RecoveryTrack:
     def confirmed(self, now: float, settings: CorrelationSettings) -> float | None:
         """The recovery moment once a whole recovery window of samples after it holds no
         tail above tolerance; None until then."""
+        if now - self.since < settings.recovery_window:
+            return None  # no moment can have a whole window after it yet
         moment = self.recovered_at(settings.confidence)
         after = sum(s.samples for s in self.slots if s.first > moment)
         if now - moment >= settings.recovery_window and after >= settings.min_samples:
@@ -167,6 +169,7 @@ class ServiceLatency:
     # afresh from then, instead of every later sample looking like a spike.
     baseline_from: float = 0.0
     last_baseline: Tail | None = None
+    _baselines: dict[Source, tuple[object, Tail | None]] = field(default_factory=dict)
 
     def primary(self) -> Source | None:
         for source in HEADLINE_ORDER:
@@ -209,12 +212,20 @@ class ServiceLatency:
         return flushed
 
     def baseline(self, source: Source, end: float) -> Tail | None:
-        """The steady samples of the baseline window before `end` (since the last reset)."""
+        """The steady samples of the baseline window before `end` (since the last reset).
+        Only slots that ended by `end` count, and those never change again: the tail is
+        computed once per slot boundary, not on every tick."""
         timeline = self.timelines.get(source)
         window = min(self.settings.baseline, end - self.baseline_from)
         if timeline is None or window <= 0:
             return None
-        return tail_of(timeline.steady_before(end, window), self.settings.confidence)
+        key = (timeline.baseline.span_key(end, window), self.baseline_from)
+        held = self._baselines.get(source)
+        if held is not None and held[0] == key:
+            return held[1]
+        tail = tail_of(timeline.steady_before(end, window), self.settings.confidence)
+        self._baselines[source] = (key, tail)
+        return tail
 
     def counts(self, source: Source, start: float, threshold: float) -> list[SlotCount]:
         return self.timelines[source].fine.counts(start, threshold)

@@ -49,12 +49,20 @@ class SlotRing:
         self._current(now).merge(histogram)
 
     def merged(self, start: float, end: float) -> FineHistogram:
-        first, last = math.floor(start / self.slot), math.floor(end / self.slot)
+        first, last = self._span(start, end)
         out = FineHistogram()
         for index, histogram in self._ring:
             if first <= index <= last:
                 out.merge(histogram)
         return out
+
+    def _span(self, start: float, end: float) -> tuple[int, int]:
+        return math.floor(start / self.slot), math.floor(end / self.slot)
+
+    def span_key(self, end: float, window: float) -> tuple[int, int]:
+        """The slots `LatencyTimeline.steady_before(end, window)` reads: equal keys, equal
+        baselines (slots that ended never change)."""
+        return self._span(end - self.slot - window, end - self.slot)
 
     def __len__(self) -> int:
         return len(self._ring)
