@@ -555,9 +555,9 @@ class Correlator:
         if baseline is None or not baseline.p99.supported:
             return
         threshold = s.spike_threshold(baseline.p99.value)
-        counts = latency.counts(source, end, threshold)
-        if not spiking(counts, s):
+        if not spiking(*latency.totals(source, end, threshold), s):
             return
+        counts = latency.counts(source, end, threshold)
         rise = rose_at(counts)
         assert rise is not None  # spiking: some slot has samples above
         episode = self._open(view, rise.first, end, changes, spike=(now, threshold))

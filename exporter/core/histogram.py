@@ -240,6 +240,12 @@ class FineHistogram:
                 at += 1
         return out
 
+    def largest(self) -> float | None:
+        """The largest value (its bucket's representative), or None when empty."""
+        if self._buckets:
+            return float(_upper_edge(max(self._buckets)) * _REPRESENTATIVE_FACTOR)
+        return 0.0 if self.count else None
+
     def count_above(self, threshold: float) -> int:
         """How many values are above `threshold` (values are known to their bucket: a bucket
         counts as above when its representative value is)."""

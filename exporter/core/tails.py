@@ -89,12 +89,9 @@ def fell_at(counts: Sequence[SlotCount], confidence: float) -> SlotCount | None:
     return best
 
 
-def spiking(counts: Iterable[SlotCount], settings: CorrelationSettings) -> bool:
-    """Is the window's p99 confidently above the threshold, with enough samples over it?"""
-    n = k = 0
-    for slot in counts:
-        n += slot.samples
-        k += slot.above
+def spiking(n: int, k: int, settings: CorrelationSettings) -> bool:
+    """With k of a window's n samples over the threshold: is its p99 confidently above it,
+    with enough samples over it?"""
     return (
         n >= settings.min_samples
         and k >= settings.spike_min_slow
@@ -229,6 +226,9 @@ class ServiceLatency:
 
     def counts(self, source: Source, start: float, threshold: float) -> list[SlotCount]:
         return self.timelines[source].fine.counts(start, threshold)
+
+    def totals(self, source: Source, start: float, threshold: float) -> tuple[int, int]:
+        return self.timelines[source].fine.totals(start, threshold)
 
     def start_recovery(self, source: Source, since: float, threshold: float) -> None:
         """Track the headline against the recovery threshold from `since` (the close, which

@@ -77,6 +77,7 @@ class FineSlot:
     histogram: FineHistogram = field(default_factory=FineHistogram)
     first: float = math.inf
     last: float = -math.inf
+    largest: float = -math.inf  # the largest value: most slots have nothing over a threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ class FineTrack:
         slot.histogram.record(seconds, count)
         slot.first = min(slot.first, now)
         slot.last = max(slot.last, now)
+        slot.largest = max(slot.largest, seconds)
 
     def merge(self, now: float, histogram: FineHistogram) -> None:
         if histogram.count:
@@ -126,6 +128,7 @@ class FineTrack:
             slot.histogram.merge(histogram)
             slot.first = min(slot.first, now)
             slot.last = max(slot.last, now)
+            slot.largest = max(slot.largest, histogram.largest() or 0.0)
 
     def slots(self, start: float, end: float = math.inf) -> list[FineSlot]:
         """The slots with a sample in [start, end], oldest first."""
@@ -137,9 +140,25 @@ class FineTrack:
             out.merge(slot.histogram)
         return out
 
+    def totals(self, start: float, threshold: float) -> tuple[int, int]:
+        """Samples since `start`, and how many of them are over `threshold` (the per-tick
+        question, answered without looking inside slots that hold nothing over it)."""
+        samples = above = 0
+        for s in self._slots:
+            if s.last >= start:
+                samples += s.histogram.count
+                if s.largest > threshold:
+                    above += s.histogram.count_above(threshold)
+        return samples, above
+
     def counts(self, start: float, threshold: float) -> list[SlotCount]:
         return [
-            SlotCount(s.histogram.count, s.histogram.count_above(threshold), s.first, s.last)
+            SlotCount(
+                s.histogram.count,
+                s.histogram.count_above(threshold) if s.largest > threshold else 0,
+                s.first,
+                s.last,
+            )
             for s in self.slots(start)
         ]
 
