@@ -22,11 +22,12 @@ from exporter.cgroups import (
 from exporter.core.catalog import ServiceCatalog
 from exporter.core.correlation import Correlator
 from exporter.core.endpoints import EndpointEvent
-from exporter.core.episodes import ChangeKind, CorrelationSettings, EpisodeChange, Source
+from exporter.core.episodes import ChangeKind, EpisodeChange, Source
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.lifecycle import PodLifecycleTracker
 from exporter.core.peers import PeerSet
 from exporter.core.pods import PodSnapshot
+from exporter.core.rules import CorrelationSettings
 from exporter.core.services import PROBE_LABEL, ServiceRef
 from exporter.exposition import Exposition
 from exporter.kube.config import KubeConnection, load_connection

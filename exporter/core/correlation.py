@@ -15,66 +15,47 @@ takes `now` (epoch seconds).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.core.attribution import ContainerReading, PodKey, ResourceTracker
-from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
+from exporter.core.endpoints import Endpoint, EndpointEvent
 from exporter.core.episodes import (
     CAUSE_RANK,
-    Cause,
     ChangeKind,
-    CorrelationSettings,
     Episode,
     EpisodeChange,
     Evidence,
-    Impact,
     LatencyImpact,
     ServiceState,
     Source,
     Status,
     iso,
 )
-from exporter.core.events import LifecycleEvent, PodEventKind, Workload
+from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.histogram import FineHistogram
 from exporter.core.quantiles import Tail
+from exporter.core.rules import (
+    DISRUPTIVE_POD_EVENTS,
+    CorrelationSettings,
+    ServiceIndex,
+    add_evidence,
+    endpoint_disrupts,
+    impact_of,
+    join,
+    pod_key,
+    slow_interval,
+    update_cause,
+)
 from exporter.core.services import ServiceRef
-from exporter.core.tails import ServiceLatency, fell_at, rose_at, spiking
+from exporter.core.tails import ServiceLatency
 
 #: Non-disruptive events remembered per Service, for the episode they may lead to.
 PRECEDING_EVENTS = 16
 
-# Pod events that disrupt a Service their pod backs, and those that only tell the cause.
-_DISRUPTIVE_POD_EVENTS = frozenset(
-    {
-        PodEventKind.CONTAINER_RESTART,
-        PodEventKind.CRASH_LOOP,
-        PodEventKind.OOM_KILL,
-        PodEventKind.NOT_READY,
-        PodEventKind.TERMINATING,
-        PodEventKind.EVICTED,
-    }
-)
-EVICTION_REASONS = frozenset(
-    {
-        "EvictionByEvictionAPI",
-        "PreemptionByScheduler",
-        "DeletionByTaintManager",
-        "TerminationByKubelet",
-    }
-)
 Changes = list[EpisodeChange]
-
-
-def replica_set_of(pod: str) -> str | None:
-    """The ReplicaSet of a Deployment's pod from its name (`<rs>-<5 chars>`), else None."""
-    rs, _, suffix = pod.rpartition("-")
-    if rs and len(suffix) == 5 and suffix.isalnum() and "-" in rs:
-        return rs
-    return None
 
 
 @dataclass
@@ -114,13 +95,11 @@ class Correlator:
         self.settings = settings or CorrelationSettings()
         self.node = node
         self.workloads = workloads
-        self._index_stale = False
+        self._index = ServiceIndex()
         self.services: dict[ServiceRef, _ServiceView] = {}
         self.recent: list[Episode] = []  # finished episodes, newest last
         s = self.settings
         self.resources = ResourceTracker(s.baseline, history=s.recovery_window + s.settle)
-        self._pod_services: dict[PodKey, set[ServiceRef]] = {}
-        self._workload_services: dict[tuple[str, str, str], set[ServiceRef]] = {}
 
     # -- services and endpoints --------------------------------------------------------
 
@@ -129,7 +108,7 @@ class Correlator:
         wanted = set(refs)
         for gone in [r for r in self.services if r not in wanted]:
             del self.services[gone]
-            self._index_stale = True
+            self._index.stale = True
         for ref in wanted:
             if ref not in self.services:
                 self.services[ref] = self._new_view(ref)
@@ -147,7 +126,7 @@ class Correlator:
     def remove_service(self, ref: ServiceRef) -> None:
         """Forget `ref` with its episode (gone, or this agent no longer has latency for it)."""
         if self.services.pop(ref, None) is not None:
-            self._index_stale = True
+            self._index.stale = True
 
     def _new_view(self, ref: ServiceRef) -> _ServiceView:
         return _ServiceView(ref, ServiceLatency(self.settings))
@@ -171,40 +150,11 @@ class Correlator:
             return
         view.endpoints = dict(endpoints)
         view.local_pods = {
-            _pod_key(e) for e in endpoints.values() if e.pod and self.node and e.node == self.node
+            pod_key(e) for e in endpoints.values() if e.pod and self.node and e.node == self.node
         }
         if view.episode is not None and view.episode.open:
             view.episode.pods |= view.local_pods
-        self._index_stale = True
-
-    def _pod_index(self) -> dict[PodKey, set[ServiceRef]]:
-        """The Services each pod backs (rebuilt lazily: endpoints change far more often than
-        pods have events)."""
-        if self._index_stale:
-            self._rebuild_pod_index()
-            self._index_stale = False
-        return self._pod_services
-
-    def _rebuild_pod_index(self) -> None:
-        known = self.workloads()
-        pods: dict[PodKey, set[ServiceRef]] = {}
-        workloads: dict[tuple[str, str, str], set[ServiceRef]] = {}
-        for view in self.services.values():
-            for e in view.endpoints.values():
-                if e.pod:
-                    pods.setdefault(_pod_key(e), set()).add(view.ref)
-            for namespace, pod in view.local_pods:
-                w = known.get((namespace, pod))
-                if w is not None and w.kind != "Pod":
-                    workloads.setdefault((namespace, w.kind, w.name), set()).add(view.ref)
-        self._pod_services = pods
-        # Workloads stay known after their pods left (a rollout replaces every pod).
-        for key, refs in workloads.items():
-            self._workload_services.setdefault(key, set()).update(refs)
-        for key in list(self._workload_services):
-            self._workload_services[key] &= set(self.services)
-            if not self._workload_services[key]:
-                del self._workload_services[key]
+        self._index.stale = True
 
     # -- lifecycle events ----------------------------------------------------------------
 
@@ -214,32 +164,20 @@ class Correlator:
         if view is None:
             return changes
         self._flush(view, event.at)
-        kind = event.kind
-        endpoint = view.endpoints.get(event.identity)
-        not_ready_now = endpoint is None or not endpoint.ready
-        disruptive = kind in (
-            EndpointEventKind.NOT_READY,
-            EndpointEventKind.TERMINATING,
-            EndpointEventKind.REMOVED,
-        ) or (
-            kind in (EndpointEventKind.ADDED, EndpointEventKind.REPLACED, EndpointEventKind.MOVED)
-            and not_ready_now
-        )
+        disruptive = endpoint_disrupts(event, view.endpoints.get(event.identity))
         self._event(view, event, disruptive, changes)
         return changes
 
     def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
-        refs = set(self._pod_index().get((event.namespace, event.pod), ()))
-        w = event.workload
-        if w.kind != "Pod":
-            refs |= self._workload_services.get((event.namespace, w.kind, w.name), set())
+        views = ((v.ref, v.endpoints, v.local_pods) for v in self.services.values())
+        refs = self._index.services_of(event, views, self.workloads())
         changes: Changes = []
         for ref in sorted(refs, key=str):
             view = self._view(ref)
             if view is None:
                 continue
             self._flush(view, event.at)
-            self._event(view, event, event.kind in _DISRUPTIVE_POD_EVENTS, changes)
+            self._event(view, event, event.kind in DISRUPTIVE_POD_EVENTS, changes)
         return changes
 
     def _event(
@@ -258,84 +196,7 @@ class Correlator:
                 view.preceding.append(event)
                 return
             episode = self._open(view, event.at, event.at, changes)
-        self._join(episode, event)
-
-    def _join(self, episode: Episode, event: EndpointEvent | LifecycleEvent) -> None:
-        if isinstance(event, EndpointEvent):
-            self._join_endpoint(episode, event)
-        else:
-            self._join_pod(episode, event)
-        episode.last_change = max(episode.last_change, event.at)
-        self._update_cause(episode)
-
-    def _join_endpoint(self, episode: Episode, event: EndpointEvent) -> None:
-        kind = event.kind
-        self._add_evidence(
-            episode,
-            Evidence(
-                event.at, "endpoint", kind.value, pod=event.pod, node=event.node,
-                reason=f"from {event.previous_node}" if event.previous_node else "",
-            ),
-        )  # fmt: skip
-        cause = {
-            EndpointEventKind.NOT_READY: Cause.READINESS,
-            EndpointEventKind.ADDED: Cause.SCALE,
-            EndpointEventKind.REMOVED: Cause.SCALE,
-            EndpointEventKind.TERMINATING: Cause.SCALE,
-            EndpointEventKind.REPLACED: Cause.RESTART,
-            EndpointEventKind.MOVED: Cause.RESCHEDULE,
-        }.get(kind)
-        if cause is not None:
-            episode.causes.add(cause)
-        rs = replica_set_of(event.pod) if event.pod else None
-        if rs is not None:
-            if kind is EndpointEventKind.ADDED:
-                episode.replica_sets_added.add(rs)
-            elif kind in (EndpointEventKind.TERMINATING, EndpointEventKind.REMOVED):
-                episode.replica_sets_leaving.add(rs)
-            if _replica_sets_rolled(episode):
-                episode.causes.add(Cause.ROLLOUT)
-
-    def _join_pod(self, episode: Episode, event: LifecycleEvent) -> None:
-        kind = event.kind
-        self._add_evidence(
-            episode,
-            Evidence(
-                event.at, "pod", kind.value, pod=event.pod, container=event.container,
-                reason=event.reason, node=event.node,
-            ),
-        )  # fmt: skip
-        if event.node == self.node or not event.node:
-            episode.pods.add((event.namespace, event.pod))
-        if kind is PodEventKind.ROLLOUT:
-            episode.causes.add(Cause.ROLLOUT)
-        elif kind is PodEventKind.EVICTED or (
-            kind is PodEventKind.TERMINATING and event.reason in EVICTION_REASONS
-        ):
-            episode.causes.add(Cause.EVICTION)
-        elif kind in (PodEventKind.CONTAINER_RESTART, PodEventKind.CRASH_LOOP,
-                      PodEventKind.OOM_KILL):  # fmt: skip
-            episode.causes.add(Cause.RESTART)
-        elif kind is PodEventKind.NOT_READY:
-            episode.causes.add(Cause.READINESS)
-
-    def _add_evidence(self, episode: Episode, evidence: Evidence) -> None:
-        key = f"{evidence.source}/{evidence.event}"
-        episode.counts[key] = episode.counts.get(key, 0) + 1
-        if len(episode.evidence) < self.settings.max_events:
-            episode.evidence.append(evidence)
-        else:
-            episode.evidence_dropped += 1
-
-    def _update_cause(self, episode: Episode) -> None:
-        lifecycle = [c for c in episode.causes if c in CAUSE_RANK]
-        if lifecycle:
-            episode.cause = min(lifecycle, key=CAUSE_RANK.__getitem__)
-            return
-        window = episode.attribution_window or (episode.opened_at, episode.closed_at or 1e18)
-        ranked = episode.pressure.ranked(self.settings.thresholds, *window)
-        pressure = any(c.signals for c in ranked)
-        episode.cause = Cause.RESOURCE_PRESSURE if pressure else Cause.UNEXPLAINED
+        join(episode, event, self.node, self.settings)
 
     # -- opening and closing -----------------------------------------------------------
 
@@ -358,23 +219,16 @@ class Correlator:
             held.interrupted_by = episode_id
             self._finish(view, held)
             changes.append(EpisodeChange(ChangeKind.INTERRUPTED, held))
-        latency = view.latency
-        primary = latency.primary()
-        impacts: dict[Source, LatencyImpact] = {}
-        for source in latency.timelines:
-            tail = latency.baseline(source, baseline_end)
-            if source is primary:
-                # Back to back episodes: the last baseline that could bound a p99.
-                if tail is not None and tail.p99.supported:
-                    latency.last_baseline = tail
-                elif latency.last_baseline is not None:
-                    tail = latency.last_baseline
-            impacts[source] = LatencyImpact(source, tail, self.settings.confidence)
+        impacts = {
+            source: LatencyImpact(source, tail, self.settings.confidence)
+            for source, tail in view.latency.baselines(baseline_end).items()
+        }
         episode = Episode(
             id=episode_id,
             service=view.ref,
             opened_at=at,
             latency=impacts,
+            confidence=self.settings.confidence,
             last_change=at,
             pods=set(view.local_pods),
         )
@@ -384,56 +238,29 @@ class Correlator:
         changes.append(EpisodeChange(ChangeKind.OPENED, episode))
         for held_event in view.preceding:
             if held_event.at >= at - self.settings.settle:
-                self._join(episode, held_event)
+                join(episode, held_event, self.node, self.settings)
         view.preceding.clear()
         return episode
 
     def _endpoints_settled(self, view: _ServiceView) -> bool:
         return all(e.ready and not e.terminating for e in view.endpoints.values())
 
-    def _slow_threshold(self, view: _ServiceView, episode: Episode) -> float | None:
-        """Baseline p99 x (1 + tolerance) of the headline: over it, a sample is slow."""
-        primary = view.latency.primary()
-        impact = episode.latency.get(primary) if primary is not None else None
-        if impact is None or impact.baseline is None or not impact.baseline.p99.supported:
-            return None
-        return impact.baseline.p99.value * self.settings.recovery_threshold_factor
-
     def _close(
         self, view: _ServiceView, episode: Episode, closed_at: float, changes: Changes
     ) -> None:
         s = self.settings
         episode.closed_at = closed_at
-        if episode.spike:
-            window = (episode.opened_at, closed_at)
-        elif episode.slow_from is not None and episode.slow_to is not None:
-            window = (episode.slow_from, episode.slow_to)
-        else:
-            window = (episode.opened_at, closed_at)
-        episode.attribution_window = window
+        window = episode.attribution_window = slow_interval(episode, closed_at)
         episode.attribution = episode.pressure.ranked(s.thresholds, *window)
-        self._update_cause(episode)
+        update_cause(episode, s.thresholds)
+        episode.impact = impact_of(episode, s)
+        threshold = episode.slow_threshold(s.recovery_threshold_factor)
         headline = episode.headline()
-        baseline = headline.baseline if headline is not None else None
-        during = headline.during_tail() if headline is not None else None
-        threshold = self._slow_threshold(view, episode)
-        if baseline is None or threshold is None or during is None:
-            episode.impact = Impact.UNKNOWN
-        else:
-            # Decided on what the samples show at least: the during p99's lower bound.
-            lower = during.p99.lower or 0.0
-            if lower >= baseline.p99.value * s.severe_ratio:
-                episode.impact = Impact.SEVERE
-            elif lower > threshold:
-                episode.impact = Impact.DEGRADED
-            else:
-                episode.impact = Impact.NONE
-        primary = view.latency.primary()
-        if threshold is None or primary is None:
+        if threshold is None or headline is None:
             episode.status = Status.NO_BASELINE
         else:
             episode.status = Status.RECOVERING
-            view.latency.start_recovery(primary, closed_at, threshold)
+            view.latency.start_recovery(headline.source, closed_at, threshold)
         changes.append(EpisodeChange(ChangeKind.CLOSED, episode))
 
     def _finish(self, view: _ServiceView, episode: Episode) -> None:
@@ -456,19 +283,9 @@ class Correlator:
     def _during(
         self, view: _ServiceView, source: Source, histogram: FineHistogram, now: float
     ) -> None:
-        """Samples taken while the episode is open: its latency, and its slow interval."""
         episode = view.episode
-        if episode is None or not episode.open:
-            return
-        impact = episode.latency.get(source)
-        if impact is None:
-            impact = episode.latency[source] = LatencyImpact(source, None, self.settings.confidence)
-        impact.during.merge(histogram)
-        if source is view.latency.primary():
-            threshold = self._slow_threshold(view, episode)
-            if threshold is not None and histogram.count_above(threshold):
-                episode.slow_from = now if episode.slow_from is None else episode.slow_from
-                episode.slow_to = now
+        if episode is not None and episode.open:
+            episode.add_during(source, histogram, now, self.settings.recovery_threshold_factor)
 
     def record_latency(self, ref: ServiceRef, source: Source, seconds: float, now: float) -> None:
         view = self.services.get(ref)
@@ -543,63 +360,51 @@ class Correlator:
         return changes
 
     def _detect_spike(self, view: _ServiceView, now: float, changes: Changes) -> None:
-        """A steady Service whose window's p99 is confidently over the spike threshold: an
-        episode from when the tail rose. The baseline is the one before the window."""
+        """A steady Service whose tail spiked: an episode from when the tail rose."""
         s = self.settings
         latency = view.latency
-        source = latency.primary()
-        if source is None:
+        spike = latency.spike(now)
+        if spike is None:
             return
-        end = now - s.recovery_window
-        baseline = latency.baseline(source, end)
-        if baseline is None or not baseline.p99.supported:
-            return
-        threshold = s.spike_threshold(baseline.p99.value)
-        if not spiking(*latency.totals(source, end, threshold), s):
-            return
-        counts = latency.counts(source, end, threshold)
-        rise = rose_at(counts)
-        assert rise is not None  # spiking: some slot has samples above
-        episode = self._open(view, rise.first, end, changes, spike=(now, threshold))
-        self._add_evidence(episode, Evidence(rise.first, "latency", "tail_spike"))
+        episode = self._open(
+            view, spike.rose, spike.baseline_end, changes, spike=(now, spike.threshold)
+        )
+        add_evidence(episode, Evidence(spike.rose, "latency", "tail_spike"), s.max_events)
         # The samples since the rise were recorded as steady: they are the episode's.
-        for src, impact in episode.latency.items():
-            impact.during.merge(latency.timelines[src].fine.merged(rise.first))
-        fell = fell_at(counts, s.confidence)
-        episode.last_change = max(episode.last_change, fell.last if fell else rise.last)
-        for delta in self.resources.recent(episode.pods, rise.first):
+        for source, impact in episode.latency.items():
+            impact.during.merge(latency.timelines[source].fine.merged(spike.rose))
+        episode.last_change = max(episode.last_change, spike.fell)
+        for delta in self.resources.recent(episode.pods, spike.rose):
             episode.pressure.add(delta)
-        self._update_cause(episode)
+        update_cause(episode, s.thresholds)
 
     def _maybe_close(
         self, view: _ServiceView, episode: Episode, now: float, changes: Changes
     ) -> None:
+        """Close once nothing changed for the settle time and every endpoint is ready (or
+        the episode is older than recovery_max). A spike closes at when its tail fell."""
         s = self.settings
-        lifecycle = any(c in CAUSE_RANK for c in episode.causes)
-        source = view.latency.primary()
-        if episode.spike and not lifecycle and source is not None:
+        spike = episode.spike and not any(c in CAUSE_RANK for c in episode.causes)
+        if spike:
             assert episode.spike_threshold is not None
-            counts = view.latency.counts(source, episode.opened_at, episode.spike_threshold)
-            fell = fell_at(counts, s.confidence)
-            if fell is not None:  # still up, or it fell at this slot
-                episode.last_change = max(episode.last_change, fell.last)
+            fell = view.latency.spike_fell(episode.opened_at, episode.spike_threshold)
+            if fell is not None:
+                episode.last_change = max(episode.last_change, fell)
         if now - episode.last_change < s.settle:
             return
         long_open = now - episode.opened_at >= s.recovery_max
         if not (self._endpoints_settled(view) or long_open):
             return
-        if episode.spike and not lifecycle and source is not None:
-            # A spike ends when its tail fell: what came after is not part of it.
-            closed_at = episode.last_change
-            for src, impact in episode.latency.items():
-                fine = view.latency.timelines[src].fine
-                after = fine.merged(math.nextafter(closed_at, math.inf))
-                # (not all of it the episode's, e.g. a source that joined late: keep it all)
-                with contextlib.suppress(ValueError):
-                    impact.during = impact.during.subtract(after)
-            self._close(view, episode, closed_at, changes)
-        else:
+        if not spike:
             self._close(view, episode, now, changes)
+            return
+        closed_at = episode.last_change
+        for source, impact in episode.latency.items():
+            # What came after the fall is not the spike's (kept whole if it is not all in
+            # `during`, e.g. a source that joined late).
+            with contextlib.suppress(ValueError):
+                impact.during = impact.during.subtract(view.latency.after(source, closed_at))
+        self._close(view, episode, closed_at, changes)
 
     def _judge_recovery(
         self, view: _ServiceView, episode: Episode, now: float, changes: Changes
@@ -642,18 +447,3 @@ class Correlator:
             "open": [e.as_json() for e in self.open_episodes()],
             "recent": [e.as_json() for e in self.closed_episodes()],
         }
-
-
-def _pod_key(endpoint: Endpoint) -> PodKey:
-    namespace, _, pod = endpoint.identity.partition("/")
-    return (namespace, pod or endpoint.pod)
-
-
-def _replica_sets_rolled(episode: Episode) -> bool:
-    """A new ReplicaSet of a Deployment arrived while an older one of it left."""
-    for added in episode.replica_sets_added:
-        deployment = added.rpartition("-")[0]
-        for leaving in episode.replica_sets_leaving:
-            if leaving != added and leaving.rpartition("-")[0] == deployment:
-                return True
-    return False

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from exporter.core.attribution import ContainerPressure, PodKey, Pressure, Thresholds
+from exporter.core.attribution import ContainerPressure, PodKey, Pressure
 from exporter.core.histogram import FineHistogram
 from exporter.core.quantiles import DEFAULT_CONFIDENCE, Estimate, Tail, tail_of
 from exporter.core.services import ServiceRef
@@ -80,78 +80,6 @@ class Source(StrEnum):
 
 
 HEADLINE_ORDER = (Source.SERVICE_PROBE, Source.ENDPOINT_PROBE, Source.CLIENT)
-
-
-@dataclass(frozen=True)
-class CorrelationSettings:
-    """The knobs of docs/correlation.md, each a setting of the agent (defaults there)."""
-
-    settle: float = 30.0
-    baseline: float = 300.0
-    recovery_window: float = 30.0
-    recovery_tolerance: float = 0.2
-    recovery_max: float = 600.0
-    spike_ratio: float = 2.0
-    #: A spike must also be this much slower than the baseline p99 (seconds): a p99 going
-    #: from 200 µs to 500 µs is noise, not an episode.
-    spike_min_increase: float = 0.002
-    #: Samples over the spike threshold a window needs, whatever the statistics allow.
-    spike_min_slow: int = 5
-    #: Samples the rolling window needs before a spike or a recovery is judged.
-    min_samples: int = 5
-    #: Confidence of the order-statistic bounds every decision is taken on.
-    confidence: float = DEFAULT_CONFIDENCE
-    severe_ratio: float = 3.0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    slots: int = 10
-    max_events: int = 200
-    max_recent: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("settle", "baseline", "recovery_window", "recovery_max"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.recovery_tolerance < 0:
-            raise ValueError("recovery_tolerance must not be negative")
-        if self.spike_ratio <= 1:
-            raise ValueError("spike_ratio must be above 1")
-        if self.baseline <= self.recovery_window:
-            raise ValueError("baseline must be longer than recovery_window")
-        if self.recovery_max < self.recovery_window:
-            raise ValueError("recovery_max must be at least recovery_window")
-        if self.recovery_tolerance >= self.spike_ratio - 1:
-            raise ValueError("recovery_tolerance must be below spike_ratio - 1")
-        if not 0.5 <= self.confidence < 1:
-            raise ValueError("confidence must be in [0.5, 1)")
-        if self.min_samples < 1 or self.spike_min_slow < 1 or self.spike_min_increase < 0:
-            raise ValueError("min_samples and spike_min_slow must be positive")
-
-    @property
-    def tick_interval(self) -> float:
-        """How often `tick` should run, and the width of the fine slots: often enough to see
-        the shortest window move, and to place a rise or a recovery to within a probe."""
-        return min(1.0, self.settle / 10, self.recovery_window / 10)
-
-    @property
-    def recovery_threshold_factor(self) -> float:
-        return 1 + self.recovery_tolerance
-
-    def spike_threshold(self, baseline_p99: float) -> float:
-        return max(baseline_p99 * self.spike_ratio, baseline_p99 + self.spike_min_increase)
-
-    def as_json(self) -> dict[str, float]:
-        return {
-            "settle_seconds": self.settle,
-            "baseline_seconds": self.baseline,
-            "recovery_window_seconds": self.recovery_window,
-            "recovery_tolerance": self.recovery_tolerance,
-            "recovery_max_seconds": self.recovery_max,
-            "spike_ratio": self.spike_ratio,
-            "spike_min_increase_seconds": self.spike_min_increase,
-            "spike_min_slow": self.spike_min_slow,
-            "window_min_samples": self.min_samples,
-            "confidence": self.confidence,
-        }
 
 
 def iso(at: float | None) -> str | None:
@@ -292,6 +220,7 @@ class Episode:
     service: ServiceRef
     opened_at: float
     latency: dict[Source, LatencyImpact]
+    confidence: float = DEFAULT_CONFIDENCE
     spike_detected_at: float | None = None  # set for an episode opened by a tail spike
     spike_threshold: float | None = None
     evidence: list[Evidence] = field(default_factory=list)
@@ -345,6 +274,29 @@ class Episode:
             if impact is not None and (impact.during.count or impact.baseline is not None):
                 return impact
         return None
+
+    def slow_threshold(self, factor: float) -> float | None:
+        """The headline baseline's p99 x `factor` (1 + the recovery tolerance): over it, a
+        sample is slow. None when the baseline cannot bound its p99."""
+        headline = self.headline()
+        baseline = headline.baseline if headline is not None else None
+        if baseline is None or not baseline.p99.supported:
+            return None
+        return baseline.p99.value * factor
+
+    def add_during(
+        self, source: Source, histogram: FineHistogram, now: float, factor: float
+    ) -> None:
+        """Samples taken at `now` while open: its latency, and its slow interval."""
+        impact = self.latency.get(source)
+        if impact is None:
+            impact = self.latency[source] = LatencyImpact(source, None, self.confidence)
+        impact.during.merge(histogram)
+        if impact is self.headline():
+            threshold = self.slow_threshold(factor)
+            if threshold is not None and histogram.count_above(threshold):
+                self.slow_from = now if self.slow_from is None else self.slow_from
+                self.slow_to = now
 
     def p99_ratio(self) -> float | None:
         headline = self.headline()

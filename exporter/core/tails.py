@@ -15,9 +15,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from exporter.core.episodes import HEADLINE_ORDER, CorrelationSettings, Source
+from exporter.core.episodes import HEADLINE_ORDER, Source
 from exporter.core.histogram import FineHistogram
 from exporter.core.quantiles import Tail, confidently_above, tail_of
+from exporter.core.rules import CorrelationSettings
 from exporter.core.windows import LatencyTimeline, SlotCount
 
 #: The tail every decision is about.
@@ -150,6 +151,17 @@ def _one(seconds: float, count: int = 1) -> FineHistogram:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Spike:
+    """A tail spike found in the rolling window: when it rose (and, so far, fell), its
+    threshold, and where the baseline it was judged against ended."""
+
+    rose: float
+    fell: float
+    threshold: float
+    baseline_end: float
+
+
 @dataclass
 class ServiceLatency:
     """The latency of one Service from each source: fine tracks, steady baselines, client
@@ -224,11 +236,56 @@ class ServiceLatency:
         self._baselines[source] = (key, tail)
         return tail
 
-    def counts(self, source: Source, start: float, threshold: float) -> list[SlotCount]:
-        return self.timelines[source].fine.counts(start, threshold)
+    def baselines(self, end: float) -> dict[Source, Tail | None]:
+        """The baseline of every source before `end`, for an episode opening then. Back to
+        back episodes: the headline takes the last baseline that could bound a p99."""
+        primary = self.primary()
+        out: dict[Source, Tail | None] = {}
+        for source in self.timelines:
+            tail = self.baseline(source, end)
+            if source is primary:
+                if tail is not None and tail.p99.supported:
+                    self.last_baseline = tail
+                elif self.last_baseline is not None:
+                    tail = self.last_baseline
+            out[source] = tail
+        return out
 
-    def totals(self, source: Source, start: float, threshold: float) -> tuple[int, int]:
-        return self.timelines[source].fine.totals(start, threshold)
+    def spike(self, now: float) -> Spike | None:
+        """Is the window's p99 confidently over the spike threshold of the baseline before
+        it (a baseline that bounds its p99)? Then when the tail rose, and fell so far."""
+        s = self.settings
+        source = self.primary()
+        if source is None:
+            return None
+        end = now - s.recovery_window
+        baseline = self.baseline(source, end)
+        if baseline is None or not baseline.p99.supported:
+            return None
+        threshold = s.spike_threshold(baseline.p99.value)
+        fine = self.timelines[source].fine
+        if not spiking(*fine.totals(end, threshold), s):
+            return None
+        counts = fine.counts(end, threshold)
+        rise = rose_at(counts)
+        assert rise is not None  # spiking: some slot has samples above
+        fell = fell_at(counts, s.confidence)
+        return Spike(rise.first, fell.last if fell else rise.last, threshold, end)
+
+    def spike_fell(self, since: float, threshold: float) -> float | None:
+        """The newest moment the tail was still over `threshold` since `since` (the change
+        point), None when nothing kept in the fine track says it was."""
+        source = self.primary()
+        if source is None:
+            return None
+        fell = fell_at(
+            self.timelines[source].fine.counts(since, threshold), self.settings.confidence
+        )
+        return None if fell is None else fell.last
+
+    def after(self, source: Source, moment: float) -> FineHistogram:
+        """The samples of `source` kept in the fine track after `moment`."""
+        return self.timelines[source].fine.merged(math.nextafter(moment, math.inf))
 
     def start_recovery(self, source: Source, since: float, threshold: float) -> None:
         """Track the headline against the recovery threshold from `since` (the close, which

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.agent import correlation_settings
-from exporter.core.episodes import CorrelationSettings
 from exporter.core.histogram import DEFAULT_CLASSIC_LAYOUT
+from exporter.core.rules import CorrelationSettings
 from exporter.core.units import parse_duration
 from exporter.demo import MAX_SPEED, demo_settings
 from exporter.settings import (

@@ -21,7 +21,8 @@ import pytest
 
 from exporter.core.correlation import Correlator
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
-from exporter.core.episodes import ChangeKind, CorrelationSettings, Source
+from exporter.core.episodes import ChangeKind, Source
+from exporter.core.rules import CorrelationSettings
 from exporter.core.services import ServiceRef
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 
 from exporter.core.correlation import Correlator
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
-from exporter.core.episodes import ChangeKind, CorrelationSettings, EpisodeChange, Source
+from exporter.core.episodes import ChangeKind, EpisodeChange, Source
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
+from exporter.core.rules import CorrelationSettings
 from exporter.core.services import ServiceRef
 
 NODE = "node-1"

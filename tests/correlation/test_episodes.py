@@ -6,15 +6,10 @@ from __future__ import annotations
 import pytest
 
 from exporter.core.endpoints import EndpointEventKind as E
-from exporter.core.episodes import (
-    ChangeKind,
-    CorrelationSettings,
-    Impact,
-    ServiceState,
-    Status,
-)
+from exporter.core.episodes import ChangeKind, Impact, ServiceState, Status
 from exporter.core.events import PodEventKind as P
 from exporter.core.events import Workload
+from exporter.core.rules import CorrelationSettings
 
 from .harness import CHECKOUT, SEARCH, World
 

@@ -6,13 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.core.endpoints import EndpointEventKind as E
-from exporter.core.episodes import (
-    LIFECYCLE_CAUSES,
-    ChangeKind,
-    CorrelationSettings,
-    Source,
-)
+from exporter.core.episodes import LIFECYCLE_CAUSES, ChangeKind, Source
 from exporter.core.events import PodEventKind as P
+from exporter.core.rules import CorrelationSettings
 
 from .harness import CHECKOUT, SEARCH, World
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.core.endpoints import EndpointEventKind as E
-from exporter.core.episodes import ChangeKind, CorrelationSettings, Status
+from exporter.core.episodes import ChangeKind, Status
+from exporter.core.rules import CorrelationSettings
 
 from .harness import Pressure, Reading, World
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.core.episodes import CorrelationSettings
+from exporter.core.rules import CorrelationSettings
 from exporter.core.windows import LatencyTimeline, SlotRing, kth_largest
 
 from .harness import World
