@@ -14,7 +14,11 @@ checkout, an OOM-killed db container, a sidecar CPU burst in recommend, and a dr
 node-3 that moves db-2 to node-1.
 
 `--speed` compresses time: the scenario's timings and the agent's windows are divided by
-it (latencies are not: a request still takes its milliseconds).
+it (latencies are not: a request still takes its milliseconds). Probes are not: every
+Service is probed every 100 ms (the shortest interval the annotation allows) at every
+speed, so a faster run gives each window fewer probes. Before the script starts, the demo
+waits until the agent's baseline of every Service can bound a p99 (a few hundred probes):
+an episode judged against a baseline that cannot says `no_baseline`, not a ratio.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ from exporter import __version__
 from exporter.agent import Agent
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.quantiles import DEFAULT_CONFIDENCE, quantile_name, samples_needed
+from exporter.core.services import MIN_INTERVAL, ServiceRef
+from exporter.core.tails import TAIL_Q
 from exporter.kube.config import load_connection
 from exporter.logs import configure_logging
 from exporter.server import ListenError
@@ -71,7 +78,27 @@ from exporter.simulator.shop import (
 from exporter.simulator.traffic import ClientTarget, ServiceClient
 
 DEFAULT_SPEED = 4.0
-MAX_SPEED = 50.0
+#: The agent's baseline window in scenario seconds (its default), divided by the speed like
+#: every other window.
+BASELINE_SECONDS = 300.0
+#: Probes a baseline must hold to bound a p99 at the agent's default confidence (299 at
+#: 0.95): with fewer, no episode can be judged against it.
+BASELINE_PROBES = samples_needed(TAIL_Q, DEFAULT_CONFIDENCE)
+#: Scenario seconds of steady probes in the tightest baseline of the script: db's when
+#: node-3 is drained. Its window, 11 slots of 30 s, also spans db's OOM-kill episode and
+#: that episode's recovery, about 80 s whose samples are not steady (runs at 8x and 7x
+#: measured 322 and 370 probes in it: 258 and 259 scenario seconds' worth).
+TIGHTEST_BASELINE_SECONDS = 250.0
+#: Headroom for probes a loaded machine sends late, and for a longer episode before it.
+BASELINE_HEADROOM = 1.1
+#: The fastest speed: the tightest baseline, divided by it, still holds BASELINE_HEADROOM
+#: times the probes a p99 bound needs, one every MIN_INTERVAL (7: 357 probes of 299).
+MAX_SPEED = float(
+    math.floor(TIGHTEST_BASELINE_SECONDS / (MIN_INTERVAL * BASELINE_PROBES * BASELINE_HEADROOM))
+)
+#: Real seconds the baselines may take before the script starts anyway: several times the
+#: BASELINE_PROBES x MIN_INTERVAL (30 s) they take on an idle machine.
+WARMUP_TIMEOUT = 120.0
 REPORT_NAME = "tailwatch-demo-report.json"
 #: After the script, up to this many scenario seconds for the last episodes to settle.
 TAIL_SECONDS = 60.0
@@ -126,13 +153,70 @@ def _parse_iso(text: str | None) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+@dataclass
+class Warmup:
+    """Before the script: how far the agent's baseline of each shop Service is from bounding
+    a p99 (docs/demo.md, *Before the script*)."""
+
+    needed: int  # probes a baseline needs to bound a p99 at the agent's confidence
+    probes: dict[str, int] = dataclasses.field(default_factory=dict)  # by Service, so far
+    supported: dict[str, bool] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # real seconds it took (or waited, when it timed out)
+    done: bool = False  # every baseline bounds a p99
+
+    def measure(self, agent: Agent) -> bool:
+        """Read every Service's baseline now; True once each can bound a p99."""
+        now = agent.clock()
+        for s in SHOP:
+            tail = agent.correlator.baseline_of(ServiceRef(NAMESPACE, s.name), now)
+            self.probes[s.name] = 0 if tail is None else tail.samples
+            self.supported[s.name] = tail is not None and tail.p99.supported
+        self.done = all(self.supported.get(s.name, False) for s in SHOP)
+        return self.done
+
+    def progress(self) -> str:
+        """`checkout 180/299, db 175/299, ... probes`: where each baseline is (✓: it
+        bounds a p99)."""
+        parts = [
+            f"{name} {n}/{self.needed}" + (" ✓" if self.supported.get(name) else "")
+            for name, n in self.probes.items()
+        ]
+        return (", ".join(parts) + " probes") if parts else "waiting for the first probes"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 1),
+            "baselines_supported": self.done,
+            "probes_needed": self.needed,
+            "probes": dict(self.probes),
+        }
+
+
+async def measure_baselines(
+    agent: Agent, warmup: Warmup, timeout: float, poll: float = 0.25
+) -> Warmup:
+    """Wait until the agent's baseline of every shop Service can bound a p99, at most
+    `timeout` real seconds; `warmup.done` says which it was."""
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
+    # Polled: the baselines grow with every probe, and nothing announces a probe.
+    while not warmup.measure(agent):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await asyncio.sleep(min(poll, left))
+    warmup.seconds = time.monotonic() - started
+    return warmup
+
+
 class LiveView:
-    """What the terminal shows while the scenario plays."""
+    """What the terminal shows while the scenario plays (and, before it, the warm-up)."""
 
     def __init__(self, clock: ScenarioClock, agent: Agent) -> None:
         self.clock = clock
         self.agent = agent
         self.events: list[SeenEvent] = []
+        self.warmup: Warmup | None = None  # shown until the script starts
         self.step = "steady state: the agent learns each Service's baseline"
         agent.listeners.append(self.on_pod_event)
         agent.endpoint_listeners.append(self.on_endpoint_event)
@@ -161,12 +245,21 @@ class LiveView:
         return episodes_of(self.agent)
 
     def render(self) -> Group:
-        header = Text.assemble(
-            (f"t+{self.clock.now():5.0f}s ", "bold"),
-            (f"(x{self.clock.speed:g}) ", "dim"),
-            ("▶ ", "bold"),
-            (self.step, "bold"),
-        )
+        if self.warmup is not None:
+            header = Text.assemble(
+                ("warm-up ", "bold"),
+                (f"(x{self.clock.speed:g}) ", "dim"),
+                ("▶ ", "bold"),
+                ("measuring baselines: ", "bold"),
+                (self.warmup.progress(), ""),
+            )
+        else:
+            header = Text.assemble(
+                (f"t+{self.clock.now():5.0f}s ", "bold"),
+                (f"(x{self.clock.speed:g}) ", "dim"),
+                ("▶ ", "bold"),
+                (self.step, "bold"),
+            )
         events = Table(title="lifecycle events seen by the agent on node-1", expand=True)
         for column, justify in (("t+s", "right"), ("source", "left"), ("event", "left"),
                                 ("pod / endpoint", "left"), ("detail", "left")):  # fmt: skip
@@ -259,9 +352,10 @@ def match_disruptions(
     doc: dict[str, Any],
     clock: ScenarioClock,
 ) -> list[dict[str, Any]]:
-    """Each disruption that ran, with the episode the agent opened for it: the first episode
-    of its Service opened after it began (less a second) and before the next disruption of
-    the same Service."""
+    """Each disruption that ran, with the episode the agent reported it in: the episode of its
+    Service still open when it began (its events join that one: a tail spike of a loaded
+    machine just before, say), else the first opened after it began (less a second) and
+    before the next disruption of the same Service."""
     episodes = _all_episodes(doc)
     out: list[dict[str, Any]] = []
     for d in disruptions:
@@ -287,7 +381,9 @@ def match_disruptions(
                 opened = _parse_iso(e.get("opened_at"))
                 if e["service"] != d.service or opened is None:
                     continue
-                if began - 1.0 / clock.speed <= opened < until:
+                closed = _parse_iso(e.get("closed_at"))
+                still_open = opened < began and (closed is None or closed >= began)
+                if still_open or began - 1.0 / clock.speed <= opened < until:
                     entry["episode"] = e["id"]
                     entry["detected_cause"] = e["cause"]
                     break
@@ -304,6 +400,7 @@ def build_report(
     seed: int,
     finished: float,
     cut_short: bool,
+    warmup: Warmup | None = None,
 ) -> dict[str, Any]:
     matched = match_disruptions(disruptions, started, doc, clock)
     ran = [m for m in matched if m["started_at"] is not None]
@@ -324,8 +421,10 @@ def build_report(
             "started_at": _iso(clock.t0_wall),
             "finished_at": _iso(finished),
             "cut_short": cut_short,
+            "warmup": None if warmup is None else warmup.as_json(),
             "note": "times in `episodes` are the agent's (real seconds); multiply durations "
-            "by `speed` for scenario time",
+            "by `speed` for scenario time; scenario times (`scheduled_t`) count from "
+            "`started_at`, the end of the warm-up",
         },
         "disruptions": matched,
         "unaffected_service": f"{NAMESPACE}/{UNAFFECTED}",
@@ -384,7 +483,7 @@ def demo_settings(
         "sample_interval": 1.0 / speed,
         "log_level": "warning",
         "episode_settle": 30.0 / speed,
-        "baseline_window": 300.0 / speed,
+        "baseline_window": BASELINE_SECONDS / speed,
         "recovery_window": 30.0 / speed,
         "recovery_tolerance": 0.2,
         "recovery_max": 600.0 / speed,
@@ -413,6 +512,7 @@ class DemoOptions:
     port: int = DEFAULT_PORT  # of pods and Services; 0 picks a free one
     client_rate: float = 5.0  # requests/s to each Service
     live: bool = True
+    warmup_timeout: float = WARMUP_TIMEOUT  # real seconds; then the script starts anyway
 
 
 async def _wait_agent_ready(agent: Agent, task: asyncio.Task[None], timeout: float = 20.0) -> None:
@@ -430,6 +530,58 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _warmup_failed(warmup: Warmup, *, budget_spent: bool) -> str:
+    """What a user should know when the script starts before every baseline could bound a
+    p99: which Services, and what that does to their episodes."""
+    short = [name for name, ok in warmup.supported.items() if not ok] or [s.name for s in SHOP]
+    why = "--duration left no more time" if budget_spent else "the time allowed for it is over"
+    return (
+        f"[bold yellow]baselines not measured[/] after {warmup.seconds:.0f} s ({why}): "
+        f"{warmup.progress()}. The agent cannot bound the {quantile_name(TAIL_Q)} of "
+        f"{', '.join(short)} yet, so their episodes will close [bold]no_baseline[/] (impact "
+        f"unknown, recovery not judged) until they can. The script starts anyway."
+    )
+
+
+def _warmup_summary(warmup: Warmup) -> str:
+    if warmup.done:
+        return (
+            f"[dim]Before the script, {warmup.seconds:.0f} s of steady traffic gave every "
+            f"Service's baseline the {warmup.needed} probes that bound its "
+            f"{quantile_name(TAIL_Q)}.[/]"
+        )
+    return (
+        f"[yellow]The script started after {warmup.seconds:.0f} s without every baseline "
+        f"able to bound a {quantile_name(TAIL_Q)} ({warmup.progress()}).[/]"
+    )
+
+
+def speed_for(duration: float) -> float:
+    """The speed that fits the warm-up, the script and its tail into `duration` real
+    seconds, within [1, MAX_SPEED] (at MAX_SPEED a shorter run is cut short)."""
+    warmup = BASELINE_PROBES * MIN_INTERVAL  # real seconds, whatever the speed
+    # The warm-up also waits for the baseline slot it is in to end: 30 scenario seconds.
+    scenario = SCRIPT_SECONDS + TAIL_SECONDS + BASELINE_SECONDS / 10
+    if duration <= warmup:
+        return MAX_SPEED
+    return min(MAX_SPEED, max(1.0, scenario / (duration - warmup)))
+
+
+def speed_refused(speed: float) -> str | None:
+    """Why `speed` is refused, or None when the demo takes it."""
+    if 0 < speed <= MAX_SPEED:
+        return None
+    probes = TIGHTEST_BASELINE_SECONDS / MIN_INTERVAL
+    return (
+        f"--speed must be above 0 and at most {MAX_SPEED:g}. The agent's windows are divided "
+        f"by the speed and each Service is probed every {MIN_INTERVAL * 1000:g} ms, so at "
+        f"speed X the script's tightest baseline (db's before the drain) holds about "
+        f"{probes:g}/X probes; a {quantile_name(TAIL_Q)} needs {BASELINE_PROBES} to be bounded "
+        f"at {DEFAULT_CONFIDENCE:.0%} confidence, and the agent judges no "
+        f"episode against a baseline with fewer (it ends no_baseline)."
+    )
 
 
 def _settled(doc: dict[str, Any]) -> bool:
@@ -516,53 +668,80 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
             gc.collect()
             gc.freeze()
             stack.callback(gc.unfreeze)
-            # Scenario time starts now: the agent's baseline begins with the steady state.
-            clock.restart()
+            began = time.monotonic()
+            budget = math.inf if options.duration is None else options.duration
+            warmup = Warmup(samples_needed(TAIL_Q, agent.correlator.settings.confidence))
+            view.warmup = warmup
+            console.print(
+                f"First the agent measures each Service's baseline until it can bound a "
+                f"{quantile_name(TAIL_Q)}: {warmup.needed} probes, one every "
+                f"{MIN_INTERVAL * 1000:g} ms (about {warmup.needed * MIN_INTERVAL:.0f} s). Then "
+                f"the script starts at t+0."
+            )
             scenario = Scenario(demo)
             disruptions = scenario.disruptions()
-            deadline = math.inf if options.duration is None else options.duration * speed
             cut_short = False
             steps: list[asyncio.Task[None]] = []
-
-            async def play(d: Disruption) -> None:
-                await clock.until(d.at)
-                scenario.started[d.kind] = time.time()
-                view.step = f"{d.kind}: {d.description}"
-                await d.act()
-
-            for d in disruptions:
-                if d.at < deadline:
-                    steps.append(asyncio.create_task(play(d), name=d.kind))
-                else:
-                    cut_short = True
             stack.push_async_callback(_cancel, steps)
 
             changed = asyncio.Event()  # an episode changed
             if hasattr(agent, "episode_listeners"):
                 agent.episode_listeners.append(lambda change: changed.set())
 
-            async def scripted() -> None:
-                await asyncio.gather(*steps)
-                await clock.until(min(SCRIPT_SECONDS, deadline))
-                view.step = "the script is over: waiting for the last episodes to settle"
-                end = min(SCRIPT_SECONDS + TAIL_SECONDS, deadline)
-                while clock.now() < end and not _settled(episodes_of(agent)):
-                    changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), (end - clock.now()) / speed)
-
             with Live(
                 view.render(), console=console, refresh_per_second=4, transient=False,
                 auto_refresh=False,
             ) if options.live else contextlib.nullcontext() as live:  # fmt: skip
-                script = asyncio.create_task(scripted())
-                while not script.done():
+
+                async def shown(task: asyncio.Task[Any]) -> Any:
+                    """The task's result, the live view refreshed while it runs."""
+                    while not task.done():
+                        if live is not None:
+                            live.update(view.render(), refresh=True)
+                        await asyncio.wait({task}, timeout=0.5)
                     if live is not None:
                         live.update(view.render(), refresh=True)
-                    await asyncio.wait({script}, timeout=0.5)
-                await script
-                if live is not None:
-                    live.update(view.render(), refresh=True)
+                    return await task
+
+                # Before the script: every Service's baseline must bound a p99, or no
+                # episode of it could be judged (the steady state of the script adds to it).
+                await shown(
+                    asyncio.create_task(
+                        measure_baselines(agent, warmup, min(options.warmup_timeout, budget))
+                    )
+                )
+                view.warmup = None
+                if not warmup.done:
+                    console.print(
+                        _warmup_failed(warmup, budget_spent=budget < options.warmup_timeout)
+                    )
+                # Scenario time starts now: the script's times count from here.
+                clock.restart()
+                deadline = (budget - (time.monotonic() - began)) * speed
+
+                async def play(d: Disruption) -> None:
+                    await clock.until(d.at)
+                    scenario.started[d.kind] = time.time()
+                    view.step = f"{d.kind}: {d.description}"
+                    await d.act()
+
+                for d in disruptions:
+                    if d.at < deadline:
+                        steps.append(asyncio.create_task(play(d), name=d.kind))
+                    else:
+                        cut_short = True
+
+                async def scripted() -> None:
+                    await asyncio.gather(*steps)
+                    await clock.until(min(SCRIPT_SECONDS, deadline))
+                    view.step = "the script is over: waiting for the last episodes to settle"
+                    end = min(SCRIPT_SECONDS + TAIL_SECONDS, deadline)
+                    while clock.now() < end and not _settled(episodes_of(agent)):
+                        changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), (end - clock.now()) / speed)
+
+                await shown(asyncio.create_task(scripted()))
             if clock.now() >= deadline:
                 cut_short = True
 
@@ -575,6 +754,7 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
                 seed=options.seed,
                 finished=time.time(),
                 cut_short=cut_short,
+                warmup=warmup,
             )
             path = options.report or default_report_path()
             path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
@@ -587,6 +767,7 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
             )
             for e in _all_episodes(doc):
                 console.print(f"[bold]{e['id']}[/]: {e.get('summary', '')}")
+            console.print(_warmup_summary(warmup))
             console.print(
                 f"report written to [bold]{path}[/]"
                 + ("" if options.report else " (default location; --report FILE to change)")
@@ -612,12 +793,14 @@ def run_demo(
     report: str | None = None,
 ) -> int:
     """`tailwatch demo`: returns the exit status."""
+    if duration is not None and not duration > 0:
+        print("tailwatch demo: --duration must be a number of seconds above 0")
+        return 2
     if speed is None:
-        speed = DEFAULT_SPEED
-        if duration is not None:  # fit the script and its tail into the duration
-            speed = max(1.0, (SCRIPT_SECONDS + TAIL_SECONDS) / duration)
-    if not 0 < speed <= MAX_SPEED:
-        print(f"tailwatch demo: --speed must be above 0 and at most {MAX_SPEED:g}")
+        speed = DEFAULT_SPEED if duration is None else speed_for(duration)
+    refused = speed_refused(speed)
+    if refused is not None:
+        print(f"tailwatch demo: {refused}")
         return 2
     try:
         parse_listen(listen)

@@ -135,7 +135,7 @@ async def test_a_failing_correlation_tick_does_not_stop_the_loop(
 
 
 def opened(service: ServiceRef) -> EpisodeChange:
-    episode = Episode(id=service.name, service=service, opened_at=1.0, spike=False, latency={})
+    episode = Episode(id=service.name, service=service, opened_at=1.0, latency={})
     return EpisodeChange(ChangeKind.OPENED, episode)
 
 
