@@ -298,14 +298,16 @@ EPISODES = Family(
 EPISODE_P99_RATIO = Family(
     "tailwatch_episode_p99_ratio",
     Kind.HISTOGRAM,
-    "p99 latency during an episode divided by the steady baseline p99 before it.",
+    "p99 latency during an episode divided by the steady baseline p99 before it (its lower "
+    "bound when the episode's samples cannot bound its p99).",
     (*SERVICE, "cause"),
     (1, 1.2, 1.5, 2, 3, 5, 10, 20, 50, 100),
 )
 EPISODE_RECOVERY = Family(
     "tailwatch_episode_recovery_seconds",
     Kind.HISTOGRAM,
-    "Time from an episode's close until the rolling p99 was back within tolerance of the baseline.",
+    "Time from an episode's close until latency really returned within tolerance of the "
+    "baseline p99 (observed once a recovery window confirms it).",
     (*SERVICE, "cause"),
     (1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
