@@ -338,8 +338,11 @@ class Agent:
         t = result.target
         source = Source.SERVICE_PROBE if t.target == "service" else Source.ENDPOINT_PROBE
         with self.metrics.guard("the probe result sink"):
+            # At its intended start: latency is measured from then, and a slow answer's
+            # slowness began then (a 1 s probe ending now says nothing about now).
+            started = self.clock() - result.latency
             self.correlator.record_latency(
-                ServiceRef(t.namespace, t.service), source, result.latency, self.clock()
+                ServiceRef(t.namespace, t.service), source, result.latency, started
             )
 
     def _episode_changes(self, changes: list[EpisodeChange]) -> None:

@@ -387,9 +387,11 @@ class Correlator:
         spike = episode.spike and not any(c in CAUSE_RANK for c in episode.causes)
         if spike:
             assert episode.spike_threshold is not None
+            # When it fell, from what is known now: a stray slow sample just after the spike
+            # is confidently slow only until the samples after it say otherwise.
             fell = view.latency.spike_fell(episode.opened_at, episode.spike_threshold)
             if fell is not None:
-                episode.last_change = max(episode.last_change, fell)
+                episode.last_change = fell
         if now - episode.last_change < s.settle:
             return
         long_open = now - episode.opened_at >= s.recovery_max

@@ -90,12 +90,14 @@ def fell_at(counts: Sequence[SlotCount], confidence: float) -> SlotCount | None:
     return best
 
 
-def spiking(n: int, k: int, settings: CorrelationSettings) -> bool:
-    """With k of a window's n samples over the threshold: is its p99 confidently above it,
-    with enough samples over it?"""
+def spiking(n: int, k: int, ticks: int, settings: CorrelationSettings) -> bool:
+    """With k of a window's n samples over the threshold, in `ticks` distinct slots: is its
+    p99 confidently above it, in enough distinct moments? (Slow samples bunched in one
+    moment, a pause that slowed several probes in a row, count once: they are not
+    independent.)"""
     return (
         n >= settings.min_samples
-        and k >= settings.spike_min_slow
+        and ticks >= settings.spike_min_slow
         and confidently_above(n, k, TAIL_Q, settings.confidence)
     )
 
@@ -116,11 +118,13 @@ class RecoveryTrack:
         above = histogram.count_above(self.threshold)
         last_above = now if above else -math.inf
         held = self.slots[-1] if self.slots else None
-        if held is not None and math.floor(held.first / self.width) == math.floor(now / self.width):
+        # A sample stamped before the newest slot (a slow probe, stamped at its start) joins
+        # it: slots stay in time order.
+        if held is not None and math.floor(now / self.width) <= math.floor(held.last / self.width):
             self.slots[-1] = SlotCount(
                 held.samples + histogram.count,
                 held.above + above,
-                held.first,
+                min(held.first, now),
                 max(held.last, now),
                 max(held.last_above, last_above),
             )

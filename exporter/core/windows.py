@@ -140,16 +140,18 @@ class FineTrack:
             out.merge(slot.histogram)
         return out
 
-    def totals(self, start: float, threshold: float) -> tuple[int, int]:
-        """Samples since `start`, and how many of them are over `threshold` (the per-tick
-        question, answered without looking inside slots that hold nothing over it)."""
-        samples = above = 0
+    def totals(self, start: float, threshold: float) -> tuple[int, int, int]:
+        """Samples since `start`, how many of them are over `threshold`, and in how many
+        slots (the per-tick question, answered without looking inside slots that hold
+        nothing over it)."""
+        samples = above = slots = 0
         for s in self._slots:
             if s.last >= start:
                 samples += s.histogram.count
-                if s.largest > threshold:
-                    above += s.histogram.count_above(threshold)
-        return samples, above
+                if s.largest > threshold and (n := s.histogram.count_above(threshold)):
+                    above += n
+                    slots += 1
+        return samples, above, slots
 
     def counts(self, start: float, threshold: float) -> list[SlotCount]:
         return [

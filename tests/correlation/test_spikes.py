@@ -79,12 +79,14 @@ def test_sidecar_cpu_burst_is_resource_pressure_attributed_to_the_sidecar() -> N
     top = episode.attribution[0]
     assert (top.pod, top.container, top.sidecar) == ("checkout-a", "proxy", True)
     assert "sidecar_cpu" in top.signals and "cpu_throttling" in top.signals
-    # Over the whole episode (the burst, then calm until it settled) against 0.2 usually.
-    assert top.steady_pod_cpu_share == pytest.approx(0.2, rel=0.05)
+    # Over the burst against 0.2 usually.
+    # (the usual share moves a little in the seconds before the spike is detected)
+    assert top.steady_pod_cpu_share == pytest.approx(0.2, rel=0.1)
     assert top.pod_cpu_share is not None and top.pod_cpu_share > 0.5
     app = next(a for a in episode.attribution if a.container == "app")
     assert app.pod == "checkout-a" and app.signals == ("cpu_pressure",)
-    assert app.psi_cpu_some is not None and 0.1 <= app.psi_cpu_some < 0.3  # averaged over it
+    # Over the burst itself, not averaged with the calm settle time after it.
+    assert app.psi_cpu_some == pytest.approx(0.3, abs=0.02)
     assert episode.status is Status.RECOVERED
     assert "strongest pressure: checkout-a/proxy" in episode.summary()
 
