@@ -419,8 +419,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "spike-min-slow",
-        "samples of the rolling window over the spike threshold a tail spike needs at least "
-        "(5 keeps steady heavy-tailed traffic under one false episode a day)",
+        "distinct ticks (seconds) of the rolling window with samples over the spike threshold "
+        "a tail spike needs (5 keeps steady heavy-tailed traffic under one false episode a day)",
         parse_positive_int,
         "5",
     ),

@@ -68,6 +68,14 @@ class CorrelationSettings:
         return min(1.0, self.settle / 10, self.recovery_window / 10)
 
     @property
+    def spike_confidence(self) -> float:
+        """The confidence a spike is opened at: every tick tests a window, so one window's
+        span holds recovery_window / tick_interval tests of much the same samples; each is
+        held to that many times less error (a Bonferroni correction), so that steady
+        traffic opens no spike at any probe rate."""
+        return 1 - (1 - self.confidence) * self.tick_interval / self.recovery_window
+
+    @property
     def recovery_threshold_factor(self) -> float:
         return 1 + self.recovery_tolerance
 

@@ -98,7 +98,7 @@ def spiking(n: int, k: int, ticks: int, settings: CorrelationSettings) -> bool:
     return (
         n >= settings.min_samples
         and ticks >= settings.spike_min_slow
-        and confidently_above(n, k, TAIL_Q, settings.confidence)
+        and confidently_above(n, k, TAIL_Q, settings.spike_confidence)
     )
 
 
