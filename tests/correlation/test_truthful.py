@@ -11,7 +11,7 @@ from exporter.core.histogram import RELATIVE_ACCURACY
 from exporter.core.rules import CorrelationSettings
 
 from .harness import CHECKOUT, T0, World
-from .test_spikes import SIDECARS, STEADY_CPU, Node
+from .test_spikes import SIDECARS, STEADY_CPU, world
 
 
 def steady(seconds: float = 300, **settings: float) -> World:
@@ -95,12 +95,7 @@ def test_a_baseline_that_cannot_bound_a_p99_decides_nothing() -> None:
 def test_pressure_is_measured_over_the_slow_interval_with_its_peak() -> None:
     """A container throttled in 90% of its periods during a 10 s burst is reported at 90%,
     not averaged over the settle time after it."""
-    w = World(CorrelationSettings())
-    w.seed("checkout-a", "checkout-b")
-    node = Node()
-    for _ in range(300):
-        w.run(1)
-        w.observe(node.advance(STEADY_CPU), SIDECARS)
+    w, node = world()
     start = w.now
     for _ in range(10):
         w.run(1, 0.060)
