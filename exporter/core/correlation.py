@@ -348,6 +348,7 @@ class Correlator:
         changes: Changes = []
         for view in list(self.services.values()):
             self._flush(view, now)
+            view.latency.advance(now)
             episode = view.episode
             if episode is None:
                 self._detect_spike(view, now, changes)
@@ -357,6 +358,7 @@ class Correlator:
                 self._judge_recovery(view, episode, now, changes)
             else:  # closed without a baseline: nothing to wait for
                 self._finish(view, episode)
+                changes.append(EpisodeChange(ChangeKind.NO_BASELINE, episode))
         return changes
 
     def _detect_spike(self, view: _ServiceView, now: float, changes: Changes) -> None:
@@ -395,8 +397,8 @@ class Correlator:
         if now - episode.last_change < s.settle:
             return
         long_open = now - episode.opened_at >= s.recovery_max
-        if not (self._endpoints_settled(view) or long_open):
-            return
+        if not (spike or self._endpoints_settled(view) or long_open):
+            return  # (a spike is about latency: a replica not ready does not hold it open)
         if not spike:
             self._close(view, episode, now, changes)
             return

@@ -56,6 +56,13 @@ def _upper_edge(index: int) -> float:
     return math.exp2(index / _PER_DOUBLING)
 
 
+def representative(seconds: float) -> float:
+    """The value a recorded `seconds` reads back as (its bucket's representative)."""
+    if seconds > MIN_TRACKED:
+        return float(_upper_edge(native_index(seconds)) * _REPRESENTATIVE_FACTOR)
+    return 0.0
+
+
 def _positions_at_or_below(x: float, lower: float, width: float, count: int) -> int:
     """How many of the `count` evenly placed positions of `record_range` are ≤ x.
 

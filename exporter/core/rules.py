@@ -244,9 +244,13 @@ def _replica_sets_rolled(episode: Episode) -> bool:
 
 def slow_interval(episode: Episode, closed_at: float) -> tuple[float, float]:
     """What attribution is measured over: a spike from when it rose to when it fell; a
-    lifecycle episode from its first to its last slow headline sample, else all of it."""
-    if not episode.spike and episode.slow_from is not None and episode.slow_to is not None:
-        return episode.slow_from, episode.slow_to
+    lifecycle episode from its first to its last slow headline sample (from the rise, when
+    a spike began it), else all of it."""
+    if episode.spike and not any(c in CAUSE_RANK for c in episode.causes):
+        return episode.opened_at, closed_at
+    start = episode.opened_at if episode.spike else episode.slow_from
+    if start is not None and episode.slow_to is not None:
+        return start, episode.slow_to
     return episode.opened_at, closed_at
 
 

@@ -107,6 +107,7 @@ class RecoveryTrack:
     """The headline samples since an episode closed, per fine slot, against the recovery
     threshold (baseline p99 x (1 + tolerance)). Bounded: recovery_max / slot width slots."""
 
+    source: Source
     since: float
     threshold: float
     width: float
@@ -195,13 +196,18 @@ class ServiceLatency:
         if timeline is None:
             s = self.settings
             timeline = self.timelines[source] = LatencyTimeline(
-                s.recovery_window + s.settle + s.tick_interval, s.tick_interval, s.baseline, s.slots
+                s.recovery_window + s.settle + s.tick_interval,
+                s.tick_interval,
+                s.baseline,
+                s.slots,
+                hold=s.recovery_window,
             )
+
         return timeline
 
     def record(self, source: Source, seconds: float, now: float, steady: bool) -> None:
         self.timeline(source).record(now, seconds, steady)
-        if self.recovery is not None and source is self.primary():
+        if self.recovery is not None and source is self.recovery.source:
             self.recovery.add(now, _one(seconds))
 
     def add_ranges(self, source: Source, ranges: Iterable[tuple[float, float, int]]) -> None:
@@ -218,7 +224,7 @@ class ServiceLatency:
             for (lower, upper), count in pending.items():
                 histogram.record_range(lower, upper, count)
             self.timeline(source).merge(now, histogram, steady)
-            if self.recovery is not None and source is self.primary():
+            if self.recovery is not None and source is self.recovery.source:
                 self.recovery.add(now, histogram)
             flushed[source] = histogram
         self.pending = {}
@@ -232,13 +238,18 @@ class ServiceLatency:
         window = min(self.settings.baseline, end - self.baseline_from)
         if timeline is None or window <= 0:
             return None
-        key = (timeline.baseline.span_key(end, window), self.baseline_from)
+        key = (timeline.baseline_version(end, window), self.baseline_from)
         held = self._baselines.get(source)
         if held is not None and held[0] == key:
             return held[1]
         tail = tail_of(timeline.steady_before(end, window), self.settings.confidence)
         self._baselines[source] = (key, tail)
         return tail
+
+    def advance(self, now: float) -> None:
+        """Steady samples that left the rolling window join the baselines."""
+        for timeline in self.timelines.values():
+            timeline.advance(now)
 
     def baselines(self, end: float) -> dict[Source, Tail | None]:
         """The baseline of every source before `end`, for an episode opening then. Back to
@@ -268,12 +279,16 @@ class ServiceLatency:
             return None
         threshold = s.spike_threshold(baseline.p99.value)
         fine = self.timelines[source].fine
-        if not spiking(*fine.totals(end, threshold), s):
+        # Only what was taken while steady: an episode's own samples are not a new spike.
+        if not spiking(*fine.totals(end, threshold, steady_only=True), s):
             return None
-        counts = fine.counts(end, threshold)
+        counts = fine.counts(end, threshold, steady_only=True)
         rise = rose_at(counts)
         assert rise is not None  # spiking: some slot has samples above
         fell = fell_at(counts, s.confidence)
+        # What came since the rise is the spike's, never a baseline.
+        for timeline in self.timelines.values():
+            timeline.unsteady_since(rise.first)
         return Spike(rise.first, fell.last if fell else rise.last, threshold, end)
 
     def spike_fell(self, since: float, threshold: float) -> float | None:
@@ -294,7 +309,7 @@ class ServiceLatency:
     def start_recovery(self, source: Source, since: float, threshold: float) -> None:
         """Track the headline against the recovery threshold from `since` (the close, which
         for a spike is when its tail fell: the fine track already holds what came after)."""
-        track = RecoveryTrack(since, threshold, self.settings.tick_interval)
+        track = RecoveryTrack(source, since, threshold, self.settings.tick_interval)
         for slot in self.timelines[source].fine.slots(math.nextafter(since, math.inf)):
             track.add(slot.last, slot.histogram)
         self.recovery = track

@@ -13,7 +13,14 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from exporter.core.histogram import FineHistogram
+from exporter.core.histogram import FineHistogram, representative
+
+
+@dataclass(slots=True)
+class _RingSlot:
+    index: int
+    histogram: FineHistogram = field(default_factory=FineHistogram)
+    writes: int = 0  # what a cached read of it can compare
 
 
 class SlotRing:
@@ -30,39 +37,41 @@ class SlotRing:
             raise ValueError("a slot ring needs a positive span and at least one slot")
         self.slot = span / slots
         self.slots = slots
-        self._ring: deque[tuple[int, FineHistogram]] = deque()
+        self._ring: deque[_RingSlot] = deque()
 
-    def _current(self, now: float) -> FineHistogram:
+    def _current(self, now: float) -> _RingSlot:
         index = math.floor(now / self.slot)
         ring = self._ring
-        if ring and ring[-1][0] >= index:  # a clock step back lands in the newest slot
-            return ring[-1][1]
-        ring.append((index, FineHistogram()))
-        while len(ring) > self.slots + 1 or ring[0][0] <= index - self.slots - 1:
-            ring.popleft()
-        return ring[-1][1]
+        if not ring or ring[-1].index < index:
+            ring.append(_RingSlot(index))
+            while len(ring) > self.slots + 1 or ring[0].index <= index - self.slots - 1:
+                ring.popleft()
+        held = ring[-1]  # a clock step back lands in the newest slot
+        held.writes += 1
+        return held
 
     def record(self, now: float, seconds: float, count: int = 1) -> None:
-        self._current(now).record(seconds, count)
+        self._current(now).histogram.record(seconds, count)
 
     def merge(self, now: float, histogram: FineHistogram) -> None:
-        self._current(now).merge(histogram)
+        self._current(now).histogram.merge(histogram)
 
     def merged(self, start: float, end: float) -> FineHistogram:
         first, last = self._span(start, end)
         out = FineHistogram()
-        for index, histogram in self._ring:
-            if first <= index <= last:
-                out.merge(histogram)
+        for held in self._ring:
+            if first <= held.index <= last:
+                out.merge(held.histogram)
         return out
 
     def _span(self, start: float, end: float) -> tuple[int, int]:
         return math.floor(start / self.slot), math.floor(end / self.slot)
 
-    def span_key(self, end: float, window: float) -> tuple[int, int]:
-        """The slots `LatencyTimeline.steady_before(end, window)` reads: equal keys, equal
-        baselines (slots that ended never change)."""
-        return self._span(end - self.slot - window, end - self.slot)
+    def version(self, start: float, end: float) -> tuple[tuple[int, int], ...]:
+        """What `merged(start, end)` reads, slot by slot with its writes: equal versions,
+        equal histograms."""
+        first, last = self._span(start, end)
+        return tuple((h.index, h.writes) for h in self._ring if first <= h.index <= last)
 
     def __len__(self) -> int:
         return len(self._ring)
@@ -78,6 +87,8 @@ class FineSlot:
     first: float = math.inf
     last: float = -math.inf
     largest: float = -math.inf  # the largest value: most slots have nothing over a threshold
+    steady: bool = True  # every sample taken while its Service was steady, and no spike's
+    promoted: bool = False  # handed to the baseline ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,20 +126,22 @@ class FineTrack:
                 slots.popleft()
         return slots[-1]  # a clock step back lands in the newest slot
 
-    def record(self, now: float, seconds: float, count: int = 1) -> None:
+    def record(self, now: float, seconds: float, count: int = 1, steady: bool = True) -> None:
         slot = self._current(now)
         slot.histogram.record(seconds, count)
         slot.first = min(slot.first, now)
         slot.last = max(slot.last, now)
-        slot.largest = max(slot.largest, seconds)
+        slot.largest = max(slot.largest, representative(seconds))
+        slot.steady = slot.steady and steady
 
-    def merge(self, now: float, histogram: FineHistogram) -> None:
+    def merge(self, now: float, histogram: FineHistogram, steady: bool = True) -> None:
         if histogram.count:
             slot = self._current(now)
             slot.histogram.merge(histogram)
             slot.first = min(slot.first, now)
             slot.last = max(slot.last, now)
             slot.largest = max(slot.largest, histogram.largest() or 0.0)
+            slot.steady = slot.steady and steady
 
     def slots(self, start: float, end: float = math.inf) -> list[FineSlot]:
         """The slots with a sample in [start, end], oldest first."""
@@ -140,20 +153,22 @@ class FineTrack:
             out.merge(slot.histogram)
         return out
 
-    def totals(self, start: float, threshold: float) -> tuple[int, int, int]:
+    def totals(
+        self, start: float, threshold: float, steady_only: bool = False
+    ) -> tuple[int, int, int]:
         """Samples since `start`, how many of them are over `threshold`, and in how many
         slots (the per-tick question, answered without looking inside slots that hold
-        nothing over it)."""
+        nothing over it). `steady_only`: leave out slots taken during an episode."""
         samples = above = slots = 0
         for s in self._slots:
-            if s.last >= start:
+            if s.last >= start and (s.steady or not steady_only):
                 samples += s.histogram.count
                 if s.largest > threshold and (n := s.histogram.count_above(threshold)):
                     above += n
                     slots += 1
         return samples, above, slots
 
-    def counts(self, start: float, threshold: float) -> list[SlotCount]:
+    def counts(self, start: float, threshold: float, steady_only: bool = False) -> list[SlotCount]:
         return [
             SlotCount(
                 s.histogram.count,
@@ -162,6 +177,7 @@ class FineTrack:
                 s.last,
             )
             for s in self.slots(start)
+            if s.steady or not steady_only
         ]
 
 
@@ -176,28 +192,49 @@ def kth_largest(histogram: FineHistogram, k: int) -> float | None:
 class LatencyTimeline:
     """One latency source of one Service: the fine track of recent samples (spikes,
     recovery, the spike's own window) and the baseline ring (steady samples only, so that
-    the baseline never includes a disruption). The ring reaches back the baseline window
-    past the rolling window, and one of its slots more: the baseline of a window being
-    judged is the full baseline window before it."""
+    the baseline never includes a disruption). A fine slot reaches the ring only once it has
+    left the rolling window (`hold`) steady: by then the window it was in has been judged,
+    and a spike detected in it has marked it unsteady. The ring reaches back the baseline
+    window past the rolling window, and one of its slots more: the baseline of a window
+    being judged is the full baseline window before it."""
 
-    __slots__ = ("baseline", "fine")
+    __slots__ = ("baseline", "fine", "hold")
 
-    def __init__(self, fine_span: float, width: float, baseline_span: float, slots: int) -> None:
+    def __init__(
+        self, fine_span: float, width: float, baseline_span: float, slots: int, hold: float
+    ) -> None:
+        if hold >= fine_span:
+            raise ValueError("the fine track must outlast the hold")
         self.fine = FineTrack(fine_span, width)
+        self.hold = hold
         slot = baseline_span / slots
         ring_slots = slots + math.ceil(fine_span / slot) + 1
         self.baseline = SlotRing(slot * ring_slots, ring_slots)
 
     def record(self, now: float, seconds: float, steady: bool) -> None:
-        self.fine.record(now, seconds)
-        if steady:
-            self.baseline.record(now, seconds)
+        self.advance(now)
+        self.fine.record(now, seconds, steady=steady)
 
     def merge(self, now: float, histogram: FineHistogram, steady: bool) -> None:
         """Values recorded elsewhere first (a tick's worth of client histograms)."""
-        self.fine.merge(now, histogram)
-        if steady:
-            self.baseline.merge(now, histogram)
+        self.advance(now)
+        self.fine.merge(now, histogram, steady=steady)
+
+    def advance(self, now: float) -> None:
+        """Hand the steady fine slots that left the rolling window to the baseline ring."""
+        width = self.fine.width
+        for slot in self.fine.slots(-math.inf):
+            if slot.start + width > now - self.hold:
+                break
+            if not slot.promoted:
+                slot.promoted = True
+                if slot.steady and slot.histogram.count:
+                    self.baseline.merge(slot.start, slot.histogram)
+
+    def unsteady_since(self, moment: float) -> None:
+        """A spike rose at `moment`: what came since is not steady, and never a baseline."""
+        for slot in self.fine.slots(moment):
+            slot.steady = False
 
     def steady_before(self, end: float, window: float) -> FineHistogram:
         """Steady samples of the `window` seconds before `end`, in whole slots: only slots
@@ -205,3 +242,7 @@ class LatencyTimeline:
         baseline), and the first slot may reach one slot further back."""
         slot = self.baseline.slot
         return self.baseline.merged(end - slot - window, end - slot)
+
+    def baseline_version(self, end: float, window: float) -> object:
+        slot = self.baseline.slot
+        return self.baseline.version(end - slot - window, end - slot)

@@ -297,7 +297,7 @@ def test_episode_json_has_every_number() -> None:
     # Every quantile carries its sample count and order-statistic bounds; 600 steady
     # samples bound a p99 but not a p99.9, and the JSON says so.
     baseline = latency["baseline"]
-    assert baseline["samples"] >= 590 and baseline["confidence"] == 0.95
+    assert baseline["samples"] >= 500 and baseline["confidence"] == 0.95
     assert baseline["supported"] == {"p50": True, "p99": True, "p999": False}
     lower, upper = baseline["bounds"]["p99"]
     assert lower <= baseline["p99"] <= upper

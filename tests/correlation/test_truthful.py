@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.core.endpoints import EndpointEventKind as E
-from exporter.core.episodes import Impact, Status
+from exporter.core.episodes import ChangeKind, Impact, Status
+from exporter.core.events import PodEventKind as P
 from exporter.core.histogram import RELATIVE_ACCURACY
 from exporter.core.rules import CorrelationSettings
 
@@ -76,7 +77,7 @@ def test_clear_harm_is_severe_even_from_few_samples() -> None:
 
 
 def test_a_baseline_that_cannot_bound_a_p99_decides_nothing() -> None:
-    w = steady(60)  # 120 steady probes: a p99 needs 299
+    w = steady(60)  # 120 steady probes (60 of them in the baseline yet): a p99 needs 299
     w.change("checkout-b", [E.NOT_READY], ready=False)
     w.run(5, 0.100)
     w.change("checkout-b", [E.READY], ready=True)
@@ -85,7 +86,7 @@ def test_a_baseline_that_cannot_bound_a_p99_decides_nothing() -> None:
     assert episode.impact is Impact.UNKNOWN
     assert episode.status is Status.NO_BASELINE
     assert episode.recovered_at is None
-    assert "recovery not judged: the baseline p99 from 119 samples" in episode.summary()
+    assert "recovery not judged: the baseline p99 from 59 samples" in episode.summary()
     # Nor is a tail spike judged against it.
     w2 = steady(60)
     w2.run(20, 0.200)
@@ -148,3 +149,60 @@ def test_recovery_is_placed_to_the_probe_at_one_probe_a_second() -> None:
     assert episode.closed_at is not None and episode.closed_at < returned
     assert episode.detected_at == pytest.approx(returned + 30, abs=1.0)
     assert episode.opened_at > T0 and episode.service == CHECKOUT
+
+
+def test_a_spike_never_becomes_the_baseline_of_the_next() -> None:
+    """The samples of a spike taken before it was detected were steady then: they must not
+    raise the baseline, or an identical spike minutes later goes unseen."""
+    w = steady(400, recovery_window=30)
+    for _ in range(2):
+        w.run(10, 0.100, every=0.1)
+        w.run(190, every=0.1)
+    spikes = [e for e in w.closed() if e.spike]
+    assert len(spikes) == 2
+    for episode in spikes:
+        headline = episode.headline()
+        assert headline is not None and headline.baseline is not None
+        assert headline.baseline.p99.value == pytest.approx(0.010, rel=RELATIVE_ACCURACY)
+
+
+def test_a_replica_not_ready_does_not_hold_a_spike_open() -> None:
+    w = steady()
+    w.change("checkout-b", [], ready=False)  # a replica broken since before (no event now)
+    w.run(10, 0.060)
+    fell = w.now
+    w.run(60)
+    (episode,) = w.closed()
+    assert episode.spike and episode.closed_at == pytest.approx(fell, abs=0.5)
+    headline = episode.headline()
+    assert headline is not None and headline.during.count == pytest.approx(20, abs=2)
+
+
+def test_a_spike_joined_by_a_lifecycle_event_is_attributed_over_its_slow_interval() -> None:
+    w, node = world()
+    start = w.now
+    for second in range(10):
+        w.run(1, 0.060)
+        w.observe(node.advance(STEADY_CPU, throttled={("checkout-a", "app"): 0.9}), SIDECARS)
+        if second == 7:
+            w.pod_event(P.CONTAINER_RESTART, "checkout-a", container="app")
+    for _ in range(120):
+        w.run(1)
+        w.observe(node.advance(STEADY_CPU), SIDECARS)
+    (episode,) = w.closed()
+    assert episode.cause.value == "restart"
+    assert episode.attribution_window is not None
+    begin, end = episode.attribution_window
+    assert begin == pytest.approx(start, abs=1) and end == pytest.approx(start + 10, abs=1)
+    assert episode.attribution[0].throttled_ratio == pytest.approx(0.9, abs=0.1)
+
+
+def test_an_episode_without_a_baseline_says_so_when_it_ends() -> None:
+    w = steady(60)
+    w.change("checkout-b", [E.NOT_READY], ready=False)
+    w.run(5, 0.100)
+    w.change("checkout-b", [E.READY], ready=True)
+    w.run(60)
+    assert [ch.kind for ch in w.changes] == [
+        ChangeKind.OPENED, ChangeKind.CLOSED, ChangeKind.NO_BASELINE
+    ]  # fmt: skip

@@ -14,7 +14,7 @@ from .harness import World
 def test_excluded_span_never_reaches_the_baseline(offset: float) -> None:
     """Slots are 30 s long, the excluded span too: samples of the last 30 s must not count,
     even when the slot that holds them began earlier (a spike must not be its own baseline)."""
-    t = LatencyTimeline(fine_span=60, width=1, baseline_span=300, slots=10)
+    t = LatencyTimeline(fine_span=61, width=1, baseline_span=300, slots=10, hold=30)
     start = 1_800_000_000.0 + offset
     for i in range(400):
         t.record(start + i, 0.010, steady=True)
