@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from exporter.core.histogram import FineHistogram, representative
@@ -143,6 +144,9 @@ class FineTrack:
             slot.largest = max(slot.largest, histogram.largest() or 0.0)
             slot.steady = slot.steady and steady
 
+    def __iter__(self) -> Iterator[FineSlot]:
+        return iter(self._slots)
+
     def slots(self, start: float, end: float = math.inf) -> list[FineSlot]:
         """The slots with a sample in [start, end], oldest first."""
         return [s for s in self._slots if s.last >= start and s.first <= end]
@@ -212,19 +216,18 @@ class LatencyTimeline:
         self.baseline = SlotRing(slot * ring_slots, ring_slots)
 
     def record(self, now: float, seconds: float, steady: bool) -> None:
-        self.advance(now)
         self.fine.record(now, seconds, steady=steady)
 
     def merge(self, now: float, histogram: FineHistogram, steady: bool) -> None:
         """Values recorded elsewhere first (a tick's worth of client histograms)."""
-        self.advance(now)
         self.fine.merge(now, histogram, steady=steady)
 
     def advance(self, now: float) -> None:
-        """Hand the steady fine slots that left the rolling window to the baseline ring."""
-        width = self.fine.width
-        for slot in self.fine.slots(-math.inf):
-            if slot.start + width > now - self.hold:
+        """Hand the steady fine slots that left the rolling window to the baseline ring (on
+        every tick: the fine track keeps a slot a settle time longer than that)."""
+        limit = now - self.hold - self.fine.width
+        for slot in self.fine:
+            if slot.start > limit:
                 break
             if not slot.promoted:
                 slot.promoted = True

@@ -18,12 +18,17 @@ def test_excluded_span_never_reaches_the_baseline(offset: float) -> None:
     start = 1_800_000_000.0 + offset
     for i in range(400):
         t.record(start + i, 0.010, steady=True)
+        t.advance(start + i)  # a tick
     now = start + 400
     for i in range(30):
         t.record(now + i, 0.500, steady=True)  # a spike not detected yet
+        t.advance(now + i)
         baseline = t.steady_before(now + i - 30, 300)
         assert baseline.count >= 300  # the whole baseline window before the excluded span
         assert baseline.quantile(1.0) == pytest.approx(0.010, rel=0.02)
+        # Not even the ring holds the spike: steady samples reach it only once out of the
+        # rolling window.
+        assert t.baseline.merged(now, now + i).count_above(0.1) == 0
 
 
 def test_ring_keeps_a_bounded_number_of_slots() -> None:
