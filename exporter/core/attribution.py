@@ -311,7 +311,7 @@ class ContainerPressure:
 
 
 #: Cgroup passes one episode keeps for its attribution (over an hour of one container at
-#: one pass a second); past it the oldest are dropped and counted.
+#: one pass a second); past it the oldest are dropped.
 MAX_DELTAS = 4096
 
 
@@ -321,11 +321,8 @@ class Pressure:
     of it (the slow interval, not the settle time after it)."""
 
     deltas: deque[Delta] = field(default_factory=lambda: deque(maxlen=MAX_DELTAS))
-    dropped: int = 0
 
     def add(self, d: Delta) -> None:
-        if len(self.deltas) == MAX_DELTAS:
-            self.dropped += 1
         self.deltas.append(d)
 
     def ranked(

@@ -23,7 +23,6 @@ from typing import Any
 from exporter.core.attribution import ContainerReading, PodKey, ResourceTracker
 from exporter.core.endpoints import Endpoint, EndpointEvent
 from exporter.core.episodes import (
-    CAUSE_RANK,
     ChangeKind,
     Episode,
     EpisodeChange,
@@ -50,7 +49,7 @@ from exporter.core.rules import (
     update_cause,
 )
 from exporter.core.services import ServiceRef
-from exporter.core.tails import ServiceLatency
+from exporter.core.tails import ServiceLatency, one_sample
 
 #: Non-disruptive events remembered per Service, for the episode they may lead to.
 PRECEDING_EVENTS = 16
@@ -170,7 +169,7 @@ class Correlator:
 
     def on_pod_event(self, event: LifecycleEvent) -> list[EpisodeChange]:
         views = ((v.ref, v.endpoints, v.local_pods) for v in self.services.values())
-        refs = self._index.services_of(event, views, self.workloads())
+        refs = self._index.services_of(event, views, self.workloads)
         changes: Changes = []
         for ref in sorted(refs, key=str):
             view = self._view(ref)
@@ -253,9 +252,9 @@ class Correlator:
         window = episode.attribution_window = slow_interval(episode, closed_at)
         episode.attribution = episode.pressure.ranked(s.thresholds, *window)
         update_cause(episode, s.thresholds)
-        episode.impact = impact_of(episode, s)
-        threshold = episode.slow_threshold(s.recovery_threshold_factor)
         headline = episode.headline()
+        threshold = episode.slow_threshold(s.recovery_threshold_factor, headline)
+        episode.impact = impact_of(episode, threshold, s.severe_ratio)
         if threshold is None or headline is None:
             episode.status = Status.NO_BASELINE
         else:
@@ -293,9 +292,7 @@ class Correlator:
             return
         view.latency.record(source, seconds, now, steady=view.episode is None)
         if view.episode is not None and view.episode.open:
-            one = FineHistogram()
-            one.record(seconds)
-            self._during(view, source, one, now)
+            self._during(view, source, one_sample(seconds), now)
 
     def record_latency_ranges(
         self,
@@ -386,7 +383,7 @@ class Correlator:
         """Close once nothing changed for the settle time and every endpoint is ready (or
         the episode is older than recovery_max). A spike closes at when its tail fell."""
         s = self.settings
-        spike = episode.spike and not any(c in CAUSE_RANK for c in episode.causes)
+        spike = episode.spike_only
         if spike:
             assert episode.spike_threshold is not None
             # When it fell, from what is known now: a stray slow sample just after the spike

@@ -129,27 +129,24 @@ class LatencyImpact:
     baseline: Tail | None
     confidence: float = DEFAULT_CONFIDENCE
     during: FineHistogram = field(default_factory=FineHistogram)
+    # The during tail for (histogram, count): words, JSON and metrics read it several times.
+    _tail: tuple[int, int, Tail | None] | None = field(default=None, repr=False, compare=False)
 
     def during_tail(self) -> Tail | None:
-        return tail_of(self.during, self.confidence)
+        key = (id(self.during), self.during.count)
+        if self._tail is None or self._tail[:2] != key:
+            self._tail = (*key, tail_of(self.during, self.confidence))
+        return self._tail[2]
 
     def ratios(self) -> tuple[float, float, float] | None:
         during = self.during_tail()
         if during is None or self.baseline is None:
             return None
-        d, b = during.estimates, self.baseline.estimates
-        return (
-            d[0].value / max(b[0].value, 1e-6),
-            d[1].value / max(b[1].value, 1e-6),
-            d[2].value / max(b[2].value, 1e-6),
+        p50, p99, p999 = (
+            _ratio(d.value, b.value) or 0.0
+            for d, b in zip(during.estimates, self.baseline.estimates, strict=True)
         )
-
-    def p99_ratio_lower(self) -> float | None:
-        """The during p99's lower bound over the baseline p99: what the samples show at least."""
-        during = self.during_tail()
-        if during is None or self.baseline is None:
-            return None
-        return _ratio(during.p99.lower, self.baseline.p99.value)
+        return p50, p99, p999
 
     def as_json(self) -> dict[str, Any]:
         during = self.during_tail()
@@ -275,10 +272,15 @@ class Episode:
                 return impact
         return None
 
-    def slow_threshold(self, factor: float) -> float | None:
+    @property
+    def spike_only(self) -> bool:
+        """Opened by a spike and joined by no lifecycle event: its times are its tail's."""
+        return self.spike and not self.causes
+
+    def slow_threshold(self, factor: float, headline: LatencyImpact | None = None) -> float | None:
         """The headline baseline's p99 x `factor` (1 + the recovery tolerance): over it, a
         sample is slow. None when the baseline cannot bound its p99."""
-        headline = self.headline()
+        headline = headline or self.headline()
         baseline = headline.baseline if headline is not None else None
         if baseline is None or not baseline.p99.supported:
             return None
@@ -293,7 +295,7 @@ class Episode:
             impact = self.latency[source] = LatencyImpact(source, None, self.confidence)
         impact.during.merge(histogram)
         if impact is self.headline():
-            threshold = self.slow_threshold(factor)
+            threshold = self.slow_threshold(factor, impact)
             if threshold is not None and histogram.count_above(threshold):
                 self.slow_from = now if self.slow_from is None else self.slow_from
                 self.slow_to = now
@@ -310,7 +312,8 @@ class Episode:
         during = headline.during_tail() if headline is not None else None
         if during is None or headline is None or headline.baseline is None:
             return None
-        return self.p99_ratio() if during.p99.supported else headline.p99_ratio_lower()
+        p99 = during.p99
+        return _ratio(p99.value if p99.supported else p99.lower, headline.baseline.p99.value)
 
     def summary(self) -> str:
         what = f"{_CAUSE_TEXT[self.cause]} of {self.service}"
@@ -320,7 +323,7 @@ class Episode:
         confidence = headline.confidence if headline else DEFAULT_CONFIDENCE
         parts: list[str] = []
         if during is not None and baseline is not None:
-            ratio = during.p99.value / max(baseline.p99.value, 1e-6)
+            ratio = _ratio(during.p99.value, baseline.p99.value) or 0.0
             before = seconds_text(baseline.p99.value)
             if ratio > 1:
                 parts.append(

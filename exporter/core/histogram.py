@@ -56,11 +56,14 @@ def _upper_edge(index: int) -> float:
     return math.exp2(index / _PER_DOUBLING)
 
 
+def _bucket_value(index: int) -> float:
+    """The value bucket `index` reads back as: within RELATIVE_ACCURACY of all it holds."""
+    return float(_upper_edge(index) * _REPRESENTATIVE_FACTOR)
+
+
 def representative(seconds: float) -> float:
     """The value a recorded `seconds` reads back as (its bucket's representative)."""
-    if seconds > MIN_TRACKED:
-        return float(_upper_edge(native_index(seconds)) * _REPRESENTATIVE_FACTOR)
-    return 0.0
+    return _bucket_value(native_index(seconds)) if seconds > MIN_TRACKED else 0.0
 
 
 def _positions_at_or_below(x: float, lower: float, width: float, count: int) -> int:
@@ -241,7 +244,7 @@ class FineHistogram:
             if at == len(pending):
                 break
             seen += self._buckets[i]
-            value = _upper_edge(i) * _REPRESENTATIVE_FACTOR
+            value = _bucket_value(i)
             while at < len(pending) and pending[at][0] <= seen:
                 out[pending[at][1]] = value
                 at += 1
@@ -250,7 +253,7 @@ class FineHistogram:
     def largest(self) -> float | None:
         """The largest value (its bucket's representative), or None when empty."""
         if self._buckets:
-            return float(_upper_edge(max(self._buckets)) * _REPRESENTATIVE_FACTOR)
+            return _bucket_value(max(self._buckets))
         return 0.0 if self.count else None
 
     def count_above(self, threshold: float) -> int:
@@ -258,7 +261,7 @@ class FineHistogram:
         counts as above when its representative value is)."""
         above = 0
         for i, n in self._buckets.items():
-            if _upper_edge(i) * _REPRESENTATIVE_FACTOR > threshold:
+            if _bucket_value(i) > threshold:
                 above += n
         if threshold < 0.0:
             above += self.zero_count

@@ -6,7 +6,8 @@ decides when they apply.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from exporter.core.attribution import PodKey, Thresholds
@@ -220,14 +221,15 @@ def add_evidence(episode: Episode, evidence: Evidence, max_events: int) -> None:
 
 
 def update_cause(episode: Episode, thresholds: Thresholds) -> None:
-    """The dominant lifecycle cause; without one, resource pressure over the slow interval
-    or nothing explained."""
-    lifecycle = [c for c in episode.causes if c in CAUSE_RANK]
-    if lifecycle:
-        episode.cause = min(lifecycle, key=CAUSE_RANK.__getitem__)
+    """The dominant lifecycle cause; without one, resource pressure (over the slow interval
+    once closed: its attribution) or nothing explained."""
+    if episode.causes:
+        episode.cause = min(episode.causes, key=CAUSE_RANK.__getitem__)
         return
-    window = episode.attribution_window or (episode.opened_at, episode.closed_at or 1e18)
-    ranked = episode.pressure.ranked(thresholds, *window)
+    if episode.attribution_window is not None:
+        ranked = episode.attribution
+    else:
+        ranked = episode.pressure.ranked(thresholds, episode.opened_at, math.inf)
     pressure = any(c.signals for c in ranked)
     episode.cause = Cause.RESOURCE_PRESSURE if pressure else Cause.UNEXPLAINED
 
@@ -246,7 +248,7 @@ def slow_interval(episode: Episode, closed_at: float) -> tuple[float, float]:
     """What attribution is measured over: a spike from when it rose to when it fell; a
     lifecycle episode from its first to its last slow headline sample (from the rise, when
     a spike began it), else all of it."""
-    if episode.spike and not any(c in CAUSE_RANK for c in episode.causes):
+    if episode.spike_only:
         return episode.opened_at, closed_at
     start = episode.opened_at if episode.spike else episode.slow_from
     if start is not None and episode.slow_to is not None:
@@ -254,16 +256,15 @@ def slow_interval(episode: Episode, closed_at: float) -> tuple[float, float]:
     return episode.opened_at, closed_at
 
 
-def impact_of(episode: Episode, settings: CorrelationSettings) -> Impact:
+def impact_of(episode: Episode, threshold: float | None, severe_ratio: float) -> Impact:
     """The impact level, decided on what the samples show at least: the during p99's lower
-    bound against a baseline that bounds its p99."""
+    bound against a baseline that bounds its p99 (`threshold`: its slow threshold)."""
     headline = episode.headline()
     during = headline.during_tail() if headline is not None else None
-    threshold = episode.slow_threshold(settings.recovery_threshold_factor)
     if headline is None or headline.baseline is None or during is None or threshold is None:
         return Impact.UNKNOWN
     lower = during.p99.lower or 0.0
-    if lower >= headline.baseline.p99.value * settings.severe_ratio:
+    if lower >= headline.baseline.p99.value * severe_ratio:
         return Impact.SEVERE
     if lower > threshold:
         return Impact.DEGRADED
@@ -289,12 +290,13 @@ class ServiceIndex:
         self,
         event: LifecycleEvent,
         views: Iterable[tuple[ServiceRef, Mapping[str, Endpoint], set[PodKey]]],
-        known: Mapping[PodKey, Workload],
+        known: Callable[[], Mapping[PodKey, Workload]],
     ) -> set[ServiceRef]:
         """The Services `event` concerns; `views` are every Service's (ref, endpoints, pods
-        on this node), read only when the index is stale."""
+        on this node) and `known` this node's pods' workloads, read only when the index is
+        stale."""
         if self.stale:
-            self._rebuild(list(views), known)
+            self._rebuild(list(views), known())
             self.stale = False
         refs = set(self.pods.get((event.namespace, event.pod), ()))
         w = event.workload

@@ -150,9 +150,9 @@ class RecoveryTrack:
         return None
 
 
-def _one(seconds: float, count: int = 1) -> FineHistogram:
+def one_sample(seconds: float) -> FineHistogram:
     out = FineHistogram()
-    out.record(seconds, count)
+    out.record(seconds)
     return out
 
 
@@ -208,7 +208,7 @@ class ServiceLatency:
     def record(self, source: Source, seconds: float, now: float, steady: bool) -> None:
         self.timeline(source).record(now, seconds, steady)
         if self.recovery is not None and source is self.recovery.source:
-            self.recovery.add(now, _one(seconds))
+            self.recovery.add(now, one_sample(seconds))
 
     def add_ranges(self, source: Source, ranges: Iterable[tuple[float, float, int]]) -> None:
         pending = self.pending.setdefault(source, {})

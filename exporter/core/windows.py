@@ -185,14 +185,6 @@ class FineTrack:
         ]
 
 
-def kth_largest(histogram: FineHistogram, k: int) -> float | None:
-    """The k-th largest value (1 = the maximum), or None with fewer than k values."""
-    n = histogram.count
-    if n < k or k < 1:
-        return None
-    return histogram.at_ranks([n - k + 1])[0]
-
-
 class LatencyTimeline:
     """One latency source of one Service: the fine track of recent samples (spikes,
     recovery, the spike's own window) and the baseline ring (steady samples only, so that

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.core.rules import CorrelationSettings
-from exporter.core.windows import LatencyTimeline, SlotRing, kth_largest
+from exporter.core.windows import LatencyTimeline, SlotRing
 
 from .harness import World
 
@@ -39,14 +39,16 @@ def test_ring_keeps_a_bounded_number_of_slots() -> None:
     assert 30 <= ring.merged(9_970, 9_999).count <= 33  # known to within one 3 s slot
 
 
-def test_kth_largest() -> None:
+def test_values_read_back_by_rank() -> None:
     ring = SlotRing(span=100, slots=1)
     for v in (1, 2, 3, 4, 5):
         ring.record(0.0, v / 1000)
     merged = ring.merged(0, 0)
-    assert kth_largest(merged, 1) == pytest.approx(0.005, rel=0.02)
-    assert kth_largest(merged, 3) == pytest.approx(0.003, rel=0.02)
-    assert kth_largest(merged, 6) is None
+    largest, third = merged.at_ranks([5, 3])
+    assert largest == pytest.approx(0.005, rel=0.02) == merged.largest()
+    assert third == pytest.approx(0.003, rel=0.02)
+    with pytest.raises(ValueError, match="rank 6"):
+        merged.at_ranks([6])
 
 
 def test_no_spike_against_a_baseline_of_a_few_samples() -> None:
