@@ -232,7 +232,7 @@ class Replay:
 
 def _endpoint() -> Endpoint:
     pod = "steady-5d9f8c7b6-x2x4q"
-    return Endpoint(f"shop/{pod}", "10.0.0.1", pod, f"uid-{pod}", "node-2", True, True, False)
+    return Endpoint(f"shop/{pod}", "127.10.0.1", pod, f"uid-{pod}", "node-2", True, True, False)
 
 
 def replay(

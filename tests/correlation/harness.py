@@ -69,7 +69,7 @@ class World:
     ) -> Endpoint:
         return Endpoint(
             identity=f"{service.namespace}/{pod}",
-            address=f"10.0.0.{len(self.endpoints[service]) + 1}",
+            address=f"127.10.0.{len(self.endpoints[service]) + 1}",
             pod=pod,
             pod_uid=uid or f"uid-{pod}",
             node=node,
