@@ -371,7 +371,7 @@ class Correlator:
         add_evidence(episode, Evidence(spike.rose, "latency", "tail_spike"), s.max_events)
         # The samples since the rise were recorded as steady: they are the episode's.
         for source, impact in episode.latency.items():
-            impact.during.merge(latency.timelines[source].fine.merged(spike.rose))
+            impact.during.merge(latency.since(source, spike.rose))
         episode.last_change = max(episode.last_change, spike.fell)
         for delta in self.resources.recent(episode.pods, spike.rose):
             episode.pressure.add(delta)

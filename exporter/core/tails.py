@@ -302,9 +302,13 @@ class ServiceLatency:
         )
         return None if fell is None else fell.last
 
+    def since(self, source: Source, moment: float) -> FineHistogram:
+        """The samples of `source` kept in the fine track from `moment` on (whole slots)."""
+        return self.timelines[source].fine.merged(moment)
+
     def after(self, source: Source, moment: float) -> FineHistogram:
         """The samples of `source` kept in the fine track after `moment`."""
-        return self.timelines[source].fine.merged(math.nextafter(moment, math.inf))
+        return self.since(source, math.nextafter(moment, math.inf))
 
     def start_recovery(self, source: Source, since: float, threshold: float) -> None:
         """Track the headline against the recovery threshold from `since` (the close, which

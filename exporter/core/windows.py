@@ -91,6 +91,10 @@ class FineSlot:
     steady: bool = True  # every sample taken while its Service was steady, and no spike's
     promoted: bool = False  # handed to the baseline ring
 
+    def above(self, threshold: float) -> int:
+        """Samples over `threshold`, without looking inside a slot whose largest is not."""
+        return self.histogram.count_above(threshold) if self.largest > threshold else 0
+
 
 @dataclass(frozen=True, slots=True)
 class SlotCount:
@@ -147,13 +151,13 @@ class FineTrack:
     def __iter__(self) -> Iterator[FineSlot]:
         return iter(self._slots)
 
-    def slots(self, start: float, end: float = math.inf) -> list[FineSlot]:
-        """The slots with a sample in [start, end], oldest first."""
-        return [s for s in self._slots if s.last >= start and s.first <= end]
+    def slots(self, start: float) -> list[FineSlot]:
+        """The slots with a sample at or after `start`, oldest first."""
+        return [s for s in self._slots if s.last >= start]
 
-    def merged(self, start: float, end: float = math.inf) -> FineHistogram:
+    def merged(self, start: float) -> FineHistogram:
         out = FineHistogram()
-        for slot in self.slots(start, end):
+        for slot in self.slots(start):
             out.merge(slot.histogram)
         return out
 
@@ -167,7 +171,7 @@ class FineTrack:
         for s in self._slots:
             if s.last >= start and (s.steady or not steady_only):
                 samples += s.histogram.count
-                if s.largest > threshold and (n := s.histogram.count_above(threshold)):
+                if n := s.above(threshold):
                     above += n
                     slots += 1
         return samples, above, slots
@@ -176,7 +180,7 @@ class FineTrack:
         return [
             SlotCount(
                 s.histogram.count,
-                s.histogram.count_above(threshold) if s.largest > threshold else 0,
+                s.above(threshold),
                 s.first,
                 s.last,
             )
