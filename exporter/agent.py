@@ -50,22 +50,14 @@ from exporter.metrics import (
 from exporter.otlp import LatencyDelta, OtlpReceiver, OtlpSource
 from exporter.otlp.receiver import LocalSources
 from exporter.probe import Prober, ProbeResult, ProbeSource, ProbeTarget
+from exporter.runtime import Router
 from exporter.server import ListenError, ReloadingCertificate, build_app, start_server
 from exporter.settings import Settings
-from exporter.watches import (
-    EndpointListener,
-    EndpointSliceWatch,
-    EventListener,
-    PeerWatch,
-    PodWatch,
-    ServiceWatch,
-    notify,
-)
+from exporter.watches import EndpointSliceWatch, PeerWatch, PodWatch, ServiceWatch
 
 log = logging.getLogger("tailwatch.agent")
 episode_log = logging.getLogger("tailwatch.episodes")
 
-EpisodeListener = Callable[[EpisodeChange], None]
 #: How long the counters of a Service this agent stopped reporting stay on /metrics (its
 #: endpoint events, episodes), so that Prometheus scrapes their last increments.
 FORGET_AFTER = 300.0
@@ -179,10 +171,16 @@ class Agent:
             correlation_settings(settings), node=settings.node_name, workloads=self._workloads
         )
         self.episode_metrics = EpisodeMetrics(self.metrics.limit)
-        # The correlator hears every event first; then whoever else listens (the demo).
-        self.listeners: list[EventListener] = [self._correlate_pod_event]
-        self.endpoint_listeners: list[EndpointListener] = [self._correlate_endpoint_event]
-        self.episode_listeners: list[EpisodeListener] = []
+        # Every part publishes what it sees to the router; the correlator subscribes first,
+        # so it has every event before whoever else listens (the Event emitter, the demo).
+        # A handler that fails is counted (internal_error) and the others still hear.
+        self.router = Router(self.metrics.internal_error)
+        self.router.subscribe(LifecycleEvent, self._correlate_pod_event)
+        self.router.subscribe(EndpointEvent, self._correlate_endpoint_event)
+        self.router.subscribe(EpisodeChange, self._on_episode_change)
+        self.router.subscribe(ProbeResult, self._on_probe_result)
+        self.router.subscribe(LatencyDelta, self._on_client_delta)
+        self.router.subscribe(SamplePass, self._on_sample_pass)
         self.pods_health = WatchHealth("pods")
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
@@ -213,7 +211,7 @@ class Agent:
         self.prober = Prober(
             phase_seed=settings.node_name,
             state_of=self.correlator.state_of,
-            on_result=self._on_probe_result,
+            on_result=self.router.publish,
             classic_layout=settings.classic_buckets,
         )
         # --otlp-sources=local: OTLP only from the pods of this node and the node itself; an
@@ -227,7 +225,7 @@ class Agent:
                 clock=monotonic,
             )
         self.otlp = OtlpReceiver(
-            self.catalog.resolve, self._on_client_delta, sources=self.otlp_sources
+            self.catalog.resolve, self.router.publish, sources=self.otlp_sources
         )
         # /metrics is rendered by the exposition from these sources; its registry holds the
         # same sources for prometheus_client's generate_latest (the reference in tests).
@@ -268,7 +266,7 @@ class Agent:
         self.slice_watch = EndpointSliceWatch(
             self.catalog,
             self.metrics,
-            self.endpoint_listeners,
+            self.router.publish,
             self._services_changed,
             self.clock,
             reports=self.reports,
@@ -286,9 +284,7 @@ class Agent:
             while not stop.is_set():
                 self._cgroup_pods = tuple(self.tracker.pods())
                 result = await loop.run_in_executor(executor, self._sample_pass, self.clock())
-                for event in result.events:
-                    self._emit_oom_kill(event)
-                self.correlator.observe_resources(result.at, result.samples, self._sidecars())
+                self.router.publish(result)
                 next_at += interval
                 if next_at < self.monotonic():
                     next_at = self.monotonic() + interval
@@ -305,10 +301,15 @@ class Agent:
         self.exposition.prepare(self.cgroup_source)
         return result
 
-    def _emit_oom_kill(self, event: LifecycleEvent) -> None:
-        """A kernel OOM kill seen in a cgroup: its counter is the cgroup collector's."""
-        logging.getLogger("tailwatch.events").info("lifecycle event", extra=event.as_log_fields())
-        notify(self.listeners, event, self.metrics)
+    def _on_sample_pass(self, result: SamplePass) -> None:
+        """A cgroup pass: its kernel OOM kills are lifecycle events (their counter is the
+        cgroup collector's); its readings go to the correlator's attribution."""
+        for event in result.events:
+            logging.getLogger("tailwatch.events").info(
+                "lifecycle event", extra=event.as_log_fields()
+            )
+            self.router.publish(event)
+        self.correlator.observe_resources(result.at, result.samples, self._sidecars())
 
     # -- correlation -----------------------------------------------------------------------
 
@@ -337,24 +338,25 @@ class Agent:
     def _on_probe_result(self, result: ProbeResult) -> None:
         t = result.target
         source = Source.SERVICE_PROBE if t.target == "service" else Source.ENDPOINT_PROBE
-        with self.metrics.guard("the probe result sink"):
-            # At its intended start: latency is measured from then, and a slow answer's
-            # slowness began then (a 1 s probe ending now says nothing about now).
-            started = self.clock() - result.latency
-            self.correlator.record_latency(
-                ServiceRef(t.namespace, t.service), source, result.latency, started
-            )
+        # At its intended start: latency is measured from then, and a slow answer's
+        # slowness began then (a 1 s probe ending now says nothing about now).
+        started = self.clock() - result.latency
+        self.correlator.record_latency(
+            ServiceRef(t.namespace, t.service), source, result.latency, started
+        )
 
     def _episode_changes(self, changes: list[EpisodeChange]) -> None:
         # Each change on its own: a bug with one is counted (internal_error) and the others
         # of the same tick are still recorded, logged and heard.
         for change in changes:
-            with self.metrics.guard("an episode change"):
-                self.episode_metrics.record(change)
-                episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
-                notify(self.episode_listeners, change, self.metrics)
-                if change.kind is not ChangeKind.OPENED:  # it may be all that kept it reported
-                    self._update_service(change.episode.service)
+            self.router.publish(change)
+
+    def _on_episode_change(self, change: EpisodeChange) -> None:
+        """Counted, logged, and the Service's reporting updated."""
+        self.episode_metrics.record(change)
+        episode_log.info(_EPISODE_MESSAGES[change.kind], extra=_episode_log_fields(change))
+        if change.kind is not ChangeKind.OPENED:  # it may be all that kept it reported
+            self._update_service(change.episode.service)
 
     async def _correlate(self, stop: asyncio.Event) -> None:
         """Close settled episodes, judge recovery and look for tail spikes, on a fixed tick."""
@@ -396,12 +398,11 @@ class Agent:
         return spec.slo if spec is not None else None
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
-        with self.metrics.guard("the OTLP latency sink"):
-            self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
-            if delta.service not in self._client_services:
-                self._client_services.add(delta.service)
-                self._services_changed({delta.service})
-            self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
+        self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+        if delta.service not in self._client_services:
+            self._client_services.add(delta.service)
+            self._services_changed({delta.service})
+        self.correlator.record_latency_ranges(delta.service, Source.CLIENT, delta.buckets)
 
     def _endpoint_counts(self) -> dict[Any, Any]:
         counts = {}
@@ -677,7 +678,7 @@ class Agent:
                         api, spec, handler, health, clock=self.monotonic, list_mode=mode
                     )
 
-                pods: Any = PodWatch(self.tracker, self.metrics, self.listeners, self.clock)
+                pods: Any = PodWatch(self.tracker, self.metrics, self.router.publish, self.clock)
                 if self.otlp_sources is not None:  # it follows the pods of the node
                     pods = self.otlp_sources.watching(pods)
                 reflectors = [

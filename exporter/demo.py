@@ -48,6 +48,7 @@ from rich.text import Text
 from exporter import __version__
 from exporter.agent import Agent
 from exporter.core.endpoints import EndpointEvent
+from exporter.core.episodes import EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.quantiles import DEFAULT_CONFIDENCE, quantile_name, samples_needed
 from exporter.core.services import MIN_INTERVAL, ServiceRef
@@ -218,8 +219,8 @@ class LiveView:
         self.events: list[SeenEvent] = []
         self.warmup: Warmup | None = None  # shown until the script starts
         self.step = "steady state: the agent learns each Service's baseline"
-        agent.listeners.append(self.on_pod_event)
-        agent.endpoint_listeners.append(self.on_endpoint_event)
+        agent.router.subscribe(LifecycleEvent, self.on_pod_event)
+        agent.router.subscribe(EndpointEvent, self.on_endpoint_event)
 
     def on_pod_event(self, e: LifecycleEvent) -> None:
         source = "kernel" if e.kind is PodEventKind.OOM_KILL else "pod"
@@ -685,8 +686,7 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
             stack.push_async_callback(_cancel, steps)
 
             changed = asyncio.Event()  # an episode changed
-            if hasattr(agent, "episode_listeners"):
-                agent.episode_listeners.append(lambda change: changed.set())
+            agent.router.subscribe(EpisodeChange, lambda change: changed.set())
 
             with Live(
                 view.render(), console=console, refresh_per_second=4, transient=False,

@@ -145,6 +145,16 @@ parse_log_level = parse_choice(LOG_LEVELS)
 parse_list_mode = parse_choice(LIST_MODES)
 
 
+def parse_bool(text: str) -> bool:
+    """true/false (also yes/no, on/off, 1/0), as YAML and Helm write them."""
+    word = text.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0", ""):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
 def parse_positive_int(text: str) -> int:
     text = text.strip()
     if not text.isdigit() or int(text) < 1:
@@ -344,6 +354,13 @@ OPTIONS: tuple[Option, ...] = (
         parse_choice(OTLP_SOURCES),
         "local",
     ),
+    Option(
+        "emit-events",
+        "write each episode's open, close and recovery as an events.k8s.io/v1 Event on its "
+        "Service, and read this node's recent ones back at start (needs RBAC on events)",
+        parse_bool,
+        "false",
+    ),
     # Bounded series (docs/metrics.md, *Cardinality*).
     Option(
         "series-ttl",
@@ -438,6 +455,13 @@ OPTIONS: tuple[Option, ...] = (
         parse_confidence,
         "0.95",
     ),
+    Option(
+        "rollout-stuck",
+        "a rollout of a workload behind an opted-in Service with no progress (no endpoint of "
+        "the new revision ready, none of the old gone) for this long is reported stuck",
+        parse_positive_duration,
+        "10m",
+    ),
     # Service addresses probed by k agents, not all (docs/design.md, *Architecture*). Peer
     # discovery needs both a selector and the namespace; without either, every agent probes
     # every Service address (Settings.peer_discovery).
@@ -492,6 +516,8 @@ class Settings:
     spike_min_slow: int = 5
     window_min_samples: int = 5
     quantile_confidence: float = 0.95
+    rollout_stuck: float = 600.0
+    emit_events: bool = False
     classic_buckets: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
     service_probers: int = 3
     peer_selector: str = "app.kubernetes.io/name=tailwatch"

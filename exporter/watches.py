@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from exporter.core.catalog import ServiceCatalog
 from exporter.core.endpoints import EndpointEvent
@@ -20,8 +20,8 @@ from exporter.metrics import AgentMetrics
 log = logging.getLogger("tailwatch.agent")
 event_log = logging.getLogger("tailwatch.events")
 
-EventListener = Callable[[LifecycleEvent], None]
-EndpointListener = Callable[[EndpointEvent], None]
+#: Hands an event to the agent's router (exporter.runtime.Router.publish).
+Publish = Callable[[object], None]
 
 
 class _Handler:
@@ -40,21 +40,6 @@ class _Handler:
         )
 
 
-E = TypeVar("E")
-
-
-def notify(listeners: list[Callable[[E], None]], event: E, metrics: AgentMetrics) -> None:
-    """Hand `event` to every listener. One that raises does not keep the event from the
-    others, nor stop the watch that called: its exception is logged with its traceback and
-    counted in tailwatch_dropped_total{reason="internal_error"} (`AgentMetrics.internal_error`)."""
-    for listener in listeners:
-        try:
-            listener(event)
-        except Exception as exc:
-            name = getattr(listener, "__qualname__", type(listener).__qualname__)
-            metrics.internal_error(f"event listener {name}", exc)
-
-
 class PodWatch(_Handler):
     """Feeds the pod watch into the lifecycle tracker and records what it detects."""
 
@@ -64,12 +49,12 @@ class PodWatch(_Handler):
         self,
         tracker: PodLifecycleTracker,
         metrics: AgentMetrics,
-        listeners: list[EventListener],
+        publish: Publish,
         clock: Callable[[], float],
     ) -> None:
         super().__init__(metrics)
         self.tracker = tracker
-        self.listeners = listeners
+        self.publish = publish
         self.clock = clock
 
     def _emit(self, event: LifecycleEvent) -> None:
@@ -77,7 +62,7 @@ class PodWatch(_Handler):
         if event.kind is PodEventKind.DELETED:
             self.metrics.forget_pod(event.namespace, event.pod)
         event_log.info("lifecycle event", extra=event.as_log_fields())
-        notify(self.listeners, event, self.metrics)
+        self.publish(event)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.tracker.sync(items, self.clock())
@@ -141,7 +126,7 @@ class EndpointSliceWatch(_Handler):
         self,
         catalog: ServiceCatalog,
         metrics: AgentMetrics,
-        listeners: list[EndpointListener],
+        publish: Publish,
         changed: Changed,
         clock: Callable[[], float],
         *,
@@ -149,7 +134,7 @@ class EndpointSliceWatch(_Handler):
     ) -> None:
         super().__init__(metrics)
         self.catalog = catalog
-        self.listeners = listeners
+        self.publish = publish
         self.changed = changed
         self.clock = clock
         self.reports = reports
@@ -163,7 +148,7 @@ class EndpointSliceWatch(_Handler):
                 continue
             self.metrics.record_endpoint(event)
             event_log.info("endpoint event", extra=event.as_log_fields())
-            notify(self.listeners, event, self.metrics)
+            self.publish(event)
 
     def on_list(self, items: list[Mapping[str, Any]]) -> None:
         result = self.catalog.endpoints.sync(items, self.clock())

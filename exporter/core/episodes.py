@@ -23,6 +23,9 @@ class Cause(StrEnum):
     ROLLOUT = "rollout"
     RESCHEDULE = "reschedule"
     EVICTION = "eviction"
+    # The node under the Service's endpoints went NotReady, under memory/disk/PID pressure,
+    # cordoned or tainted for eviction; or its kubelet evicted a pod for a resource.
+    NODE = "node"
     RESTART = "restart"
     READINESS = "readiness"
     SCALE = "scale"
@@ -34,6 +37,7 @@ LIFECYCLE_CAUSES: tuple[Cause, ...] = (
     Cause.ROLLOUT,
     Cause.RESCHEDULE,
     Cause.EVICTION,
+    Cause.NODE,
     Cause.RESTART,
     Cause.READINESS,
     Cause.SCALE,

@@ -98,8 +98,10 @@ async def test_usage_oom_kills_and_gone_pods(
 ) -> None:
     agent, tree, root = world
     oom_events: list[LifecycleEvent] = []
-    agent.listeners.append(lambda e: oom_events.append(e) if e.kind is PodEventKind.OOM_KILL
-                           else None)  # fmt: skip
+    agent.router.subscribe(
+        LifecycleEvent,
+        lambda e: oom_events.append(e) if e.kind is PodEventKind.OOM_KILL else None,
+    )
     first, second = tree
     want = {(p.name, c.name): 10.0 * (i + 1) for i, p in enumerate(tree) for c in p.containers}
     await wait_for(lambda: cpu_series(agent) == want or None, f"cpu usage {want}")

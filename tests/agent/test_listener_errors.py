@@ -1,6 +1,7 @@
-"""A bug in a listener (an event listener, the OTLP latency sink, a step of the correlation
-tick) is logged with its traceback and counted in tailwatch_dropped_total{reason=
-"internal_error"}; the other listeners still hear the event, and the agent keeps going."""
+"""A bug in a handler of the agent's router (an event handler, the OTLP latency sink) or a
+step of the correlation tick is logged with its traceback and counted in
+tailwatch_dropped_total{reason="internal_error"}; the other handlers still hear the event,
+and the agent keeps going."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.services import ServiceRef
 from exporter.metrics import ERROR_LOG_INTERVAL, AgentMetrics
 from exporter.otlp import LatencyDelta
+from exporter.runtime import Router
 from exporter.simulator import objects as o
 from exporter.simulator.cluster import Cluster
-from exporter.watches import notify
 from tests.agent.conftest import idle_agent, running_agent
 from tests.conftest import wait_for
 
@@ -59,8 +60,8 @@ async def test_a_failing_event_listener_is_counted_and_the_others_still_hear(
             failing(event)
 
         # Before the correlator, and a listener after it: both must still hear every event.
-        agent.listeners[:0] = [bug]
-        agent.listeners.append(heard.append)
+        agent.router.subscribe(LifecycleEvent, bug, first=True)
+        agent.router.subscribe(LifecycleEvent, heard.append)
         cluster.start(o.deployment_pod("api", node=NODE, state="scheduled"))
         await wait_for(lambda: [e.kind for e in heard][-1:] == [PodEventKind.READY], "ready")
         assert agent.correlator.state_of("default", "api") == "steady"  # it ran, unharmed
@@ -80,26 +81,30 @@ async def test_a_failing_event_listener_is_counted_and_the_others_still_hear(
 
     # Logged with its traceback, once: the same bug again within ERROR_LOG_INTERVAL is
     # counted, not logged again.
-    [record] = error_records(caplog, "event listener")
+    [record] = error_records(caplog, "event handler")
     assert "bug" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is Bug
 
 
-def test_notify_counts_each_failure_and_logs_it_at_most_every_interval(
+def test_the_router_counts_each_failure_and_logs_it_at_most_every_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [0.0]
     metrics = AgentMetrics(clock=lambda: now[0])
+    router = Router(metrics.internal_error)
     heard: list[str] = []
+    router.subscribe(str, failing)
+    router.subscribe(str, heard.append)
     for event in ("a", "b"):
-        notify([failing, heard.append], event, metrics)
+        router.publish(event)
     assert heard == ["a", "b"]
     assert metrics.dropped == {"internal_error": 2}
-    assert len(error_records(caplog, "event listener failing failed")) == 1
+    assert router.failures == {"failing": 2}
+    assert len(error_records(caplog, "event handler failing failed")) == 1
 
     now[0] += ERROR_LOG_INTERVAL
-    notify([failing, heard.append], "c", metrics)
-    first, second = error_records(caplog, "event listener failing failed")
+    router.publish("c")
+    first, second = error_records(caplog, "event handler failing failed")
     assert not hasattr(first, "suppressed") and second.suppressed == 1  # type: ignore[attr-defined]
     assert second.exc_info is not None and "cannot handle 'c'" in str(second.exc_info[1])
     assert metrics.dropped == {"internal_error": 3}
@@ -116,7 +121,7 @@ def test_a_failing_otlp_sink_is_counted_and_the_receiver_goes_on(
         agent.otlp.sink(delta)
     assert agent.metrics.dropped == {"internal_error": 2}
     assert 'tailwatch_dropped_total{reason="internal_error"} 2.0' in agent.exposition.render()
-    [record] = error_records(caplog, "the OTLP latency sink failed")
+    [record] = error_records(caplog, "event handler Agent._on_client_delta failed")
     assert record.exc_info is not None and record.exc_info[0] is Bug
 
 
@@ -145,7 +150,8 @@ async def test_a_change_that_fails_does_not_drop_the_others_of_its_tick(
     logged_errors: Callable[[], list[logging.LogRecord]],
 ) -> None:
     """Two episodes open in one tick; recording the first fails (a bug): the second is still
-    recorded, logged and heard, and only the first is counted as an internal error."""
+    recorded and logged, both are heard by the other handlers (the Event emitter, the demo),
+    and only the first is counted as an internal error."""
     agent = idle_agent(tmp_path, episode_settle=1.0)  # a tick every 0.1 s
     changes = [opened(ServiceRef("shop", "web")), opened(ServiceRef("shop", "cart"))]
     ticks = [changes]
@@ -161,13 +167,14 @@ async def test_a_change_that_fails_does_not_drop_the_others_of_its_tick(
 
     monkeypatch.setattr(agent.episode_metrics, "record", record_but_the_first)
     heard: list[EpisodeChange] = []
-    agent.episode_listeners.append(heard.append)
+    agent.router.subscribe(EpisodeChange, heard.append)
     stop = asyncio.Event()
     loop = asyncio.create_task(agent._correlate(stop))
     await wait_for(lambda: not ticks, "the tick with both changes")
     stop.set()
     await loop
-    assert heard == recorded == [changes[1]]
+    assert recorded == [changes[1]]
+    assert heard == changes
     assert agent.metrics.dropped == {"internal_error": 1}
     [error] = logged_errors()
-    assert "an episode change" in error.getMessage()
+    assert "Agent._on_episode_change" in error.getMessage()

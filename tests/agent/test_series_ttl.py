@@ -50,7 +50,9 @@ class Node:
         self.clock = Clock()
         self.metrics = AgentMetrics(series_ttl=ttl, clock=lambda: self.clock.mono)
         self.tracker = PodLifecycleTracker(NODE, occupancy=self.metrics.on_workload)
-        self.watch = PodWatch(self.tracker, self.metrics, [], lambda: self.clock.wall)
+        self.watch = PodWatch(
+            self.tracker, self.metrics, lambda event: None, lambda: self.clock.wall
+        )
         self.watch.on_list([])
         self.exposition = Exposition(
             [AgentSource(self.metrics, pods=self.tracker.pods, watches=list)]
@@ -222,7 +224,10 @@ async def test_the_agent_drops_finished_cronjob_series(
     /metrics has none of their series; the Deployment that stays keeps its own."""
     async with running_agent(kubeconfig, tmp_path, series_ttl=1.0) as agent:
         gone: list[LifecycleEvent] = []
-        agent.listeners.append(lambda e: gone.append(e) if e.kind is PodEventKind.DELETED else None)
+        agent.router.subscribe(
+            LifecycleEvent,
+            lambda e: gone.append(e) if e.kind is PodEventKind.DELETED else None,
+        )
         cluster.start(o.deployment_pod("api", node=NODE, state="scheduled"))
         for i in range(JOBS):
             pod = cluster.start(o.job_pod(f"report-{i:04d}", node=NODE, state="scheduled"))

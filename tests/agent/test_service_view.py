@@ -111,7 +111,7 @@ async def test_deletion_and_opt_out_take_every_series_in_either_order(
     then its slices, but the two watches may deliver them in either order."""
     agent.catalog.endpoints.grace = 60.0  # the slice watch may be this far ahead
     seen: list[EndpointEvent] = []
-    agent.endpoint_listeners.append(seen.append)
+    agent.router.subscribe(EndpointEvent, seen.append)
     pods = [objects.deployment_pod("web", namespace="shop", node="node-a", seed=i,
                                    pod_ip=f"127.32.0.{i + 1}") for i in range(2)]  # fmt: skip
     names = ("deleted", "slices-first", "service-first")

@@ -360,7 +360,7 @@ async def test_the_agent_reports_the_apis_durations(
 
     seen: list[LifecycleEvent] = []
     async with running_agent(kubeconfig, tmp_path, node=node) as agent:
-        agent.listeners.append(seen.append)
+        agent.router.subscribe(LifecycleEvent, seen.append)
         kubelet[0] += 3
         cluster.transition("default", web, o.containers_running)
         kubelet[0] = scheduled_at + 12

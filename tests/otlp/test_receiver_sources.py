@@ -92,7 +92,7 @@ def test_the_set_is_built_once_per_change_of_the_pods_not_per_request() -> None:
 def test_the_pod_watch_keeps_the_set_current() -> None:
     tracker = PodLifecycleTracker(node="node-a")
     sources = LocalSources(tracker.pods, lambda: tracker.synced)
-    watch = sources.watching(PodWatch(tracker, AgentMetrics(), [], lambda: 0.0))
+    watch = sources.watching(PodWatch(tracker, AgentMetrics(), lambda event: None, lambda: 0.0))
     assert not sources.known()
     watch.on_list([objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, host_ip=HOST_IP)])
     assert sources.known() and sources.allows(POD_IP)
@@ -224,7 +224,7 @@ async def test_a_new_pod_without_its_ip_yet_makes_refusals_retryable_for_a_while
     clock = Clock()
     tracker = PodLifecycleTracker(node="node-a")
     sources = LocalSources(tracker.pods, lambda: tracker.synced, clock=clock)
-    watch = sources.watching(PodWatch(tracker, AgentMetrics(), [], lambda: 0.0))
+    watch = sources.watching(PodWatch(tracker, AgentMetrics(), lambda event: None, lambda: 0.0))
     watch.on_list([objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, host_ip=HOST_IP)])
     late = objects.deployment_pod("late", node="node-a", state="creating", host_ip=HOST_IP)
     async with receiver(sources) as (otlp, url):
