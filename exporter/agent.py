@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from exporter import __version__
+from exporter import __version__, views
 from exporter.auth import KubernetesAuth
 from exporter.cgroups import (
     CgroupSampler,
@@ -181,6 +181,8 @@ class Agent:
         self.router.subscribe(ProbeResult, self._on_probe_result)
         self.router.subscribe(LatencyDelta, self._on_client_delta)
         self.router.subscribe(SamplePass, self._on_sample_pass)
+        # Further sections of /api/v1/episodes beside the episodes, by name.
+        self.episode_sections: dict[str, Callable[[], Any]] = {}
         self.pods_health = WatchHealth("pods")
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
@@ -382,8 +384,9 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), interval)
 
     def episodes_json(self) -> dict[str, Any]:
-        """The JSON of /api/v1/episodes."""
-        return self.correlator.as_json(self.clock())
+        """The JSON of /api/v1/episodes (exporter/views.py); `self.episode_sections` adds
+        named sections beside the episodes."""
+        return views.episodes_json(self.correlator, self.clock(), self.episode_sections)
 
     def _slos(self) -> dict[ServiceRef, float]:
         slos = {}
@@ -532,55 +535,16 @@ class Agent:
                 del self._probe_targets[ref]
 
     def targets(self) -> dict[str, Any]:
-        """The JSON of /api/v1/targets."""
-        services = [
-            {
-                "namespace": spec.ref.namespace,
-                "service": spec.ref.name,
-                "state": "probed",
-                "protocol": spec.protocol,
-                "port": spec.port.port,
-                "path": spec.path if spec.protocol == "http" else None,
-                "interval_seconds": spec.interval,
-                "slo_seconds": spec.slo,
-            }
-            for spec in sorted(self.catalog.specs.values(), key=lambda s: str(s.ref))
-        ]
-        services += [
-            {"namespace": ref.namespace, "service": ref.name, "state": "skipped", "reason": why}
-            for ref, why in sorted(self.catalog.skipped.items(), key=lambda i: str(i[0]))
-        ]
-        for entry in services:
-            ref = ServiceRef(str(entry["namespace"]), str(entry["service"]))
-            entry["address_probed_here"] = entry["state"] == "probed" and self.probes_address(ref)
-        targets = self.prober.status()
-        return {
-            "node": self.settings.node_name,
-            "address_probing": self._address_probing(),
-            "services": services,
-            "targets": targets,
-        }
-
-    def _address_probing(self) -> dict[str, Any]:
-        """How Service addresses are shared among the agents, for /api/v1/targets."""
-        k = self.settings.service_probers
-        if self.peer_watch is None:
-            return {"mode": "alone", "reason": "peer discovery is off", "k": k, "peers": 0}
-        if not self.peer_watch.synced:
-            return {"mode": "waiting", "reason": "the peers are not listed yet", "k": k,
-                    "peers": 0}  # fmt: skip
-        peers = self.peer_watch.peers
-        if peers.alone:
-            reason = f"no ready pod matches {self.settings.peer_selector!r}"
-            return {"mode": "alone", "reason": f"{reason} in {self.settings.pod_namespace}",
-                    "k": k, "peers": 0}  # fmt: skip
-        return {
-            "mode": "shared" if peers.ready else "waiting",
-            "reason": "" if peers.ready else "this agent's own pod is not a ready peer yet",
-            "k": k,
-            "peers": peers.peers,
-            "zones": peers.zones,
-        }
+        """The JSON of /api/v1/targets (exporter/views.py)."""
+        watch = self.peer_watch
+        return views.targets_json(
+            self.settings,
+            self.catalog,
+            self.prober,
+            self.probes_address,
+            peers=watch.peers if watch is not None else None,
+            peers_listed=watch is not None and watch.synced,
+        )
 
     def _peer_reflectors(self, reflector: Callable[..., Reflector]) -> list[Reflector]:
         """The watch of the peer agents' pods, when peer discovery is on."""
