@@ -1195,3 +1195,244 @@ def complete(pod: Mapping[str, Any], now: float) -> Pod:
     status["phase"] = "Succeeded"
     _refresh_conditions(new, now)
     return new
+
+
+# -- nodes -------------------------------------------------------------------------------------
+
+Node = dict[str, Any]
+
+# The kubelet's node conditions, by type: (reason, message) when True and when False.
+_NODE_CONDITIONS: Mapping[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "MemoryPressure": (
+        ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+        ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+    ),
+    "DiskPressure": (
+        ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+        ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+    ),
+    "PIDPressure": (
+        ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+        ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+    ),
+    "Ready": (
+        ("KubeletReady", "kubelet is posting ready status"),
+        ("KubeletNotReady", "container runtime network not ready: NetworkReady=false"),
+    ),
+}
+# The taints the node lifecycle controller mirrors the conditions as (a moment after them).
+PRESSURE_TAINTS: Mapping[str, str] = {
+    "MemoryPressure": "node.kubernetes.io/memory-pressure",
+    "DiskPressure": "node.kubernetes.io/disk-pressure",
+    "PIDPressure": "node.kubernetes.io/pid-pressure",
+}
+PRESSURE_CONDITIONS: Mapping[str, str] = {
+    "memory": "MemoryPressure",
+    "ephemeral-storage": "DiskPressure",
+    "nodefs": "DiskPressure",
+    "imagefs": "DiskPressure",
+    "pids": "PIDPressure",
+}
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+
+
+def node(
+    name: str,
+    *,
+    ip: str | None = None,
+    zone: str = "zone-a",
+    now: float = EPOCH,
+    cpu: str = "8",
+    memory: str = "32Gi",
+    kubelet_version: str = "v1.30.2",
+) -> Node:
+    """A Node as a healthy kubelet registers it: Ready, no pressure, schedulable. `ip` is its
+    InternalIP, loopback by default (`default_host_ip`), so nothing can reach past this
+    machine."""
+    address = ip or default_host_ip(name)
+    conditions = [
+        _condition(None, ctype, "True" if ctype == "Ready" else "False", now,
+                   reason=(true if ctype == "Ready" else false)[0],
+                   message=(true if ctype == "Ready" else false)[1])
+        for ctype, (true, false) in _NODE_CONDITIONS.items()
+    ]  # fmt: skip
+    for condition in conditions:
+        del condition["lastProbeTime"]
+        condition["lastHeartbeatTime"] = condition["lastTransitionTime"]
+    allocatable_memory = parse_quantity(memory) - parse_quantity("800Mi")
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "uid": object_uid("node", name),
+            "creationTimestamp": rfc3339(now - 86400),
+            "labels": {
+                "beta.kubernetes.io/arch": "amd64",
+                "beta.kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "topology.kubernetes.io/zone": zone,
+            },
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": {},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": address},
+                {"type": "Hostname", "address": name},
+            ],
+            "allocatable": {
+                "cpu": f"{int(parse_quantity(cpu) * 1000) - 100}m",
+                "ephemeral-storage": "95491281146",
+                "memory": f"{int(allocatable_memory / 1024)}Ki",
+                "pods": "110",
+            },
+            "capacity": {
+                "cpu": cpu,
+                "ephemeral-storage": "103609120Ki",
+                "memory": memory,
+                "pods": "110",
+            },
+            "conditions": conditions,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": object_uid("boot", name),
+                "containerRuntimeVersion": "containerd://1.7.18",
+                "kernelVersion": "6.1.0-21-cloud-amd64",
+                "kubeProxyVersion": kubelet_version,
+                "kubeletVersion": kubelet_version,
+                "machineID": _digest("machine", name).hex()[:32],
+                "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "systemUUID": object_uid("system", name),
+            },
+        },
+    }
+
+
+def _node_condition_list(node_: Node) -> list[Node]:
+    conditions: list[Node] = node_.setdefault("status", {}).setdefault("conditions", [])
+    return conditions
+
+
+def set_node_condition(
+    node_: Mapping[str, Any],
+    ctype: str,
+    status: str,
+    now: float,
+    *,
+    reason: str | None = None,
+    message: str | None = None,
+) -> Node:
+    """The kubelet (or, for Ready=Unknown, the node controller) sets a condition: its
+    lastTransitionTime moves when its status changes; the kubelet's own writes also move
+    lastHeartbeatTime, the node controller's do not."""
+    if status not in ("True", "False", "Unknown"):
+        raise ValueError(f"condition status {status!r}")
+    new = _copy(node_)
+    if ctype in _NODE_CONDITIONS and (reason is None or message is None):
+        true, false = _NODE_CONDITIONS[ctype]
+        default = true if status == "True" else false
+        if ctype == "Ready" and status == "Unknown":
+            default = ("NodeStatusUnknown", "Kubelet stopped posting node status.")
+        reason = default[0] if reason is None else reason
+        message = default[1] if message is None else message
+    conditions = _node_condition_list(new)
+    old = next((c for c in conditions if c.get("type") == ctype), None)
+    condition = _condition(old, ctype, status, now, reason=reason, message=message)
+    del condition["lastProbeTime"]
+    heartbeat = old.get("lastHeartbeatTime") if old and status == "Unknown" else None
+    condition["lastHeartbeatTime"] = heartbeat or rfc3339(now)
+    if old is None:
+        conditions.append(condition)
+    else:
+        conditions[conditions.index(old)] = condition
+    return new
+
+
+def add_taint(
+    node_: Mapping[str, Any], key: str, effect: str, now: float, *, value: str | None = None
+) -> Node:
+    """A taint on the node (once per key and effect); NoExecute taints get timeAdded, as the
+    API server sets it."""
+    if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"taint effect {effect!r}")
+    new = _copy(node_)
+    taints: list[Node] = new.setdefault("spec", {}).setdefault("taints", [])
+    if any(t["key"] == key and t["effect"] == effect for t in taints):
+        return new
+    taint: Node = {"key": key, "effect": effect}
+    if value is not None:
+        taint["value"] = value
+    if effect == "NoExecute":
+        taint["timeAdded"] = rfc3339(now)
+    taints.append(taint)
+    return new
+
+
+def remove_taint(node_: Mapping[str, Any], key: str, effect: str | None = None) -> Node:
+    """The node loses the taint `key` (of `effect`, or of any effect)."""
+    new = _copy(node_)
+    spec = new.setdefault("spec", {})
+    kept = [
+        t for t in spec.get("taints", [])
+        if not (t["key"] == key and (effect is None or t["effect"] == effect))
+    ]  # fmt: skip
+    if kept:
+        spec["taints"] = kept
+    else:
+        spec.pop("taints", None)
+    return new
+
+
+def node_pressure(node_: Mapping[str, Any], ctype: str, now: float, *, under: bool = True) -> Node:
+    """The kubelet reports `ctype` (MemoryPressure, DiskPressure, PIDPressure) True (`under`)
+    or False again, and the node controller mirrors it as its NoSchedule taint."""
+    if ctype not in PRESSURE_TAINTS:
+        raise ValueError(f"not a pressure condition: {ctype!r}")
+    new = set_node_condition(node_, ctype, "True" if under else "False", now)
+    taint = PRESSURE_TAINTS[ctype]
+    return add_taint(new, taint, "NoSchedule", now) if under else remove_taint(new, taint)
+
+
+def node_not_ready(node_: Mapping[str, Any], now: float, *, unreachable: bool = False) -> Node:
+    """The node goes NotReady: the kubelet reports Ready=False (`unreachable`: it stopped
+    posting, and the node controller sets Ready=Unknown); the node controller taints it
+    not-ready (or unreachable), NoSchedule and NoExecute."""
+    new = set_node_condition(node_, "Ready", "Unknown" if unreachable else "False", now)
+    key = "node.kubernetes.io/unreachable" if unreachable else "node.kubernetes.io/not-ready"
+    return add_taint(add_taint(new, key, "NoSchedule", now), key, "NoExecute", now)
+
+
+def node_ready(node_: Mapping[str, Any], now: float) -> Node:
+    """The kubelet posts Ready=True again; the node controller lifts its not-ready taints."""
+    new = set_node_condition(node_, "Ready", "True", now)
+    new = remove_taint(new, "node.kubernetes.io/not-ready")
+    return remove_taint(new, "node.kubernetes.io/unreachable")
+
+
+def cordon(node_: Mapping[str, Any], now: float) -> Node:
+    """kubectl cordon: spec.unschedulable, and the node controller's unschedulable taint."""
+    new = _copy(node_)
+    new.setdefault("spec", {})["unschedulable"] = True
+    return add_taint(new, UNSCHEDULABLE_TAINT, "NoSchedule", now)
+
+
+def uncordon(node_: Mapping[str, Any], now: float) -> Node:
+    """kubectl uncordon: spec.unschedulable cleared, and the taint with it."""
+    new = remove_taint(node_, UNSCHEDULABLE_TAINT)
+    new.setdefault("spec", {}).pop("unschedulable", None)
+    return new
+
+
+def node_heartbeat(node_: Mapping[str, Any], now: float) -> Node:
+    """The kubelet's periodic status update: every condition's lastHeartbeatTime moves,
+    nothing else changes."""
+    new = _copy(node_)
+    for condition in _node_condition_list(new):
+        if condition.get("status") != "Unknown":
+            condition["lastHeartbeatTime"] = rfc3339(now)
+    return new

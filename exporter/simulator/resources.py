@@ -6,6 +6,7 @@ and list/watch all follow from this table.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,70 @@ _SERVICE_FIELDS: dict[str, FieldGetter] = {
     "spec.type": _path("spec", "type"),
 }
 
+# The node field labels the real apiserver accepts (pkg/registry/core/node/strategy.go): a
+# cluster-scoped object has no metadata.namespace; spec.unschedulable is "true" or "false".
+_NODE_FIELDS: dict[str, FieldGetter] = {
+    "metadata.name": _path("metadata", "name"),
+    "spec.unschedulable": lambda obj: _path("spec", "unschedulable")(obj) or "false",
+}
+
+# The field labels events.k8s.io/v1 accepts: the core Event's, under their events.k8s.io names
+# (pkg/apis/events/v1 field label conversions; `source` and the core spellings are refused).
+_EVENT_FIELDS: dict[str, FieldGetter] = {
+    **_METADATA_FIELDS,
+    **{f"regarding.{key}": _path("regarding", key) for key in (
+        "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+    "reason": _path("reason"),
+    "reportingController": _path("reportingController"),
+    "type": _path("type"),
+}  # fmt: skip
+# What an events.k8s.io/v1 create or update must satisfy (ValidateEventCreate/Update), and
+# the fields an update cannot change.
+_EVENT_LIMITS = {"reportingInstance": 128, "action": 128, "reason": 128}
+_EVENT_IMMUTABLE = ("regarding", "related", "eventTime", "action", "reason",
+                    "reportingController", "reportingInstance", "type", "note")  # fmt: skip
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+
+def _event_errors(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[str]:
+    """The registry's validation of an events.k8s.io/v1 Event (a create when `old` is None)."""
+    errors: list[str] = []
+    if old is not None:
+        errors += [f"{k}: Invalid value: field is immutable" for k in _EVENT_IMMUTABLE
+                   if new.get(k) != old.get(k)]  # fmt: skip
+    if not new.get("eventTime"):
+        errors.append("eventTime: Required value")
+    if new.get("type") not in ("Normal", "Warning"):
+        errors.append(f"type: Invalid value: {new.get('type')!r}: has invalid value")
+    controller = str(new.get("reportingController") or "")
+    if not _QUALIFIED_NAME.match(controller):
+        errors.append(f"reportingController: Invalid value: {controller!r}: not a qualified name")
+    for key, limit in _EVENT_LIMITS.items():
+        value = str(new.get(key) or "")
+        if not value:
+            errors.append(f"{key}: Required value")
+        elif len(value) > limit:
+            errors.append(f"{key}: Invalid value: can have at most {limit} characters")
+    if len(str(new.get("note") or "").encode()) > 1024:
+        errors.append("note: Invalid value: can have at most 1024 characters")
+    series = new.get("series")
+    if series is not None:
+        count = series.get("count") if isinstance(series, Mapping) else None
+        if not isinstance(count, int) or count < 2:
+            errors.append("series.count: Invalid value: should be at least 2")
+        if not isinstance(series, Mapping) or not series.get("lastObservedTime"):
+            errors.append("series.lastObservedTime: Required value")
+    if old is None:
+        for key in ("deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedSource"):
+            if new.get(key):
+                errors.append(f"{key}: Invalid value: needs to be unset")
+        if new.get("deprecatedCount"):
+            errors.append("deprecatedCount: Invalid value: needs to be unset")
+    return errors
+
 
 @dataclass(frozen=True)
 class ResourceType:
@@ -77,6 +142,9 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     has_status: bool = False  # a /status subresource exists
     field_labels: Mapping[str, FieldGetter] = field(default_factory=lambda: _METADATA_FIELDS)
+    #: The registry's validation of a write: the errors of `new` (replacing `old`, None for a
+    #: create), answered 422 Invalid.
+    check: Callable[[Mapping[str, Any], Mapping[str, Any] | None], list[str]] | None = None
 
     @property
     def api_version(self) -> str:
@@ -119,6 +187,27 @@ RESOURCES: dict[str, ResourceType] = {
             field_labels=_SERVICE_FIELDS,
         ),
         ResourceType("endpointslices", "endpointslice", "EndpointSlice", "discovery.k8s.io", "v1"),
+        ResourceType(
+            "nodes",
+            "node",
+            "Node",
+            "",
+            "v1",
+            namespaced=False,
+            short_names=("no",),
+            has_status=True,
+            field_labels=_NODE_FIELDS,
+        ),
+        ResourceType(
+            "events",
+            "event",
+            "Event",
+            "events.k8s.io",
+            "v1",
+            short_names=("ev",),
+            field_labels=_EVENT_FIELDS,
+            check=_event_errors,
+        ),
     )
 }
 

@@ -50,7 +50,7 @@ async def test_discovery_documents(http: aiohttp.ClientSession, server: ApiServe
     _, api = await get_json(http, "/api")
     assert api["kind"] == "APIVersions" and api["versions"] == ["v1"]
     _, groups = await get_json(http, "/apis")
-    assert [g["name"] for g in groups["groups"]] == ["discovery.k8s.io"]
+    assert [g["name"] for g in groups["groups"]] == ["discovery.k8s.io", "events.k8s.io"]
     assert groups["groups"][0]["preferredVersion"]["groupVersion"] == "discovery.k8s.io/v1"
     _, core = await get_json(http, "/api/v1")
     by_name = {r["name"]: r for r in core["resources"]}
@@ -63,7 +63,7 @@ async def test_discovery_documents(http: aiohttp.ClientSession, server: ApiServe
 
 
 async def test_unknown_paths_and_methods_get_status_bodies(http: aiohttp.ClientSession) -> None:
-    code, body = await get_json(http, "/api/v1/nodes")
+    code, body = await get_json(http, "/api/v1/configmaps")
     assert code == 404
     assert body == status(404, "NotFound", "the server could not find the requested resource")
     code, body = await get_json(http, "/apis/discovery.k8s.io/v1/pods")

@@ -74,7 +74,7 @@ def test_create_errors(make_pod: Callable[..., dict[str, Any]]) -> None:
         store.create("services", make_pod("b"))
     assert caught.value.code == 400
     with pytest.raises(KeyError):
-        store.create("nodes", {"metadata": {"name": "n"}})
+        store.create("configmaps", {"metadata": {"name": "n"}})
 
 
 def test_generate_name(make_pod: Callable[..., dict[str, Any]]) -> None:
