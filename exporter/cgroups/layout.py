@@ -199,6 +199,9 @@ class KubepodsTree:
         self._by_id: dict[str, ContainerDir] = {}
         self._scanned = False
         self.listings = 0  # directory listings done, for tests and the benchmark
+        # The kubepods directories found by the last listing (relative paths): the cgroup
+        # of every pod, whose PSI files are the node's pods' pressure.
+        self.kubepods: tuple[str, ...] = ()
 
     @property
     def containers(self) -> dict[str, ContainerDir]:
@@ -220,6 +223,7 @@ class KubepodsTree:
             elif name.endswith(".slice") and name not in ("system.slice", "user.slice"):
                 # kind and other --cgroup-root setups: <x>.slice/<x>-kubepods.slice
                 found.extend(f"{name}/{sub}" for sub in self._list(name) if is_kubepods_dir(sub))
+        self.kubepods = tuple(found)
         return found
 
     def _pod_dirs(self) -> dict[str, tuple[str, str]]:

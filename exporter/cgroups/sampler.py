@@ -122,6 +122,9 @@ class SamplePass:
     samples: tuple[CgroupSample, ...]
     events: tuple[LifecycleEvent, ...] = ()
     skipped: Mapping[str, int] = field(default_factory=dict)
+    # PSI totals of the pods of the node together: the kubepods cgroup's (the unified
+    # hierarchy's root when there is none); empty without PSI (cgroup v1, PSI disabled).
+    node_pressure: tuple[ResourcePressure, ...] = ()
 
 
 _NO_CPU = CpuCounters(None)
@@ -183,6 +186,11 @@ class _Tracked:
 
 _Index = dict[str, tuple[PodSnapshot, ContainerSnapshot]]
 _RESOURCES = ("cpu", "memory", "io")
+_NODE_PSI = {
+    CgroupFile.PRESSURE_CPU: "cpu.pressure",
+    CgroupFile.PRESSURE_MEMORY: "memory.pressure",
+    CgroupFile.PRESSURE_IO: "io.pressure",
+}
 
 
 class CgroupSampler:
@@ -224,6 +232,11 @@ class CgroupSampler:
         self._latest: SamplePass | None = None
         self._dropped: Mapping[str, int] = {}
         self._durations = FixedBuckets.empty(duration_buckets)
+        # The node's PSI files (docs/cgroups.md): kept open like a container's.
+        self._node_files: ContainerFiles | None = None
+        self._node_dir: Path | None = None
+        self._node_pressure: dict[str, ResourcePressure] = {}
+        self._node_tuple: tuple[ResourcePressure, ...] = ()
 
     # --- what other threads read ---
 
@@ -258,15 +271,17 @@ class CgroupSampler:
         """Run one pass. Never raises: an unexpected failure is logged and counted."""
         start = self._timer()
         skipped: dict[str, int] = {}
+        node: tuple[ResourcePressure, ...] = ()
         try:
             samples, events = self._sample(now, skipped)
+            node = self._read_node_pressure(skipped)
         except Exception:
             log.exception("cgroup sampling pass failed")
             skipped[DROP_SAMPLER_ERROR] = skipped.get(DROP_SAMPLER_ERROR, 0) + 1
             samples, events = [], []
         duration = max(0.0, self._timer() - start)
         mode = self._hierarchies.mode.value if self._hierarchies else CgroupMode.NONE.value
-        result = SamplePass(now, duration, mode, tuple(samples), tuple(events), skipped)
+        result = SamplePass(now, duration, mode, tuple(samples), tuple(events), skipped, node)
         if skipped:
             total = dict(self._dropped_total)
             for reason, n in skipped.items():
@@ -282,6 +297,72 @@ class CgroupSampler:
         for tracked in self._tracked.values():
             tracked.files.close()
         self._tracked.clear()
+        self._close_node_files()
+
+    def _close_node_files(self) -> None:
+        if self._node_files is not None:
+            self._node_files.close()
+            self._node_files = None
+        self._node_pressure = {}
+        self._node_tuple = ()
+
+    def _node_directory(self) -> Path | None:
+        """Where the node's pods' PSI is: the kubepods cgroup in the unified hierarchy (v2,
+        or hybrid with systemd mirroring it), else the unified root; None without one."""
+        h, tree = self._hierarchies, self._tree
+        if h is None or h.unified is None or h.mode is CgroupMode.NONE:
+            return None
+        if tree is not None and tree.kubepods:
+            kubepods = h.unified / tree.kubepods[0]
+            if kubepods.is_dir():
+                return kubepods
+        return h.unified
+
+    def _read_node_pressure(self, skipped: dict[str, int]) -> tuple[ResourcePressure, ...]:
+        """The node's PSI totals, from three files kept open. A file the host does not
+        provide is dropped quietly (said once); the directory is looked for again at each
+        full rescan, so a kubepods cgroup created after the agent started is found."""
+        if self._node_files is None or (self._passes - 1) % self.full_rescan_every == 0:
+            directory = self._node_directory()
+            if directory is None:
+                self._close_node_files()
+                return ()
+            if self._node_files is None or directory != self._node_dir:
+                self._close_node_files()
+                self._node_dir = directory
+                paths = {key: directory / name for key, name in _NODE_PSI.items()}
+                # Three descriptors of their own, outside the containers' budget.
+                budget = FdBudget(len(paths))
+                self._node_files = ContainerFiles(paths, budget, home=directory)
+        files = self._node_files
+        changed, failed = files.read_all()
+        for key, exc in failed:
+            if files.classify(key, exc) is Outcome.UNREADABLE or files.was_read(key):
+                skipped[DROP_UNREADABLE] = skipped.get(DROP_UNREADABLE, 0) + 1
+                words = "cannot read the node's PSI file; no longer reading it: %s"
+            else:
+                words = "the node's PSI file is not provided by this host; not reported: %s"
+            self._warn.warning(f"node:{key}", words, exc)
+            files.drop(key)
+            self._node_pressure.pop(PRESSURE_FILES[key], None)
+        for key in changed:
+            raw = files.get(key)
+            resource_name = PRESSURE_FILES[key]
+            self._node_pressure.pop(resource_name, None)
+            if raw is None:
+                continue
+            try:
+                totals = parse_pressure(raw)
+            except CgroupParseError as exc:
+                self._parse_error(key, exc, skipped)
+                continue
+            self._node_pressure[resource_name] = ResourcePressure(
+                resource_name, totals.some_seconds, totals.full_seconds
+            )
+        if changed or failed:
+            p = self._node_pressure
+            self._node_tuple = tuple(p[r] for r in _RESOURCES if r in p)
+        return self._node_tuple
 
     def _detect(self) -> None:
         found = detect_hierarchies(self.root)

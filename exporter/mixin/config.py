@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.core.sidecars import CONTAINER_PATTERN as SIDECAR_CONTAINER_PATTERN
 from exporter.core.units import parse_duration
 
 
@@ -114,6 +115,9 @@ class Thresholds:
     slow_recovery: float = pending(300)
     #: Closed rollout episodes of these impacts fire TailwatchRolloutDegradedLatency.
     rollout_impacts: tuple[str, ...] = ("degraded", "severe")
+    #: A rollout the agents report stuck (no progress for their --rollout-stuck) this long
+    #: more fires TailwatchRolloutStuck.
+    rollout_stuck_for: float = pending(300)
     restart_loop_restarts: int = 3
     #: Throttled CFS periods / periods of a container of a probed Service.
     throttling_ratio: float = 0.25
@@ -140,11 +144,12 @@ class Dashboards:
     refresh: str = "30s"
     time_from: str = "now-1h"
     timezone: str = "utc"
-    #: Containers whose CPU share of their pod is shown (and alerted on) as a sidecar's.
-    sidecar_containers: str = (
-        "istio-proxy|linkerd-proxy|envoy|.*-proxy|.*sidecar.*|cloud-sql-proxy|vault-agent"
-        "|otel-collector|fluent-bit"
-    )
+    #: Containers whose CPU share of their pod is shown (and alerted on) as a sidecar's:
+    #: the names of the agent's sidecar rule (exporter/core/sidecars.py), so the dashboards
+    #: and the episodes' attribution mean the same containers. A pod's own
+    #: `tailwatch.io/sidecars` annotation and native sidecars are not in the metrics' labels:
+    #: only the agent sees them.
+    sidecar_containers: str = SIDECAR_CONTAINER_PATTERN
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,13 @@ pod is gone, or `shutdown_delay` seconds after it started terminating (a gracefu
 then its address refuses connections. Every `tick` seconds it recomputes, per pod, the
 share of its Service's nominal load that kube-proxy's programmed rules send it, its
 containers' CPU and memory (cold start costs CPU, bursts add some, quotas throttle), the
-node's contention, and from those the conditions the pod's next requests meet.
+node's contention (its cores shared by the containers' CPU requests, as CFS weights them:
+a container wanting more than its share slows, and every thread of the node waits for a
+core part of the time), and from those the conditions the pod's next requests meet.
 
 The scenario's knobs are `kill` (a container's process dies), `burst` (a container does
-extra CPU work) and `grow_memory` (a container's working set climbs, e.g. to an OOM kill).
+extra CPU work: a sidecar's config push, a batch job's threads on a node without a CPU
+limit) and `grow_memory` (a container's working set climbs, e.g. to an OOM kill).
 """
 
 from __future__ import annotations
@@ -444,7 +447,7 @@ class DataPlane:
             receiving = self.kube_proxy.receiving(key)
             for backend in receiving:
                 rates[backend.pod] = service.nominal_rps / len(receiving)
-        by_node: dict[str, list[tuple[PodRuntime, ContainerLoad]]] = {}
+        by_node: dict[str, list[tuple[PodRuntime, ContainerLoad, float]]] = {}
         colds: dict[PodKey, float] = {}
         for runtime in self.pods.values():
             profile = runtime.profile
@@ -466,22 +469,32 @@ class DataPlane:
                     working_set=self._working_set(runtime, cp, now),
                     running=name in runtime.running and name not in runtime.killed,
                 )
-                by_node.setdefault(runtime.node, []).append((runtime, load))
+                by_node.setdefault(runtime.node, []).append((runtime, load, cp.cpu_request))
         factors: dict[str, float] = {}
+        starved: dict[tuple[PodKey, str], float] = {}
         for runtime in self.pods.values():
             runtime.loads = {}
-        for node, pairs in by_node.items():
+        for node, entries in by_node.items():
             cores = self.node_cores.get(node, self.default_cores)
-            contended, factors[node] = contend([load for _, load in pairs], cores)
-            for (runtime, _), load in zip(pairs, contended, strict=True):
+            wanted = [load for _, load, _ in entries]
+            contended, factors[node] = contend(wanted, cores, [weight for _, _, weight in entries])
+            for (runtime, before, _), load in zip(entries, contended, strict=True):
                 runtime.loads[load.name] = load
+                if 0 < load.usage < before.usage:  # it got less than its share of the work
+                    starved[(runtime.key, load.name)] = before.usage / load.usage
         self.contention = factors
         for runtime in self.pods.values():
+            serving = runtime.serving_container() or ""
+            factor = factors.get(runtime.node, 1.0)
             runtime.conditions = self._conditions(
-                runtime, colds[runtime.key] * factors.get(runtime.node, 1.0)
+                runtime,
+                colds[runtime.key] * starved.get((runtime.key, serving), 1.0),
+                runqueue=1 - 1 / factor,
             )
 
-    def _conditions(self, runtime: PodRuntime, slowdown: float) -> RequestConditions | None:
+    def _conditions(
+        self, runtime: PodRuntime, slowdown: float, *, runqueue: float = 0.0
+    ) -> RequestConditions | None:
         profile = runtime.profile
         if profile is None:
             return None
@@ -501,6 +514,8 @@ class DataPlane:
                 for _ in range(c.passes)
             ),
             hop=sum(c.hop * c.passes for c in on_path),
+            runqueue=runqueue,
+            wakeups=serving.wakeups if serving else 1,
         )
 
     # -- questions and knobs ---------------------------------------------------------

@@ -4,8 +4,9 @@ A request's latency is its own work (a log-normal body with a rare slow path, as
 service times have), stretched while the pod is cold after it became ready, plus the time
 it waits for a free worker (Erlang C: the pod's workers carry the share of the Service's
 nominal load that kube-proxy sends it, so fewer ready endpoints mean more queueing), plus
-the time it waits while a container on its path is out of CFS quota. Every draw takes the
-random generator, so a seeded generator gives the same latencies.
+the time it waits while a container on its path is out of CFS quota, plus the time its
+threads wait for a core when the node's CPUs are contended (a noisy neighbour). Every
+draw takes the random generator, so a seeded generator gives the same latencies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from dataclasses import dataclass
 MAX_UTILISATION = 0.97
 #: The kernel's default CFS period (cpu.max's second field, cpu.cfs_period_us).
 CFS_PERIOD = 0.1
+#: How long a woken thread may wait for a core behind CPU-bound threads of other cgroups:
+#: a few of them per CPU, each running its slice (CFS's minimum granularity, 3 ms at 8
+#: CPUs) and its cgroup's turn before the woken one's.
+RUNQUEUE_WAIT = 0.020
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +96,9 @@ class RequestConditions:
     container cannot run (CFS throttling), which lowers its throughput. `stalls` are the
     shares of each CFS period during which a container on the request's path is throttled
     (the app, a proxy sidecar): a request arriving then waits for the next period. `hop` is
-    a fixed time added per request (a proxy's own work).
+    a fixed time added per request (a proxy's own work). `runqueue` is the share of time
+    the node's runnable threads wait for a core (its CPU PSI `some`): each of the request's
+    `wakeups` in the serving container waits with that probability, up to RUNQUEUE_WAIT.
     """
 
     service_time: ServiceTime
@@ -102,6 +109,8 @@ class RequestConditions:
     stalls: tuple[float, ...] = ()
     hop: float = 0.0
     cfs_period: float = CFS_PERIOD
+    runqueue: float = 0.0
+    wakeups: int = 1
 
     @property
     def mean_work(self) -> float:
@@ -130,6 +139,10 @@ class RequestConditions:
             if stall > 0 and rng.random() < stall:
                 # Arrived while the cgroup was out of quota: wait for the period's end.
                 seconds += rng.uniform(0, stall * self.cfs_period)
+        if self.runqueue > 0:  # (no draw otherwise: uncontended runs stay as they were)
+            for _ in range(self.wakeups):
+                if rng.random() < self.runqueue:
+                    seconds += rng.uniform(0, RUNQUEUE_WAIT)
         return seconds
 
 

@@ -1,7 +1,8 @@
 """The CPU and memory a simulated container uses for the traffic it serves, as the kernel
 would account it: CFS quota and throttling, CPU and memory pressure (PSI), contention for
-the node's cores. Pure: the data plane feeds it request rates and the cgroup tree writer
-turns its answers into cgroup files.
+the node's cores (shared by CPU weight, from the requests, as CFS does). Pure: the data
+plane feeds it request rates and the cgroup tree writer turns its answers into cgroup
+files.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ class ContainerProfile:
     `hop` is what it adds to each, `passes` how often a request crosses it (a proxy: on
     the way in and on the way out, each time at risk of a throttled period). `serves`: the
     container listening on the pod's port. `sidecar`: a native sidecar (a restartable init
-    container).
+    container). `wakeups`: how many times one request's work in the serving container
+    waits to be scheduled (hand-offs between thread pools, callbacks): each may wait for a
+    core while the node's CPUs are contended (`latency.RUNQUEUE_WAIT`).
     """
 
     name: str
@@ -44,6 +47,7 @@ class ContainerProfile:
     passes: int = 1
     serves: bool = False
     sidecar: bool = False
+    wakeups: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,21 +144,41 @@ def container_load(
     )
 
 
-def contend(loads: Sequence[ContainerLoad], cores: float) -> tuple[list[ContainerLoad], float]:
-    """Share a node's `cores` among its containers: when their usage adds up to more, each
-    gets proportionally less and waits for a CPU the rest of the time (PSI cpu some).
-    Returns the loads and the slowdown every container's work suffers (1 = none)."""
+def contend(
+    loads: Sequence[ContainerLoad], cores: float, weights: Sequence[float] | None = None
+) -> tuple[list[ContainerLoad], float]:
+    """Share a node's `cores` among its containers, as CFS shares them by CPU weight (the
+    requests; equal without `weights`): when their usage adds up to more, a container
+    wanting less than its weight's share gets what it wants and the others share the rest
+    by weight (water-filling); and every container with work waits for a CPU part of the
+    time (PSI cpu some: 1 - cores / what they all want). Returns the loads and the node's
+    over-subscription, what they want / cores (1 = none)."""
     total = sum(load.usage for load in loads)
     if cores <= 0 or total <= cores:
         return list(loads), 1.0
     factor = total / cores
     waiting = 1 - 1 / factor
+    weight = [max(1e-6, w) for w in weights] if weights is not None else [1.0] * len(loads)
+    granted = [0.0] * len(loads)
+    hungry = [i for i, load in enumerate(loads) if load.usage > 0]
+    left = cores
+    while hungry:
+        per_weight = left / sum(weight[i] for i in hungry)
+        content = {i for i in hungry if loads[i].usage <= per_weight * weight[i]}
+        if not content:
+            for i in hungry:
+                granted[i] = per_weight * weight[i]
+            break
+        for i in content:
+            granted[i] = loads[i].usage
+            left -= loads[i].usage
+        hungry = [i for i in hungry if i not in content]
     out = [
         replace(
             load,
-            usage=load.usage / factor,
+            usage=granted[i],
             psi_cpu_some=min(1.0, load.psi_cpu_some + waiting) if load.usage > 0 else 0.0,
         )
-        for load in loads
+        for i, load in enumerate(loads)
     ]
     return out, factor

@@ -5,7 +5,9 @@ v2, the kubelet's systemd driver, containerd: `exporter.cgroups.synthetic`).
 Every `update()` integrates each running container's rates since the last one into its
 counters, as the kernel does: CPU time, CFS periods and throttled periods and time when
 it hits its quota, PSI stall time (cpu, memory), memory.current and the working set,
-memory.events `max` when it presses on its limit. `oom_kill()` is the kernel's OOM killer:
+memory.events `max` when it presses on its limit; and the kubepods cgroup's CPU PSI, the
+time some pod's task waited for a core the node did not have (contention among the pods,
+not one container's own quota). `oom_kill()` is the kernel's OOM killer:
 `oom` and `oom_kill` grow in that container's memory.events. Pod and container cgroups are
 created when the kubelet would start them (the pod status shows a running container) and
 removed when it would clean them up (the pod is gone, or the container was replaced by a
@@ -30,6 +32,7 @@ from exporter.cgroups.synthetic import (
     container_dir,
     cpu_stat_v2,
     hex_id,
+    kubepods_dir,
     memory_events_v2,
     memory_stat_v2,
     pod_dir,
@@ -143,6 +146,7 @@ class NodeCgroups:
         self._last: float | None = None
         self._next_pid = 1000
         self._written: dict[str, dict[str, str]] = {}  # container id -> file -> content
+        self.node_psi_cpu_usec = 0.0  # the kubepods cgroup's cpu.pressure `some` total
         write_tree(root, self.layout, [])
 
     # -- questions -------------------------------------------------------------------
@@ -193,6 +197,7 @@ class NodeCgroups:
         for uid in set(self._pods) - set(wanted):
             self._remove_pod(self._pods.pop(uid))
         writes: list[Callable[[], None]] = []
+        waiting = 0.0
         for uid, body in wanted.items():
             held = self._pods.get(uid)
             if held is None:
@@ -202,7 +207,14 @@ class NodeCgroups:
                 meta = body["metadata"]
                 load = self.load_of(meta["namespace"], meta["name"], name)
                 self._advance(counters, load, dt)
+                if load is not None and load.usage > 0:
+                    # A container's CPU stall beyond its own quota's is the node's contention.
+                    waiting = max(waiting, load.psi_cpu_some - load.stall)
                 writes.append(self._writer(held.synthetic, cid, counters.usage()))
+        self.node_psi_cpu_usec += waiting * dt * 1e6
+        pressure = self.root / kubepods_dir(self.layout) / "cpu.pressure"
+        content = _psi(int(self.node_psi_cpu_usec), 0)
+        writes.append(lambda: write_in_place(pressure, content))
         return writes
 
     async def run(self) -> None:
