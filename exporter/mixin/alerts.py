@@ -15,6 +15,7 @@ ALERTS = (
     "TailwatchSlowRecovery",
     "TailwatchRecoveryFailed",
     "TailwatchRolloutDegradedLatency",
+    "TailwatchRolloutStuck",
     "TailwatchContainerRestartLoop",
     "TailwatchContainerOOMKilled",
     "TailwatchCPUThrottling",
@@ -28,6 +29,7 @@ ALERTS = (
 SERVICE = "{{ $labels.namespace }}/{{ $labels.service }}"
 CONTAINER = "{{ $labels.namespace }}/{{ $labels.pod }}/{{ $labels.container }}"
 AGENT = "{{ $labels.instance }}"
+WORKLOAD = "{{ $labels.workload_kind }} {{ $labels.namespace }}/{{ $labels.workload }}"
 
 
 def _number(value: float) -> str:
@@ -154,6 +156,20 @@ class _Alerts:
                 f"In the last {ewin}, a rollout episode of {SERVICE} ended with impact "
                 "{{ $labels.impact }}: its p99 during the rollout was well above its baseline. "
                 "Check the new revision's startup and warm-up.",
+            ),
+            # Every agent that reports a Service behind the workload follows its rollout:
+            # their max is the workload's, so one stuck rollout is one alert.
+            self.alert(
+                "TailwatchRolloutStuck",
+                f"max by ({q.by('namespace', 'workload_kind', 'workload')}) "
+                f"({q.raw('tailwatch_rollout_stuck')}) == 1",
+                "warning",
+                f"The rollout of {WORKLOAD} is stuck.",
+                f"The rollout of {WORKLOAD} has made no progress (no endpoint of its new "
+                "revision became ready, none of the old ones left) for the agents' "
+                f"--rollout-stuck and {duration(t.rollout_stuck_for)} more: its new pods do "
+                "not become ready, or the old ones do not go.",
+                pending=t.rollout_stuck_for,
             ),
         ]
         return {"name": "tailwatch-episodes.alerts", "rules": rules}

@@ -230,7 +230,10 @@ def build(config: MixinConfig) -> Any:
                 include_all=True,
             ),
         ],
-        annotations=[episode_annotation(q, (NS, SVC))],
+        annotations=[
+            episode_annotation(q, (NS, SVC)),
+            rollout_annotation(q, rollouts_in_progress(q, NS)),
+        ],
     )
 
 
@@ -242,4 +245,23 @@ def episode_annotation(q: PromQL, matchers: tuple[str, ...]) -> dict[str, Any]:
         "{{cause}} episode of {{namespace}}/{{service}}",
         "namespace,service,cause",
         "red",
+    )
+
+
+def rollouts_in_progress(q: PromQL, *matchers: str) -> str:
+    """The workloads with a rollout in progress: the max over the agents that follow each
+    (every agent that reports a Service behind it), so a rollout is one series, not k."""
+    keys = q.by("namespace", "workload_kind", "workload")
+    return f"max by ({keys}) ({q.raw('tailwatch_rollout_in_progress', *matchers)}) == 1"
+
+
+def rollout_annotation(q: PromQL, expr: str) -> dict[str, Any]:
+    """Each rollout as a region of the time panels: it begins at the rollout's start and
+    ends at its finish (docs/dashboards.md)."""
+    return p.annotation(
+        "Rollouts",
+        expr,
+        "rollout of {{workload_kind}} {{namespace}}/{{workload}}",
+        "namespace,workload_kind,workload",
+        "purple",
     )

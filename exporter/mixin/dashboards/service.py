@@ -8,7 +8,11 @@ from typing import Any
 from exporter.mixin.config import MixinConfig
 from exporter.mixin.dashboards import panels as p
 from exporter.mixin.dashboards.episodes import episode_table, not_recovered_stat
-from exporter.mixin.dashboards.overview import episode_annotation
+from exporter.mixin.dashboards.overview import (
+    episode_annotation,
+    rollout_annotation,
+    rollouts_in_progress,
+)
 from exporter.mixin.promql import PromQL, duration, increase_with_new_series, indent
 from exporter.mixin.records import QUANTILES, Records
 
@@ -305,6 +309,7 @@ def build(config: MixinConfig) -> Any:
                 "namespace,workload,event,reason",
                 "orange",
             ),
+            rollout_annotation(q, workload_rollouts(q, r)),
         ],
     )
 
@@ -336,3 +341,16 @@ def workload_events(q: PromQL, r: Records) -> str:
         f"{indent(increase_with_new_series(events, '$__rate_interval'))}\n) > 0\n"
         f"and on ({q.by('namespace', 'workload')})\n{backing}"
     )
+
+
+def workload_rollouts(q: PromQL, r: Records) -> str:
+    """Rollouts in progress of the workloads whose pods back the Service (their pods on
+    the agents' nodes, joined with the endpoints the agents probe)."""
+    keys = q.by("namespace", "workload_kind", "workload")
+    backing = (
+        f"group by ({keys}) (\n"
+        f"  {q.raw('tailwatch_pod_info', NS)}\n"
+        f"  and on ({q.by('namespace', 'pod')})\n"
+        f"  {q.rec(r.endpoint_pods, NS, SVC)}\n)"
+    )
+    return f"{rollouts_in_progress(q, NS)}\nand on ({keys})\n{backing}"
