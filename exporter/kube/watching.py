@@ -318,13 +318,27 @@ class ApiSession:
         releases the response."""
         return await self._request("POST", path, client_timeout, json=dict(body))
 
+    async def patch(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        client_timeout: aiohttp.ClientTimeout,
+        content_type: str = "application/merge-patch+json",
+    ) -> aiohttp.ClientResponse:
+        """PATCH with a JSON body of `content_type` (a merge patch by default: an Event's
+        series); the caller reads and releases the response."""
+        data = json.dumps(dict(body), separators=(",", ":")).encode()
+        return await self._request(
+            "PATCH", path, client_timeout, data=data, headers={"Content-Type": content_type}
+        )
+
     async def _request(
         self, method: str, path: str, client_timeout: aiohttp.ClientTimeout, **kw: Any
     ) -> aiohttp.ClientResponse:
         """One request with fresh credentials, the certificate checked against
         `server_name`; a failure to connect is a ConnectionFailed (a TlsFailed for TLS)."""
         assert self._session is not None, "ApiSession used outside `async with`"
-        headers = await self.connection.auth_headers()
+        headers = {**await self.connection.auth_headers(), **kw.pop("headers", {})}
         try:
             resp = await self._session.request(
                 method,
