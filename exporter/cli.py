@@ -1,5 +1,6 @@
-"""The `tailwatch` command: `run` (the agent), `demo` (simulated cluster, real agent) and
-`generate` (dashboards and rule files)."""
+"""The `tailwatch` command: `run` (the agent), `demo` (simulated cluster, real agent),
+`generate` (dashboards and rule files) and `episodes` (the cluster's episodes, gathered from
+every agent; also the kubectl plugin `kubectl tailwatch`). docs/cli.md describes them."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from exporter import __version__
 from exporter.settings import OPTIONS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
     from exporter.kube.config import KubeConnection
+
+T = TypeVar("T")
 
 EXIT_CONFIG = 2
 #: From SIGTERM (or SIGINT) to the process's exit, at most: the agent stops its listeners and
@@ -28,9 +31,9 @@ EXIT_CONFIG = 2
 EXIT_DEADLINE = 4.0
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(prog: str = "tailwatch") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tailwatch",
+        prog=prog,
         description="Ties tail latency of Kubernetes Services to pod lifecycle events.",
     )
     parser.add_argument("--version", action="version", version=f"tailwatch {__version__}")
@@ -103,7 +106,116 @@ def _build_parser() -> argparse.ArgumentParser:
         help="compress every window and `for` by this factor (rate windows at least 5s), for "
         "a Prometheus scraping `tailwatch demo --speed` every second",
     )
+    _add_episodes(sub)
     return parser
+
+
+def _flag_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A settings parser as an argparse type: its message, not argparse's generic one."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def _add_episodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from exporter.settings import (  # noqa: PLC0415
+        parse_label_selector,
+        parse_optional_namespace,
+        parse_positive_duration,
+        parse_positive_int,
+    )
+
+    episodes = sub.add_parser(
+        "episodes",
+        help="the cluster's episodes, merged from every agent",
+        description="Ask every agent for its episodes through the API server's pod proxy, "
+        "with your kubeconfig, and print one record per disruption of a Service: the "
+        "earliest open, the latest close, the dominant cause and each node's view "
+        "(docs/cli.md). Exit status: 0 when at least one agent answered, 1 when none did "
+        "or the API server cannot be asked, 2 for a usage error.",
+    )
+    episodes.add_argument("--kubeconfig", default=None, help="kubeconfig file (as kubectl)")
+    episodes.add_argument("--context", default=None, help="kubeconfig context (as kubectl)")
+    episodes.add_argument(
+        "-n",
+        "--namespace",
+        type=_flag_type(parse_optional_namespace),
+        default=None,
+        help="only Services of this namespace",
+    )
+    episodes.add_argument("--service", default=None, help="only Services of this name")
+    episodes.add_argument(
+        "--since",
+        type=_flag_type(parse_positive_duration),
+        default=None,
+        metavar="DURATION",
+        help="only episodes open at some moment in this duration back from now (e.g. 1h)",
+    )
+    episodes.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    episodes.add_argument(
+        "--agents-namespace",
+        type=_flag_type(parse_optional_namespace),
+        default=None,
+        help="the agents' namespace (default: all namespaces)",
+    )
+    episodes.add_argument(
+        "--agents-selector",
+        type=_flag_type(parse_label_selector),
+        default=None,
+        help="label selector of the agents' pods (default: the chart's, "
+        "app.kubernetes.io/name=tailwatch,app.kubernetes.io/component=agent)",
+    )
+    episodes.add_argument(
+        "--port",
+        type=_flag_type(_port),
+        default=None,
+        help="the agents' HTTP port (default: their container port named metrics, else 9808)",
+    )
+    episodes.add_argument(
+        "--timeout",
+        type=_flag_type(parse_positive_duration),
+        default=5.0,
+        metavar="DURATION",
+        help="how long to wait for each agent (default: 5s)",
+    )
+    episodes.add_argument(
+        "--concurrency",
+        type=_flag_type(parse_positive_int),
+        default=32,
+        help="agents asked at once, at most (default: 32)",
+    )
+
+
+def _run_episodes(args: argparse.Namespace) -> int:
+    from exporter.cluster import DEFAULT_SELECTOR, EpisodesOptions, run_episodes  # noqa: PLC0415
+
+    return run_episodes(
+        EpisodesOptions(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=args.namespace,
+            service=args.service,
+            since=args.since,
+            output=args.output,
+            agents_namespace=args.agents_namespace,
+            agents_selector=args.agents_selector or DEFAULT_SELECTOR,
+            port=args.port,
+            timeout=args.timeout,
+            concurrency=args.concurrency,
+        )
+    )
 
 
 async def _run_agent(settings: Settings, connection: KubeConnection) -> None:
@@ -140,8 +252,16 @@ def _exit_after(seconds: float) -> None:
     timer.start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """`kubectl-tailwatch`, the kubectl plugin: `kubectl tailwatch episodes ...` runs this
+    with the arguments after the plugin's name, and KUBECONFIG in the environment."""
+    return main(argv, prog="kubectl tailwatch")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "tailwatch") -> int:
+    args = _build_parser(prog).parse_args(argv)
+    if args.command == "episodes":
+        return _run_episodes(args)
     if args.command == "generate":
         from exporter.mixin.generate import run  # noqa: PLC0415 (never loaded by the agent)
 

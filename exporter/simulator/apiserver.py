@@ -37,6 +37,7 @@ from aiohttp import web
 from exporter.simulator.faults import Faults, InjectedFailure, OpenWatch, RequestLog, RequestRecord
 from exporter.simulator.kubeconfig import kubeconfig_dict, write_kubeconfig
 from exporter.simulator.patching import apply_patch
+from exporter.simulator.proxy import PROXY_RESOURCE, PodProxy, proxy_path, split_scheme_name_port
 from exporter.simulator.resources import RESOURCES, Object, ResourceType
 from exporter.simulator.reviews import Reviews
 from exporter.simulator.selectors import (
@@ -49,6 +50,7 @@ from exporter.simulator.status import (
     LIST_EXPIRED,
     ApiError,
     bad_request,
+    invalid,
     too_large_resource_version,
     too_old_resource_version,
     unauthorized,
@@ -187,6 +189,14 @@ async def _send_event(
     await response.write(line)
 
 
+def _check(rtype: ResourceType | None, new: Object, old: Object | None) -> None:
+    """The registry's validation of a write (`ResourceType.check`): 422 Invalid."""
+    errors = rtype.check(new, old) if rtype is not None and rtype.check is not None else []
+    if errors:
+        name = str((new.get("metadata") or {}).get("name") or "")
+        raise invalid(rtype.kind if rtype is not None else "", name, ", ".join(errors))
+
+
 @dataclass(frozen=True)
 class _Route:
     """What a request path names: a discovery document, a resource, or nothing served."""
@@ -200,7 +210,10 @@ class _Route:
 
     @property
     def resource(self) -> str:
-        return self.rtype.plural if self.rtype else ""
+        """The RBAC resource: the plural, or `pods/proxy` for the proxy subresource."""
+        if self.rtype is None:
+            return ""
+        return PROXY_RESOURCE if self.subresource == "proxy" else self.rtype.plural
 
 
 class ApiServer:
@@ -247,6 +260,7 @@ class ApiServer:
         self.faults = Faults()
         self.requests = RequestLog()
         self.reviews = Reviews()  # TokenReviews and SubjectAccessReviews (reviews.py)
+        self.pod_proxy = PodProxy()  # the pods/proxy subresource (proxy.py)
         self._runner: web.AppRunner | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -287,6 +301,7 @@ class ApiServer:
         self.faults.close_all()
         runner, self._runner = self._runner, None
         await runner.cleanup()
+        await self.pod_proxy.close()
 
     async def __aenter__(self) -> ApiServer:
         await self.start()
@@ -332,6 +347,12 @@ class ApiServer:
         stripped = path.rstrip("/") or "/"
         if stripped in documents:
             return _Route(verb="get" if method == "GET" else "-", document=documents[stripped])
+        proxied = proxy_path(path)
+        if proxied is not None:
+            # pods/proxy: GET is forwarded to the pod (proxy.py), as `get` on pods/proxy.
+            pod_namespace, pod_id, _ = proxied
+            verb = "get" if method == "GET" else "-"
+            return _Route(RESOURCES["pods"], pod_namespace, pod_id, "proxy", verb)
         segments = stripped.strip("/").split("/")
         if segments[0] == "api" and len(segments) >= 3:
             base, rest = f"/api/{segments[1]}", segments[2:]
@@ -433,14 +454,16 @@ class ApiServer:
             raise ApiError(404, "the server could not find the requested resource")
         if route.verb == "-":
             raise ApiError(405, "the server does not allow this method on the requested resource")
-        if self.faults.is_forbidden(rtype.plural, route.verb):
+        if self.faults.is_forbidden(route.resource, route.verb):
             raise self._forbidden(route)
-        failure = self.faults.take_failure(rtype.plural, route.verb)
+        failure = self.faults.take_failure(route.resource, route.verb)
         if failure is not None:
             error = self._injected(failure, route)
             if failure.in_stream and route.verb == "watch":
                 return await self._stream_error(request, record, error)
             raise error
+        if route.subresource == "proxy":
+            return await self._proxy(request, route)
         if route.verb == "list":
             _bool_param(params, "watch")
             return _json_response(self._list(route, params, record))
@@ -480,8 +503,19 @@ class ApiServer:
         return ApiError(
             403,
             f'{subject} is forbidden: User "{self.user}" cannot {route.verb} resource '
-            f'"{rtype.plural}" in API group "{rtype.group}" {scope}',
+            f'"{route.resource}" in API group "{rtype.group}" {scope}',
             details=details,
+        )
+
+    async def _proxy(self, request: web.Request, route: _Route) -> web.StreamResponse:
+        """pods/proxy: the pod's answer to the same GET (proxy.py)."""
+        assert route.namespace is not None and route.name is not None
+        proxied = proxy_path(request.raw_path.split("?", 1)[0])
+        assert proxied is not None
+        _, name, _ = split_scheme_name_port(route.name)
+        pod = self.store.get("pods", route.namespace, name)
+        return await self.pod_proxy.forward(
+            request, self.pod_proxy.target(pod, route.name), proxied[2]
         )
 
     def _injected(self, failure: InjectedFailure, route: _Route) -> ApiError:
@@ -783,6 +817,7 @@ class ApiServer:
                     "the request"
                 )
             meta["namespace"] = namespace
+        _check(rtype, body, None)
         return self.store.create(rtype.plural, body)
 
     def _update(self, route: _Route, namespace: str, name: str, body: Any) -> Object:
@@ -806,6 +841,7 @@ class ApiServer:
         def replace(work: Object) -> None:
             new = self._with_subresource_rules(route, work, copy.deepcopy(body))
             new["metadata"]["resourceVersion"] = requested or work["metadata"]["resourceVersion"]
+            _check(rtype, new, work)
             work.clear()
             work.update(new)
 
@@ -823,6 +859,7 @@ class ApiServer:
                 raise ApiError(422, "the patched object has no metadata")
             new = self._with_subresource_rules(route, work, patched)
             new["metadata"].setdefault("resourceVersion", current_rv)
+            _check(route.rtype, new, work)
             work.clear()
             work.update(new)
 
