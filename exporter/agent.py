@@ -25,12 +25,15 @@ from exporter.core.endpoints import EndpointEvent
 from exporter.core.episodes import ChangeKind, EpisodeChange, Source
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.nodes import NodeEvent, NodeTracker
 from exporter.core.peers import PeerSet
 from exporter.core.pods import PodSnapshot
+from exporter.core.rollouts import RolloutChange, RolloutChangeKind, RolloutTracker
 from exporter.core.rules import CorrelationSettings
 from exporter.core.services import PROBE_LABEL, ServiceRef
 from exporter.exposition import Exposition
 from exporter.kube.config import KubeConnection, load_connection
+from exporter.kube.events import EpisodeEvents
 from exporter.kube.review import ReviewClient
 from exporter.kube.watching import (
     ApiSession,
@@ -45,6 +48,8 @@ from exporter.metrics import (
     ClientLatency,
     ClientLatencySource,
     EpisodeMetrics,
+    RolloutMetrics,
+    RolloutSource,
     ServiceSource,
 )
 from exporter.otlp import LatencyDelta, OtlpReceiver, OtlpSource
@@ -53,10 +58,11 @@ from exporter.probe import Prober, ProbeResult, ProbeSource, ProbeTarget
 from exporter.runtime import Router
 from exporter.server import ListenError, ReloadingCertificate, build_app, start_server
 from exporter.settings import Settings
-from exporter.watches import EndpointSliceWatch, PeerWatch, PodWatch, ServiceWatch
+from exporter.watches import EndpointSliceWatch, NodeWatch, PeerWatch, PodWatch, ServiceWatch
 
 log = logging.getLogger("tailwatch.agent")
 episode_log = logging.getLogger("tailwatch.episodes")
+rollout_log = logging.getLogger("tailwatch.rollouts")
 
 #: How long the counters of a Service this agent stopped reporting stay on /metrics (its
 #: endpoint events, episodes), so that Prometheus scrapes their last increments.
@@ -68,6 +74,17 @@ _EPISODE_MESSAGES = {
     ChangeKind.NOT_RECOVERED: "episode not recovered",
     ChangeKind.INTERRUPTED: "episode interrupted",
     ChangeKind.NO_BASELINE: "episode closed without baseline",
+}
+
+
+_ROLLOUT_MESSAGES = {
+    RolloutChangeKind.STARTED: "rollout started",
+    RolloutChangeKind.ADOPTED: "rollout in progress (started before this agent saw it)",
+    RolloutChangeKind.SUPERSEDED: "rollout superseded",
+    RolloutChangeKind.STUCK: "rollout stuck",
+    RolloutChangeKind.PROGRESSING: "rollout progressing",
+    RolloutChangeKind.FINISHED: "rollout finished",
+    RolloutChangeKind.ABANDONED: "rollout abandoned",
 }
 
 
@@ -121,6 +138,12 @@ def _episode_log_fields(change: EpisodeChange) -> dict[str, object]:
             top = doc["attribution"][0]
             fields["top_container"] = f"{top['namespace']}/{top['pod']}/{top['container']}"
             fields["top_signals"] = top["signals"]
+        noisy = next((n for n in doc["neighbours"] if n["signals"]), None)
+        if noisy is not None:
+            fields["top_neighbour"] = f"{noisy['namespace']}/{noisy['pod']}/{noisy['container']}"
+            fields["top_neighbour_signals"] = noisy["signals"]
+        if doc["node_pressure"] is not None:
+            fields["node_pressure"] = doc["node_pressure"]
     else:
         fields["opened_at"] = doc["opened_at"]
         fields["first_event"] = doc["events"][0]["event"] if doc["events"] else ""
@@ -167,8 +190,13 @@ class Agent:
             node=settings.node_name, occupancy=self.metrics.on_workload
         )
         self.catalog = ServiceCatalog(node=settings.node_name)
+        # This agent's own Node: its bad states are the episode cause `node`.
+        self.node_tracker = NodeTracker(settings.node_name)
         self.correlator = Correlator(
-            correlation_settings(settings), node=settings.node_name, workloads=self._workloads
+            correlation_settings(settings),
+            node=settings.node_name,
+            workloads=self._workloads,
+            node_state=self.node_tracker.degraded,
         )
         self.episode_metrics = EpisodeMetrics(self.metrics.limit)
         # Every part publishes what it sees to the router; the correlator subscribes first,
@@ -177,16 +205,51 @@ class Agent:
         self.router = Router(self.metrics.internal_error)
         self.router.subscribe(LifecycleEvent, self._correlate_pod_event)
         self.router.subscribe(EndpointEvent, self._correlate_endpoint_event)
+        self.router.subscribe(NodeEvent, self._correlate_node_event)
         self.router.subscribe(EpisodeChange, self._on_episode_change)
         self.router.subscribe(ProbeResult, self._on_probe_result)
         self.router.subscribe(LatencyDelta, self._on_client_delta)
         self.router.subscribe(SamplePass, self._on_sample_pass)
         # Further sections of /api/v1/episodes beside the episodes, by name.
         self.episode_sections: dict[str, Callable[[], Any]] = {}
+        # Rollouts of the workloads behind the Services this agent reports (docs/lifecycle.md):
+        # fed with their endpoints by `_update_service`, the pods arriving here, and the tick.
+        self.rollouts = RolloutTracker(
+            stuck_after=settings.rollout_stuck, settle=settings.episode_settle, keep=FORGET_AFTER
+        )
+        self.rollout_metrics = RolloutMetrics(
+            self.metrics.limit, ttl=settings.series_ttl, clock=monotonic
+        )
+        self.router.subscribe(LifecycleEvent, self._rollouts_pod_event)
+        self.router.subscribe(RolloutChange, self._on_rollout_change)
+        self.episode_sections["rollouts"] = self.rollouts.as_json
+        # --emit-events: every episode change is an Event on its Service, written by a worker
+        # (exporter/kube/events.py); this node's are read back at start (_restore_episodes).
+        self.episode_events: EpisodeEvents | None = None
+        self._restored: set[ServiceRef] = set()  # Services of live restored episodes
+        if settings.emit_events:
+            self.episode_events = EpisodeEvents(
+                settings.node_name,
+                factor=self.correlator.settings.recovery_threshold_factor,
+                uid_of=self._service_uid,
+                count_dropped=self.metrics.count_dropped,
+                on_error=self.metrics.internal_error,
+                clock=clock,
+                monotonic=monotonic,
+                backoff=(self.timing.backoff_initial, self.timing.backoff_cap),
+            )
+            self.router.subscribe(EpisodeChange, self.episode_events.on_change)
+            self.episode_sections["events"] = self.episode_events.as_json
         self.pods_health = WatchHealth("pods")
         self.services_health = WatchHealth("services")
         self.slices_health = WatchHealth("endpointslices")
-        self.healths = [self.pods_health, self.services_health, self.slices_health]
+        self.node_health = WatchHealth("node")
+        self.healths = [
+            self.pods_health,
+            self.services_health,
+            self.slices_health,
+            self.node_health,
+        ]
         # The agents that share the probing of Service addresses (docs/scale.md): none to
         # watch when peer discovery is off; then this agent probes every address itself.
         self.peers: PeerSet | None = None
@@ -252,6 +315,7 @@ class Agent:
                 OtlpSource(self.otlp.outcomes),
                 ProbeSource(self.prober.ledger),
                 ServiceSource(self.episode_metrics, self.correlator, self._slos),
+                RolloutSource(self.rollout_metrics, lambda: self.rollouts.gauges(self.clock())),
             ]
         )
         self.registry = self.exposition.registry
@@ -264,6 +328,9 @@ class Agent:
         self._forget_at: dict[ServiceRef, float] = {}  # monotonic time to drop its counters
         self.service_watch = ServiceWatch(
             self.catalog, self.metrics, self._services_changed, self.clock
+        )
+        self.node_watch = NodeWatch(
+            self.node_tracker, self.metrics, self.router.publish, self.clock
         )
         self.slice_watch = EndpointSliceWatch(
             self.catalog,
@@ -311,7 +378,9 @@ class Agent:
                 "lifecycle event", extra=event.as_log_fields()
             )
             self.router.publish(event)
-        self.correlator.observe_resources(result.at, result.samples, self._sidecars())
+        self.correlator.observe_resources(
+            result.at, result.samples, self._sidecars(), result.node_pressure
+        )
 
     # -- correlation -----------------------------------------------------------------------
 
@@ -319,19 +388,32 @@ class Agent:
         return {(p.namespace, p.name): p.workload for p in self.tracker.pods()}
 
     def _sidecars(self) -> dict[tuple[str, str], frozenset[str]]:
-        """Every container of a pod but its first regular one (the application) is a sidecar,
-        native sidecars (restartable init containers) included."""
+        """The sidecars of every pod of the node, by the one rule of exporter/core/sidecars.py
+        (its annotation, native sidecars, well-known names; never the containers' order)."""
         out: dict[tuple[str, str], frozenset[str]] = {}
         for pod in self._cgroup_pods:
-            regular = [c.name for c in pod.containers if not c.init]
-            main = regular[0] if regular else ""
-            others = frozenset(c.name for c in pod.containers if c.name != main)
-            if others:
-                out[(pod.namespace, pod.name)] = others
+            names = pod.sidecars
+            if names:
+                out[(pod.namespace, pod.name)] = names
         return out
+
+    def _rollout_changes(self, changes: list[RolloutChange]) -> None:
+        for change in changes:
+            self.router.publish(change)
+
+    def _rollouts_pod_event(self, event: LifecycleEvent) -> None:
+        self._rollout_changes(self.rollouts.on_pod_event(event))
+
+    def _on_rollout_change(self, change: RolloutChange) -> None:
+        """Counted (the duration of a finished one) and logged."""
+        self.rollout_metrics.record(change)
+        rollout_log.info(_ROLLOUT_MESSAGES[change.kind], extra=change.as_log_fields())
 
     def _correlate_pod_event(self, event: LifecycleEvent) -> None:
         self._episode_changes(self.correlator.on_pod_event(event))
+
+    def _correlate_node_event(self, event: NodeEvent) -> None:
+        self._episode_changes(self.correlator.on_node_event(event))
 
     def _correlate_endpoint_event(self, event: EndpointEvent) -> None:
         # The correlator has the Service's endpoints already (`_update_service` runs first).
@@ -364,6 +446,9 @@ class Agent:
         """Close settled episodes, judge recovery and look for tail spikes, on a fixed tick."""
         interval = self.correlator.settings.tick_interval
         frozen = False
+        if self._restored:  # restored episodes are judged once their endpoints are known
+            await self._synced(stop)
+            self._services_changed(self._restored)
         while not stop.is_set():
             if not frozen and self.readiness()[0]:
                 # Once synced, move what startup built (modules, the first lists) out of the
@@ -380,8 +465,41 @@ class Agent:
             with self.metrics.guard("the series expiry"):
                 self._forget_due()
                 self.metrics.expire()
+            with self.metrics.guard("the rollout tick"):
+                self._rollout_changes(self.rollouts.tick(self.clock()))
+                self.rollout_metrics.expire()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+    async def _restore_episodes(self, api: ApiSession) -> None:
+        """--emit-events: this node's episodes read back from its Events, before any watch
+        delivers an event (docs/reliability.md). The live ones keep their Services reported
+        until they end (or the Service turns out gone, once the watches have synced)."""
+        assert self.episode_events is not None
+        records = await self.episode_events.read_back(api, timeout=self.timing.request_timeout)
+        recent = len(self.correlator.recent)
+        live = self.correlator.restore(records, self.clock())
+        self._restored = {e.service for e in live}
+        self._reported |= self._restored
+        restored_recent = len(self.correlator.recent) - recent
+        self.episode_events.restored(len(live), restored_recent)
+        if records:
+            log.info(
+                "episodes restored from this node's Events",
+                extra={"events": len(records), "live": len(live), "recent": restored_recent},
+            )
+
+    async def _synced(self, stop: asyncio.Event) -> None:
+        """Until every watch has delivered its first list (at most the inactivity timeout)."""
+        deadline = self.monotonic() + self.timing.inactivity_timeout
+        interval = self.correlator.settings.tick_interval
+        while not (stop.is_set() or self.readiness()[0]) and self.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    def _service_uid(self, ref: ServiceRef) -> str:
+        spec = self.catalog.specs.get(ref)
+        return spec.uid if spec is not None else ""
 
     def episodes_json(self) -> dict[str, Any]:
         """The JSON of /api/v1/episodes (exporter/views.py); `self.episode_sections` adds
@@ -512,9 +630,16 @@ class Agent:
             self._forget_at.pop(ref, None)
             self.correlator.add_service(ref)
             self.correlator.endpoints_changed(ref, catalog.endpoints.view(ref))
+            if catalog.endpoints.synced:  # the first list is the starting state
+                with self.metrics.guard("the rollout tracker"):
+                    view = catalog.endpoints.view(ref)
+                    changes = self.rollouts.observe(ref, view, self.clock(), self.tracker.pod)
+                    self._rollout_changes(changes)
         elif ref in self._reported:
             self._reported.discard(ref)
             self.correlator.remove_service(ref)
+            with self.metrics.guard("the rollout tracker"):
+                self._rollout_changes(self.rollouts.forget_service(ref, self.clock()))
             # Its counters stay a while, so that Prometheus scrapes their last increments.
             self._forget_at[ref] = self.monotonic() + FORGET_AFTER
         if not opted_in:
@@ -642,6 +767,8 @@ class Agent:
                         api, spec, handler, health, clock=self.monotonic, list_mode=mode
                     )
 
+                if self.episode_events is not None:  # before any watch delivers an event
+                    await self._restore_episodes(api)
                 pods: Any = PodWatch(self.tracker, self.metrics, self.router.publish, self.clock)
                 if self.otlp_sources is not None:  # it follows the pods of the node
                     pods = self.otlp_sources.watching(pods)
@@ -667,6 +794,14 @@ class Agent:
                         self.slice_watch,
                         self.slices_health,
                     ),
+                    # Its own Node only: one object, whatever the size of the cluster.
+                    reflector(
+                        ResourceSpec(
+                            "node", "/api/v1/nodes", field_selector=f"metadata.name={node}"
+                        ),
+                        self.node_watch,
+                        self.node_health,
+                    ),
                 ]
                 tasks = [
                     asyncio.create_task(r.run(), name=f"watch-{r.resource.name}")
@@ -675,6 +810,9 @@ class Agent:
                 tasks.append(asyncio.create_task(self._sample_cgroups(stop), name="cgroups"))
                 tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
                 tasks.append(asyncio.create_task(self._correlate(stop), name="correlation"))
+                if self.episode_events is not None:
+                    events = self.episode_events.run(api)
+                    tasks.append(asyncio.create_task(events, name="episode-events"))
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
                 for task in [*tasks, stopper]:

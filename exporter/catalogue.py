@@ -134,6 +134,15 @@ POD_INFO = Family(
     ("namespace", "pod", "workload_kind", "workload", "revision"),
 )
 
+# This agent's own Node (the node watch and exporter/core/nodes.py).
+NODE_EVENTS = Family(
+    "tailwatch_node_events_total",
+    Kind.COUNTER,
+    "Changes of this agent's node: not_ready, ready, memory/disk/pid pressure and its "
+    "clearing, cordoned, uncordoned, tainted and untainted (NoExecute).",
+    ("event", "reason"),
+)
+
 # Opted-in Services (cluster view, from EndpointSlices).
 ENDPOINT_EVENTS = Family(
     "tailwatch_endpoint_events_total",
@@ -331,6 +340,28 @@ SERVICE_SLO = Family(
     (*SERVICE, "slo_le"),
 )
 
+# Rollouts of the workloads behind opted-in Services (cluster view; docs/lifecycle.md).
+ROLLOUT_DURATION = Family(
+    "tailwatch_rollout_duration_seconds",
+    Kind.HISTOGRAM,
+    "Time from a rollout's start (the first endpoint or pod of the new revision) to every "
+    "endpoint of the workload running the new revision and ready.",
+    WORKLOAD,
+    (5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600),
+)
+ROLLOUT_IN_PROGRESS = Family(
+    "tailwatch_rollout_in_progress",
+    Kind.GAUGE,
+    "1 while a rollout of the workload is in progress, 0 for a while after it ended.",
+    WORKLOAD,
+)
+ROLLOUT_STUCK = Family(
+    "tailwatch_rollout_stuck",
+    Kind.GAUGE,
+    "1 while a rollout of the workload has made no progress for --rollout-stuck, else 0.",
+    WORKLOAD,
+)
+
 #: Every family, in the order /metrics shows them.
 FAMILIES: tuple[Family, ...] = (
     POD_EVENTS,
@@ -338,6 +369,7 @@ FAMILIES: tuple[Family, ...] = (
     POD_STARTUP,
     POD_TERMINATION,
     POD_INFO,
+    NODE_EVENTS,
     ENDPOINT_EVENTS,
     SERVICE_ENDPOINTS,
     WATCH_EVENTS,
@@ -367,4 +399,7 @@ FAMILIES: tuple[Family, ...] = (
     EPISODES_NOT_RECOVERED,
     SERVICE_DISRUPTED,
     SERVICE_SLO,
+    ROLLOUT_DURATION,
+    ROLLOUT_IN_PROGRESS,
+    ROLLOUT_STUCK,
 )

@@ -10,8 +10,9 @@ kube-proxy serves every ClusterIP; an EndpointSlice controller follows the pods;
 agent's node has a cgroup tree consistent with that load; a client sends requests and
 reports them over OTLP. The agent (in-process, through a kubeconfig, exactly as in
 production) watches node `node-1`. The scenario: steady state, a rolling update of
-checkout, an OOM-killed db container, a sidecar CPU burst in recommend, and a drain of
-node-3 that moves db-2 to node-1.
+checkout, an OOM-killed db container, a sidecar CPU burst in recommend, a drain of
+node-3 that moves db-2 to node-1 while a noisy batch job on node-1 slows checkout, and
+memory pressure on node-1 whose kubelet evicts a recommend pod.
 
 `--speed` compresses time: the scenario's timings and the agent's windows are divided by
 it (latencies are not: a request still takes its milliseconds). Probes are not: every
@@ -50,6 +51,7 @@ from exporter.agent import Agent
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.episodes import EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.nodes import NodeEvent
 from exporter.core.quantiles import DEFAULT_CONFIDENCE, quantile_name, samples_needed
 from exporter.core.services import MIN_INTERVAL, ServiceRef
 from exporter.core.tails import TAIL_Q
@@ -113,7 +115,7 @@ log = logging.getLogger("tailwatch.demo")
 @dataclass(frozen=True)
 class SeenEvent:
     t: float  # scenario seconds
-    source: str  # pod | endpoint | kernel
+    source: str  # pod | endpoint | kernel | node
     event: str
     subject: str
     detail: str
@@ -133,6 +135,12 @@ EVENT_STYLE = {
     "rollout": "bold cyan",
     "moved": "bold blue",
     "replaced": "blue",
+    "memory_pressure": "bold red",
+    "disk_pressure": "bold red",
+    "pid_pressure": "bold red",
+    "pressure_cleared": "green",
+    "cordoned": "magenta",
+    "tainted": "bold magenta",
 }
 STATUS_STYLE = {
     "open": "bold yellow",
@@ -221,6 +229,7 @@ class LiveView:
         self.step = "steady state: the agent learns each Service's baseline"
         agent.router.subscribe(LifecycleEvent, self.on_pod_event)
         agent.router.subscribe(EndpointEvent, self.on_endpoint_event)
+        agent.router.subscribe(NodeEvent, self.on_node_event)
 
     def on_pod_event(self, e: LifecycleEvent) -> None:
         source = "kernel" if e.kind is PodEventKind.OOM_KILL else "pod"
@@ -232,6 +241,13 @@ class LiveView:
             SeenEvent(
                 self.clock.of_wall(e.at), source, e.kind.value, f"{e.namespace}/{e.pod}", detail
             )
+        )
+
+    def on_node_event(self, e: NodeEvent) -> None:
+        # At when the agent saw it (the API's times are whole seconds: a scenario second
+        # is a fraction of one at speed).
+        self.events.append(
+            SeenEvent(self.clock.now(), "node", e.kind.value, e.node, e.taint or e.reason)
         )
 
     def on_endpoint_event(self, e: EndpointEvent) -> None:
@@ -338,6 +354,18 @@ def episode_table(doc: dict[str, Any], clock: ScenarioClock, *, live: bool = Fal
     return table
 
 
+def rollout_line(rollout: dict[str, Any], clock: ScenarioClock) -> str:
+    """One rollout of /api/v1/episodes in words, its duration in scenario seconds."""
+    r = rollout
+    line = (
+        f"[bold]rollout of {r['namespace']}/{r['workload']}[/] ({r['workload_kind']}, "
+        f"{r['from_revision'] or '?'} → {r['to_revision'] or '?'}): {r['state']}"
+    )
+    if r["duration_seconds"] is not None:
+        line += f" in {r['duration_seconds'] * clock.speed:.0f}s"
+    return line + f" ({r['ready_new']} of {r['total']} endpoints ready on the new revision)"
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
@@ -392,6 +420,16 @@ def match_disruptions(
     return out
 
 
+def _top_neighbour(matched: list[dict[str, Any]], doc: dict[str, Any]) -> str | None:
+    """namespace/pod/container of the neighbour the noisy neighbour's episode names first."""
+    played = next((m for m in matched if m["kind"] == "noisy_neighbour"), None)
+    if played is None or played["episode"] is None:
+        return None
+    episode = next(e for e in _all_episodes(doc) if e["id"] == played["episode"])
+    top = (episode.get("neighbours") or [None])[0]
+    return None if top is None else f"{top['namespace']}/{top['pod']}/{top['container']}"
+
+
 def build_report(
     *,
     disruptions: list[Disruption],
@@ -435,6 +473,7 @@ def build_report(
             ),
             "unaffected_service_quiet": not quiet,
             "sidecar_burst_top_container": sidecar_top,
+            "noisy_neighbour_named": _top_neighbour(matched, doc),
         },
         "episodes": doc,
     }
@@ -488,6 +527,7 @@ def demo_settings(
         "recovery_window": 30.0 / speed,
         "recovery_tolerance": 0.2,
         "recovery_max": 600.0 / speed,
+        "rollout_stuck": 600.0 / speed,
         "spike_ratio": 2.0,
     }
     known = {f.name for f in dataclasses.fields(Settings)}
@@ -767,6 +807,8 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
             )
             for e in _all_episodes(doc):
                 console.print(f"[bold]{e['id']}[/]: {e.get('summary', '')}")
+            for r in doc.get("rollouts", []):
+                console.print(rollout_line(r, clock))
             console.print(_warmup_summary(warmup))
             console.print(
                 f"report written to [bold]{path}[/]"

@@ -32,10 +32,14 @@ from exporter.catalogue import (
     EPISODE_RECOVERY,
     EPISODES,
     EPISODES_NOT_RECOVERED,
+    NODE_EVENTS,
     POD_EVENTS,
     POD_INFO,
     POD_STARTUP,
     POD_TERMINATION,
+    ROLLOUT_DURATION,
+    ROLLOUT_IN_PROGRESS,
+    ROLLOUT_STUCK,
     SERVICE_DISRUPTED,
     SERVICE_ENDPOINTS,
     SERVICE_SLO,
@@ -57,7 +61,9 @@ from exporter.core.histogram import (
     le_string,
 )
 from exporter.core.lifecycle import WorkloadKey
+from exporter.core.nodes import NodeEvent
 from exporter.core.pods import PodSnapshot
+from exporter.core.rollouts import RolloutChange, RolloutChangeKind
 from exporter.core.services import ServiceRef
 from exporter.kube.watching import WatchHealth
 from exporter.logs import LogOnce
@@ -194,6 +200,7 @@ class AgentMetrics:
         self.startup: dict[tuple[str, ...], FixedBuckets] = {}
         self.termination: dict[tuple[str, ...], FixedBuckets] = {}
         self.endpoint_events: dict[tuple[str, ...], float] = {}
+        self.node_events: dict[tuple[str, ...], float] = {}
         self.dropped: dict[str, int] = {}
         self.series_ttl = series_ttl
         self.clock = clock
@@ -210,6 +217,10 @@ class AgentMetrics:
     def record_endpoint(self, event: EndpointEvent) -> None:
         key = (event.service.namespace, event.service.name, event.kind.value)
         self.limit.add(ENDPOINT_EVENTS, self.endpoint_events, key)
+
+    def record_node(self, event: NodeEvent) -> None:
+        """A change of this agent's node (its reasons are bounded: `NodeEvent.label_reason`)."""
+        self.limit.add(NODE_EVENTS, self.node_events, (event.kind.value, event.label_reason))
 
     def forget_service(self, service: ServiceRef) -> None:
         """Drop the series of a Service that is no longer opted in."""
@@ -399,6 +410,7 @@ class AgentSource:
             FamilySnapshot(POD_STARTUP, m.startup.items()),
             FamilySnapshot(POD_TERMINATION, m.termination.items()),
             FamilySnapshot(POD_INFO, info),
+            FamilySnapshot(NODE_EVENTS, m.node_events.items()),
             FamilySnapshot(ENDPOINT_EVENTS, m.endpoint_events.items()),
             FamilySnapshot(SERVICE_ENDPOINTS, counts),
             FamilySnapshot(WATCH_EVENTS, events.items()),
@@ -472,4 +484,73 @@ class ServiceSource:
             FamilySnapshot(EPISODES_NOT_RECOVERED, m.not_recovered.items()),
             FamilySnapshot(SERVICE_DISRUPTED, disrupted),
             FamilySnapshot(SERVICE_SLO, slo),
+        )
+
+
+class RolloutMetrics:
+    """tailwatch_rollout_duration_seconds per workload, observed as each rollout finishes.
+
+    A workload's series goes `ttl` seconds (--series-ttl) after its last rollout ended,
+    unless another one started meanwhile: its pods need not be on this node, so the pod
+    tracker's occupancy cannot tell when it is gone. O(1) per change; `expire` costs
+    O(expired series)."""
+
+    def __init__(
+        self,
+        limit: SeriesLimit | None = None,
+        *,
+        ttl: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit or SeriesLimit(None, lambda reason: None)
+        self.ttl = ttl
+        self.clock = clock
+        self.durations: dict[tuple[str, ...], FixedBuckets] = {}
+        self._expiry: OrderedDict[WorkloadKey, float] = OrderedDict()
+
+    def record(self, change: RolloutChange) -> None:
+        key = change.rollout.key
+        if change.kind in (RolloutChangeKind.STARTED, RolloutChangeKind.ADOPTED):
+            self._expiry.pop(key, None)
+        elif change.kind in (RolloutChangeKind.FINISHED, RolloutChangeKind.ABANDONED):
+            duration = change.rollout.duration_seconds
+            if duration is not None:
+                self.limit.observe(ROLLOUT_DURATION, self.durations, key, duration)
+            if self.ttl is not None and key in self.durations:
+                self._expiry[key] = self.clock() + self.ttl
+                self._expiry.move_to_end(key)
+
+    def expire(self) -> int:
+        """Drop the duration series whose TTL ran out; how many."""
+        now = self.clock()
+        expired = 0
+        while self._expiry:
+            key, due = next(iter(self._expiry.items()))
+            if due > now:
+                break
+            del self._expiry[key]
+            self.durations.pop(key, None)
+            expired += 1
+        return expired
+
+
+class RolloutSource:
+    """The rollout families: the durations of `RolloutMetrics`, and the in-progress and
+    stuck gauges of every rollout the tracker knows (`gauges()`: workload -> (in progress,
+    stuck)), read at scrape time."""
+
+    def __init__(
+        self,
+        metrics: RolloutMetrics,
+        gauges: Callable[[], Mapping[WorkloadKey, tuple[int, int]]],
+    ) -> None:
+        self.metrics = metrics
+        self.gauges = gauges
+
+    def snapshot(self) -> Iterable[FamilySnapshot]:
+        gauges = self.gauges()
+        return (
+            FamilySnapshot(ROLLOUT_DURATION, self.metrics.durations.items()),
+            FamilySnapshot(ROLLOUT_IN_PROGRESS, [(key, v[0]) for key, v in gauges.items()]),
+            FamilySnapshot(ROLLOUT_STUCK, [(key, v[1]) for key, v in gauges.items()]),
         )

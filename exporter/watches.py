@@ -11,6 +11,7 @@ from exporter.core.catalog import ServiceCatalog
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.events import LifecycleEvent, PodEventKind
 from exporter.core.lifecycle import PodLifecycleTracker
+from exporter.core.nodes import NodeEvent, NodeTracker
 from exporter.core.peers import PeerSet
 from exporter.core.pods import MalformedObject
 from exporter.core.services import ServiceRef
@@ -206,3 +207,43 @@ class PeerWatch(_Handler):
             self.malformed(exc)
             return
         self.changed(changed)
+
+
+class NodeWatch(_Handler):
+    """Feeds the watch of this agent's own Node into the node tracker; counts, logs and
+    publishes the node events it detects (docs/lifecycle.md, *Node events*)."""
+
+    kind = "node"
+
+    def __init__(
+        self,
+        tracker: NodeTracker,
+        metrics: AgentMetrics,
+        publish: Publish,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(metrics)
+        self.tracker = tracker
+        self.publish = publish
+        self.clock = clock
+
+    def _emit(self, event: NodeEvent) -> None:
+        self.metrics.record_node(event)
+        event_log.info("node event", extra=event.as_log_fields())
+        self.publish(event)
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        result = self.tracker.sync(items, self.clock())
+        for exc in result.malformed:
+            self.malformed(exc)
+        for event in result.events:
+            self._emit(event)
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            events = self.tracker.apply(event_type, obj, self.clock())
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        for event in events:
+            self._emit(event)

@@ -15,12 +15,21 @@ takes `now` (epoch seconds).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.core.attribution import ContainerReading, PodKey, ResourceTracker
+from exporter.core.attribution import (
+    ContainerReading,
+    NeighbourWindow,
+    PodKey,
+    PressureReading,
+    ResourceTracker,
+    node_pressure_between,
+    rank_neighbours,
+)
 from exporter.core.endpoints import Endpoint, EndpointEvent
 from exporter.core.episodes import (
     ChangeKind,
@@ -35,7 +44,9 @@ from exporter.core.episodes import (
 )
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.histogram import FineHistogram
+from exporter.core.nodes import NodeEvent
 from exporter.core.quantiles import Tail
+from exporter.core.restore import EpisodeRecord, plan_restore, restored_episode
 from exporter.core.rules import (
     DISRUPTIVE_POD_EVENTS,
     CorrelationSettings,
@@ -53,6 +64,8 @@ from exporter.core.tails import ServiceLatency, one_sample
 
 #: Non-disruptive events remembered per Service, for the episode they may lead to.
 PRECEDING_EVENTS = 16
+#: Bad node events remembered, for the episodes that open within `settle` after them.
+RECENT_NODE_EVENTS = 16
 
 Changes = list[EpisodeChange]
 
@@ -90,13 +103,22 @@ class Correlator:
         *,
         node: str = "",
         workloads: Callable[[], Mapping[PodKey, Workload]] = dict,
+        node_state: Callable[[], Iterable[NodeEvent]] = tuple,
     ) -> None:
         self.settings = settings or CorrelationSettings()
         self.node = node
         self.workloads = workloads
+        # The bad states this agent's node is in now (NodeTracker.degraded), and the bad node
+        # events of late; the Services with endpoints on this node, which they concern.
+        self.node_state = node_state
+        self._node_events: deque[NodeEvent] = deque(maxlen=RECENT_NODE_EVENTS)
+        self._on_node: set[ServiceRef] = set()
         self._index = ServiceIndex()
         self.services: dict[ServiceRef, _ServiceView] = {}
         self.recent: list[Episode] = []  # finished episodes, newest last
+        # Per Service, the highest episode number read back from its Events (`restore`):
+        # the ids of its new episodes continue after it.
+        self._seq_floor: dict[ServiceRef, int] = {}
         s = self.settings
         self.resources = ResourceTracker(s.baseline, history=s.recovery_window + s.settle)
 
@@ -128,7 +150,7 @@ class Correlator:
             self._index.stale = True
 
     def _new_view(self, ref: ServiceRef) -> _ServiceView:
-        return _ServiceView(ref, ServiceLatency(self.settings))
+        return _ServiceView(ref, ServiceLatency(self.settings), seq=self._seq_floor.get(ref, 0))
 
     def baseline_of(self, ref: ServiceRef, now: float) -> Tail | None:
         """The steady baseline of the Service's headline latency up to `now`: whether it can
@@ -151,6 +173,8 @@ class Correlator:
         view.local_pods = {
             pod_key(e) for e in endpoints.values() if e.pod and self.node and e.node == self.node
         }
+        if view.local_pods:
+            self._on_node.add(ref)
         if view.episode is not None and view.episode.open:
             view.episode.pods |= view.local_pods
         self._index.stale = True
@@ -178,6 +202,37 @@ class Correlator:
             self._flush(view, event.at)
             self._event(view, event, event.kind in DISRUPTIVE_POD_EVENTS, changes)
         return changes
+
+    def on_node_event(self, event: NodeEvent) -> list[EpisodeChange]:
+        """A change of this agent's node. It joins the open episode of every Service with
+        endpoints on the node; a bad state (not ready, pressure, cordoned, tainted) makes
+        its cause `node`. It opens no episode by itself (a cordon alone hurts nobody), but
+        an episode that opens while the node is unwell, or within `settle` after a bad
+        event, is joined by it then (`_join_node_state`). O(Services with endpoints here)."""
+        if event.bad:
+            self._node_events.append(event)
+        for ref in sorted(self._on_node, key=str):
+            view = self._view(ref)
+            episode = view.episode if view is not None else None
+            if view is None or not (view.local_pods or (episode is not None and episode.open)):
+                self._on_node.discard(ref)  # gone, or no longer on this node
+                continue
+            if episode is not None and episode.open and (view.local_pods or episode.pods):
+                join(episode, event, self.node, self.settings)
+        return []
+
+    def _join_node_state(self, view: _ServiceView, episode: Episode) -> None:
+        """A new episode of a Service with endpoints on this node: the node's bad states
+        now, and its bad events within `settle` before, join it."""
+        if not (view.local_pods or episode.pods):
+            return
+        recent = [e for e in self._node_events if e.at >= episode.opened_at - self.settings.settle]
+        said: set[tuple[str, str, str]] = set()
+        for event in sorted([*self.node_state(), *recent], key=lambda e: e.at):
+            key = (event.kind.value, event.reason, event.taint)
+            if key not in said:
+                said.add(key)
+                join(episode, event, self.node, self.settings)
 
     def _event(
         self,
@@ -234,6 +289,7 @@ class Correlator:
         if spike is not None:
             episode.spike_detected_at, episode.spike_threshold = spike
         view.episode = episode
+        self._join_node_state(view, episode)
         changes.append(EpisodeChange(ChangeKind.OPENED, episode))
         for held_event in view.preceding:
             if held_event.at >= at - self.settings.settle:
@@ -251,6 +307,7 @@ class Correlator:
         episode.closed_at = closed_at
         window = episode.attribution_window = slow_interval(episode, closed_at)
         episode.attribution = episode.pressure.ranked(s.thresholds, *window)
+        self._rank_neighbours(episode, *window)
         update_cause(episode, s.thresholds)
         headline = episode.headline()
         threshold = episode.slow_threshold(s.recovery_threshold_factor, headline)
@@ -320,23 +377,77 @@ class Correlator:
         now: float,
         readings: Iterable[ContainerReading],
         sidecars: Mapping[PodKey, frozenset[str]],
+        node_pressure: Sequence[PressureReading] = (),
     ) -> None:
-        """One cgroup pass of the containers of this node's pods. Only pods that back a
-        Service are tracked (the others cannot be part of an episode)."""
+        """One cgroup pass of every container of this node's pods, and the node's PSI. The
+        containers of pods backing a Service feed their open episodes' attribution; all of
+        them are checkpointed, for every episode's neighbours (docs/correlation.md,
+        *Attribution*). O(containers), plus O(1) per open episode."""
         backing: dict[PodKey, list[_ServiceView]] = {}
+        open_episodes: list[Episode] = []
         for view in self.services.values():
             for pod in view.local_pods:
                 backing.setdefault(pod, []).append(view)
             if view.episode is not None and view.episode.open:
+                open_episodes.append(view.episode)
                 for pod in view.episode.pods:
                     backing.setdefault(pod, []).append(view)
-        relevant = [r for r in readings if (r.namespace, r.pod) in backing]
-        steady = {pod for pod, views in backing.items() if all(v.episode is None for v in views)}
-        for delta in self.resources.observe(now, relevant, sidecars, steady):
+        unsteady = {
+            pod for pod, views in backing.items() if any(v.episode is not None for v in views)
+        }
+        deltas = self.resources.observe(
+            now, readings, sidecars, backing, unsteady=unsteady, node_pressure=node_pressure
+        )
+        for delta in deltas:
             for view in backing.get(delta.key[:2], ()):
                 episode = view.episode
                 if episode is not None and episode.open:
                     episode.pressure.add(delta)
+        for episode in open_episodes:
+            self._follow_neighbours(episode, *self._interval_so_far(episode, now))
+
+    def _interval_so_far(self, episode: Episode, now: float) -> tuple[float, float]:
+        """The slow interval of an open episode as known now (`slow_interval` once closed):
+        a spike's ends when its tail fell (so far)."""
+        if episode.spike_only:
+            return episode.opened_at, max(episode.opened_at, episode.last_change)
+        return slow_interval(episode, now)
+
+    def _follow_neighbours(self, episode: Episode, start: float, end: float) -> bool:
+        """Pin the checkpoints that bound [start, end] (`NeighbourWindow`); False before the
+        first cgroup pass."""
+        ring = self.resources
+        window = episode.neighbour_window
+        if window is None:
+            latest = ring.latest
+            if latest is None:
+                return False
+            first = ring.at_or_before(start) or ring.ring[0]
+            window = episode.neighbour_window = NeighbourWindow(first, latest, start, -math.inf)
+        window.follow(ring, start, end)
+        return True
+
+    def _rank_neighbours(
+        self, episode: Episode, start: float, end: float, *, release: bool = True
+    ) -> None:
+        """The neighbours and the node's PSI over [start, end]; `release` lets go of the
+        checkpoints (a closed episode keeps only its answer)."""
+        if not self._follow_neighbours(episode, start, end):
+            return
+        window = episode.neighbour_window
+        assert window is not None
+        ring = self.resources
+        episode.neighbours = rank_neighbours(
+            window.start,
+            window.end,
+            own=episode.pods,
+            births=ring.births,
+            sidecars=ring.sidecars,
+            thresholds=self.settings.thresholds,
+        )
+        episode.node_pressure = node_pressure_between(window.start, window.end)
+        if release:
+            episode.neighbour_window = None
 
     # -- the clock -----------------------------------------------------------------------
 
@@ -375,6 +486,8 @@ class Correlator:
         episode.last_change = max(episode.last_change, spike.fell)
         for delta in self.resources.recent(episode.pods, spike.rose):
             episode.pressure.add(delta)
+        # The neighbours from the rise (the ring reaches back to it) to now, until the close.
+        self._rank_neighbours(episode, *self._interval_so_far(episode, now), release=False)
         update_cause(episode, s.thresholds)
 
     def _maybe_close(
@@ -426,6 +539,47 @@ class Correlator:
             view.latency.last_baseline = None
             self._finish(view, episode)
             changes.append(EpisodeChange(ChangeKind.NOT_RECOVERED, episode))
+
+    # -- restart -------------------------------------------------------------------------
+
+    def restore(self, records: Iterable[EpisodeRecord], now: float) -> list[Episode]:
+        """Episodes read back from this node's Events after a restart (exporter/core/
+        restore.py), before any event reaches the correlator: the last live one of each
+        Service comes back open, or closed and waiting for its recovery against its restored
+        slow threshold (from `now`: this agent cannot say what latency did while none was
+        looking); the finished ones return to the recent list; new ids continue after every
+        id read back. Nothing is announced: their Events are written already. Returns the
+        live ones (their Services are kept until they end)."""
+        s = self.settings
+        plan = plan_restore(records, now, s.recovery_max + s.settle)
+        for ref, seq in plan.seq.items():
+            self._seq_floor[ref] = max(self._seq_floor.get(ref, 0), seq)
+            if (view := self.services.get(ref)) is not None:
+                view.seq = max(view.seq, seq)
+        live: list[Episode] = []
+        for record in plan.live:
+            view = self.services.get(record.service)
+            if view is None:
+                view = self.services[record.service] = self._new_view(record.service)
+                self._index.stale = True
+            if view.episode is not None:  # one began since the restart: it ended this one
+                plan.interrupted[record.id] = view.episode.id
+                plan.finished.append(record)
+                continue
+            episode = view.episode = restored_episode(record, s.confidence, now)
+            if episode.status is Status.RECOVERING:
+                assert record.source is not None and record.threshold is not None
+                since = max(now, episode.closed_at or now)
+                view.latency.timeline(record.source)  # (none yet: nothing recorded since)
+                view.latency.start_recovery(record.source, since, record.threshold)
+            live.append(episode)
+        finished = [
+            restored_episode(r, s.confidence, now, interrupted_by=plan.interrupted.get(r.id, ""))
+            for r in plan.finished
+        ]
+        self.recent[:0] = finished  # older than anything this agent finished itself
+        del self.recent[: -s.max_recent]
+        return live
 
     # -- views ---------------------------------------------------------------------------
 

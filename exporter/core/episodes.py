@@ -11,8 +11,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from exporter.core.attribution import ContainerPressure, PodKey, Pressure
+from exporter.core.attribution import (
+    ContainerPressure,
+    Neighbour,
+    NeighbourWindow,
+    NodePressure,
+    PodKey,
+    Pressure,
+)
 from exporter.core.histogram import FineHistogram
+from exporter.core.nodes import BAD_NODE_EVENTS, describe_node_state
 from exporter.core.quantiles import DEFAULT_CONFIDENCE, Estimate, Tail, tail_of
 from exporter.core.services import ServiceRef
 
@@ -101,15 +109,17 @@ class Evidence:
     """One event that is part of an episode."""
 
     at: float
-    source: str  # endpoint | pod | latency
+    source: str  # endpoint | pod | node | latency
     event: str
     pod: str = ""
     container: str = ""
     reason: str = ""
     node: str = ""
+    resource: str = ""  # what the kubelet evicted a pod for (memory, ephemeral-storage, ...)
+    taint: str = ""  # the key of a node's NoExecute taint
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "at": iso(self.at),
             "source": self.source,
             "event": self.event,
@@ -118,6 +128,11 @@ class Evidence:
             "reason": self.reason,
             "node": self.node,
         }
+        if self.resource:
+            out["resource"] = self.resource
+        if self.taint:
+            out["taint"] = self.taint
+        return out
 
 
 def _ratio(value: float | None, baseline: float) -> float | None:
@@ -133,10 +148,15 @@ class LatencyImpact:
     baseline: Tail | None
     confidence: float = DEFAULT_CONFIDENCE
     during: FineHistogram = field(default_factory=FineHistogram)
+    #: The during tail an episode read back from its Events was closed with (its samples are
+    #: not kept): it stands for `during` while this agent has recorded none.
+    restored_during: Tail | None = None
     # The during tail for (histogram, count): words, JSON and metrics read it several times.
     _tail: tuple[int, int, Tail | None] | None = field(default=None, repr=False, compare=False)
 
     def during_tail(self) -> Tail | None:
+        if not self.during.count and self.restored_during is not None:
+            return self.restored_during
         key = (id(self.during), self.during.count)
         if self._tail is None or self._tail[:2] != key:
             self._tail = (*key, tail_of(self.during, self.confidence))
@@ -194,6 +214,7 @@ _CAUSE_TEXT = {
     Cause.ROLLOUT: "A rollout",
     Cause.RESCHEDULE: "A reschedule",
     Cause.EVICTION: "An eviction",
+    Cause.NODE: "A node problem",
     Cause.RESTART: "A container restart",
     Cause.READINESS: "A readiness change",
     Cause.SCALE: "A scale change",
@@ -206,6 +227,31 @@ def _p99_text(estimate: Estimate, confidence: float) -> str:
     note = estimate.note(confidence)
     text = seconds_text(estimate.value)
     return text if note is None else f"{text} ({note})"
+
+
+def node_story(evidence: list[Evidence], namespace: str) -> list[str]:
+    """What the node did, in words, from an episode's evidence: "node node-1 under
+    MemoryPressure", "the kubelet evicted shop/recommend-abc for memory" (each once)."""
+    said: list[str] = []
+    for e in evidence:
+        text = ""
+        if e.source == "node" and e.event in BAD_NODE_EVENTS:
+            text = describe_node_state(e.event, e.node, e.reason, e.taint)
+        elif e.source == "pod" and (
+            e.event == "evicted" or (e.event == "terminating" and e.reason in _NODE_REMOVALS)
+        ):
+            who = _NODE_REMOVALS.get(e.reason, "the kubelet evicted")
+            text = f"{who} {namespace}/{e.pod}" + (f" for {e.resource}" if e.resource else "")
+        if text and text not in said:
+            said.append(text)
+    return said
+
+
+# Who removed a pod for its node, by the DisruptionTarget reason of its `terminating`.
+_NODE_REMOVALS = {
+    "TerminationByKubelet": "the kubelet terminated",
+    "DeletionByTaintManager": "the taint manager deleted",
+}
 
 
 @dataclass
@@ -233,6 +279,12 @@ class Episode:
     #: The slow interval attribution is measured over: the spike, or the first to the
     #: last slow headline sample of a lifecycle episode (else the whole episode).
     attribution_window: tuple[float, float] | None = None
+    #: The other pods' containers of the node over the slow interval, the noisiest first,
+    #: and the node's PSI then (once closed; from the rise to the detection for a spike
+    #: still open). `neighbour_window` holds the checkpoints they are measured between.
+    neighbours: list[Neighbour] = field(default_factory=list)
+    node_pressure: NodePressure | None = None
+    neighbour_window: NeighbourWindow | None = field(default=None, repr=False)
     last_change: float = 0.0
     closed_at: float | None = None
     recovered_at: float | None = None
@@ -249,6 +301,10 @@ class Episode:
     # Deployment rollout evidence from endpoint pod names: ReplicaSets added / leaving.
     replica_sets_added: set[str] = field(default_factory=set)
     replica_sets_leaving: set[str] = field(default_factory=set)
+    #: Read back from this node's Events after an agent restart (exporter/core/restore.py);
+    #: a finished one keeps the words it was written with (its evidence is not kept).
+    restored: bool = False
+    restored_summary: str = ""
 
     @property
     def spike(self) -> bool:
@@ -320,6 +376,8 @@ class Episode:
         return _ratio(p99.value if p99.supported else p99.lower, headline.baseline.p99.value)
 
     def summary(self) -> str:
+        if self.restored_summary:
+            return self.restored_summary
         what = f"{_CAUSE_TEXT[self.cause]} of {self.service}"
         headline = self.headline()
         during = headline.during_tail() if headline else None
@@ -349,6 +407,8 @@ class Episode:
             parts[-1] += f" for {_duration_text(self.closed_at - self.opened_at)}"
         else:
             parts[-1] += ", still open"
+        if self.cause is Cause.NODE:
+            parts += node_story(self.evidence, self.service.namespace)
         if self.status is Status.RECOVERED and self.recovery_seconds is not None:
             parts.append(
                 f"latency was back to baseline {_duration_text(self.recovery_seconds)} after"
@@ -365,6 +425,16 @@ class Episode:
             top = self.attribution[0]
             signals = ", ".join(s.replace("_", " ") for s in top.signals)
             parts.append(f"strongest pressure: {top.pod}/{top.container} ({signals})")
+        noisy = self.neighbours[0] if self.neighbours else None
+        if noisy is not None and "neighbour_cpu" in noisy.signals and noisy.cpu_cores:
+            words = (
+                f"noisy neighbour {noisy.namespace}/{noisy.pod}/{noisy.container} burned "
+                f"{noisy.cpu_cores:.1f} cores"
+            )
+            node = self.node_pressure
+            if node is not None and node.cpu_some is not None:
+                words += f"; node CPU PSI {node.cpu_some * 100:.0f}%"
+            parts.append(words)
         return "; ".join(parts) + "."
 
     def as_json(self) -> dict[str, Any]:
@@ -399,7 +469,10 @@ class Episode:
             if window is None
             else {"from": iso(window[0]), "to": iso(window[1])},
             "attribution": [a.as_json() for a in self.attribution],
+            "neighbours": [n.as_json() for n in self.neighbours],
+            "node_pressure": None if self.node_pressure is None else self.node_pressure.as_json(),
             "summary": self.summary(),
+            "restored": self.restored,
         }
 
 

@@ -56,6 +56,9 @@ class LifecycleEvent:
     container: str = ""
     count: int = 1
     duration_seconds: float | None = None
+    # What the kubelet evicted the pod for (`evicted`, and `terminating` by the kubelet):
+    # memory, ephemeral-storage, pids, ...; "" when not an eviction or not said.
+    resource: str = ""
 
     def as_log_fields(self) -> dict[str, object]:
         """The fields of the structured log line for this event."""
@@ -71,6 +74,7 @@ class LifecycleEvent:
             ("revision", self.revision),
             ("reason", self.reason),
             ("container", self.container),
+            ("resource", self.resource),
         ):
             if value:
                 fields[key] = value

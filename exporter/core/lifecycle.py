@@ -348,10 +348,20 @@ class PodLifecycleTracker:
             if not arriving:
                 held.terminating_since = now
             reason = new.disruption_reason or "Deleted"
-            events.append(self._event(PodEventKind.TERMINATING, new, now, reason=reason))
+            events.append(
+                self._event(
+                    PodEventKind.TERMINATING, new, now, reason=reason,
+                    resource=new.eviction_resource,
+                )
+            )  # fmt: skip
 
         if _is_evicted(new) and not _is_evicted(old):
-            events.append(self._event(PodEventKind.EVICTED, new, now, reason="Evicted"))
+            events.append(
+                self._event(
+                    PodEventKind.EVICTED, new, now, reason="Evicted",
+                    resource=new.eviction_resource,
+                )
+            )  # fmt: skip
 
         self._replace(held, new)
         return events
@@ -426,6 +436,7 @@ class PodLifecycleTracker:
         container: str = "",
         count: int = 1,
         duration_seconds: float | None = None,
+        resource: str = "",
     ) -> LifecycleEvent:
         return LifecycleEvent(
             kind=kind,
@@ -440,6 +451,7 @@ class PodLifecycleTracker:
             container=container,
             count=count,
             duration_seconds=duration_seconds,
+            resource=resource,
         )
 
 

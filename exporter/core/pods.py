@@ -9,12 +9,15 @@ that cannot be read: a bad time costs a duration, never the pod.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from exporter.core.events import Workload
+from exporter.core.sidecars import ANNOTATION as SIDECARS_ANNOTATION
+from exporter.core.sidecars import parse_annotation, sidecars_of
 
 REVISION_LABELS = ("pod-template-hash", "controller-revision-hash")
 #: Phases a pod never leaves: its containers will not run again, and it gets no IP.
@@ -42,6 +45,9 @@ class ContainerSnapshot:
     waiting_reason: str = ""
     last_terminated_reason: str = ""
     init: bool = False
+    # An init container with restartPolicy Always (spec.initContainers[]): a native sidecar,
+    # started before the application and kept running beside it.
+    native_sidecar: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,10 @@ class PodSnapshot:
     ready: bool | None = None  # None: the Ready condition is not reported yet
     deleting: bool = False
     disruption_reason: str = ""  # reason of a DisruptionTarget condition that is True
+    # What the kubelet evicted the pod for (memory, ephemeral-storage, pids, inodes, ...),
+    # read from status.message of an Evicted pod or the DisruptionTarget condition's message
+    # (`eviction_resource`); "" when neither says.
+    eviction_resource: str = ""
     qos_class: str = ""
     containers: tuple[ContainerSnapshot, ...] = field(default_factory=tuple)
     created_at: float | None = None  # metadata.creationTimestamp; None if absent or unreadable
@@ -77,6 +87,9 @@ class PodSnapshot:
     # under --otlp-sources=local (exporter.otlp.receiver.LocalSources).
     pod_ips: tuple[str, ...] = ()
     host_ips: tuple[str, ...] = ()
+    # The container names of the `tailwatch.io/sidecars` annotation; None when it is absent
+    # (exporter/core/sidecars.py).
+    sidecar_annotation: frozenset[str] | None = None
 
     @property
     def key(self) -> str:
@@ -100,6 +113,11 @@ class PodSnapshot:
             if c.name == name:
                 return c
         return None
+
+    @property
+    def sidecars(self) -> frozenset[str]:
+        """Its sidecar containers, by the one rule of exporter/core/sidecars.py."""
+        return sidecars_of(self.sidecar_annotation, self.containers)
 
 
 def _get(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -193,7 +211,7 @@ def workload_of(metadata: Mapping[str, Any], labels: Mapping[str, str]) -> Workl
     return Workload("Pod", str(metadata.get("name") or ""))
 
 
-def _container(status: Mapping[str, Any], init: bool) -> ContainerSnapshot:
+def _container(status: Mapping[str, Any], init: bool, native: bool) -> ContainerSnapshot:
     name = status.get("name")
     if not isinstance(name, str) or not name:
         raise MalformedObject("missing_field", "containerStatuses[].name is missing")
@@ -231,6 +249,7 @@ def _container(status: Mapping[str, Any], init: bool) -> ContainerSnapshot:
         waiting_reason=waiting_reason,
         last_terminated_reason=last_reason,
         init=init,
+        native_sidecar=native,
     )
 
 
@@ -244,6 +263,26 @@ def _ips(status: Mapping[str, Any], plural: str, singular: str) -> tuple[str, ..
     if not ips:
         ips = [status.get(singular)]
     return tuple(dict.fromkeys(ip for ip in ips if isinstance(ip, str) and ip))
+
+
+#: The kubelet's eviction messages (pkg/kubelet/eviction): node pressure ("The node was low
+#: on resource: memory. Threshold quantity: ..."), and a pod over its own ephemeral-storage
+#: limits ("Pod ephemeral local storage usage exceeds ...", "Container app exceeded its
+#: local ephemeral storage limit ...", "Usage of EmptyDir volume ... exceeds the limit").
+_LOW_ON = re.compile(r"low on resource: ([A-Za-z][A-Za-z0-9_-]{0,62})")
+_STORAGE_LIMIT = re.compile(r"ephemeral local storage|local ephemeral storage|EmptyDir volume")
+
+
+def eviction_resource(message: object) -> str:
+    """The resource an eviction message names ("memory", "ephemeral-storage", "pids",
+    "inodes", ...), or "" for any other message or none: the words may change between
+    Kubernetes versions, and an unread resource costs only the resource."""
+    if not isinstance(message, str):
+        return ""
+    found = _LOW_ON.search(message)
+    if found is not None:
+        return found.group(1)
+    return "ephemeral-storage" if _STORAGE_LIMIT.search(message) else ""
 
 
 def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
@@ -263,6 +302,7 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     ready_since: float | None = None
     scheduled_at: float | None = None
     disruption_reason = ""
+    disruption_message: object = None
     for cond in _opt_list(status, "conditions", "status"):
         if not isinstance(cond, Mapping):
             raise MalformedObject("bad_field", "status.conditions[] is not an object")
@@ -275,13 +315,15 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
             scheduled_at = parse_time(cond.get("lastTransitionTime")) if cstatus == "True" else None
         elif ctype == "DisruptionTarget" and cstatus == "True":
             disruption_reason = str(cond.get("reason") or "")
+            disruption_message = cond.get("message")
 
+    native = _native_sidecars(spec)
     containers: list[ContainerSnapshot] = []
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
         for cs in _opt_list(status, key, "status"):
             if not isinstance(cs, Mapping):
                 raise MalformedObject("bad_field", f"status.{key}[] is not an object")
-            containers.append(_container(cs, init))
+            containers.append(_container(cs, init, init and cs.get("name") in native))
 
     revision = ""
     for label in REVISION_LABELS:
@@ -301,6 +343,9 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         ready=ready,
         deleting=metadata.get("deletionTimestamp") is not None,
         disruption_reason=disruption_reason,
+        eviction_resource=(
+            eviction_resource(status.get("message")) or eviction_resource(disruption_message)
+        ),
         qos_class=str(status.get("qosClass") or ""),
         containers=tuple(containers),
         created_at=parse_time(metadata.get("creationTimestamp")),
@@ -311,4 +356,25 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         deletion_grace_seconds=parse_seconds(metadata.get("deletionGracePeriodSeconds")),
         pod_ips=_ips(status, "podIPs", "podIP"),
         host_ips=_ips(status, "hostIPs", "hostIP"),
+        sidecar_annotation=_sidecar_annotation(metadata),
     )
+
+
+def _native_sidecars(spec: Mapping[str, Any]) -> frozenset[str]:
+    """Names of the init containers with restartPolicy Always. What is not in that shape is
+    left out rather than refused: it costs the sidecar rule one hint, never the pod."""
+    inits = spec.get("initContainers")
+    if not isinstance(inits, list):
+        return frozenset()
+    return frozenset(
+        str(c.get("name"))
+        for c in inits
+        if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"
+    )
+
+
+def _sidecar_annotation(metadata: Mapping[str, Any]) -> frozenset[str] | None:
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return None
+    return parse_annotation(annotations.get(SIDECARS_ANNOTATION))

@@ -10,10 +10,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.core.attribution import PodKey, Thresholds
+from exporter.core.attribution import PodKey, Thresholds, neighbours_explain
 from exporter.core.endpoints import Endpoint, EndpointEvent, EndpointEventKind
 from exporter.core.episodes import CAUSE_RANK, Cause, Episode, Evidence, Impact
 from exporter.core.events import LifecycleEvent, PodEventKind, Workload
+from exporter.core.nodes import NodeEvent
 from exporter.core.quantiles import DEFAULT_CONFIDENCE
 from exporter.core.services import ServiceRef
 
@@ -109,14 +110,11 @@ DISRUPTIVE_POD_EVENTS = frozenset(
         PodEventKind.EVICTED,
     }
 )
-EVICTION_REASONS = frozenset(
-    {
-        "EvictionByEvictionAPI",
-        "PreemptionByScheduler",
-        "DeletionByTaintManager",
-        "TerminationByKubelet",
-    }
-)
+# DisruptionTarget reasons of a terminating pod: evicted through the API (a drain, kubectl
+# evict) or preempted, cause `eviction`; or removed by its node (the kubelet under node
+# pressure or shutting the node down, the taint manager for a NoExecute taint), cause `node`.
+EVICTION_REASONS = frozenset({"EvictionByEvictionAPI", "PreemptionByScheduler"})
+NODE_EVICTION_REASONS = frozenset({"TerminationByKubelet", "DeletionByTaintManager"})
 
 
 def endpoint_disrupts(event: EndpointEvent, endpoint: Endpoint | None) -> bool:
@@ -143,13 +141,15 @@ def replica_set_of(pod: str) -> str | None:
 
 def join(
     episode: Episode,
-    event: EndpointEvent | LifecycleEvent,
+    event: EndpointEvent | LifecycleEvent | NodeEvent,
     node: str,
     settings: CorrelationSettings,
 ) -> None:
     """`event` joins `episode`: its evidence, the cause it points to, the settle clock."""
     if isinstance(event, EndpointEvent):
         _join_endpoint(episode, event, settings.max_events)
+    elif isinstance(event, NodeEvent):
+        _join_node(episode, event, settings.max_events)
     else:
         _join_pod(episode, event, node, settings.max_events)
     episode.last_change = max(episode.last_change, event.at)
@@ -192,7 +192,7 @@ def _join_pod(episode: Episode, event: LifecycleEvent, node: str, max_events: in
         episode,
         Evidence(
             event.at, "pod", kind.value, pod=event.pod, container=event.container,
-            reason=event.reason, node=event.node,
+            reason=event.reason, node=event.node, resource=event.resource,
         ),
         max_events,
     )  # fmt: skip
@@ -201,14 +201,28 @@ def _join_pod(episode: Episode, event: LifecycleEvent, node: str, max_events: in
     if kind is PodEventKind.ROLLOUT:
         episode.causes.add(Cause.ROLLOUT)
     elif kind is PodEventKind.EVICTED or (
-        kind is PodEventKind.TERMINATING and event.reason in EVICTION_REASONS
+        kind is PodEventKind.TERMINATING and event.reason in NODE_EVICTION_REASONS
     ):
+        episode.causes.add(Cause.NODE)  # the kubelet's (phase Failed, Evicted) or the node's
+    elif kind is PodEventKind.TERMINATING and event.reason in EVICTION_REASONS:
         episode.causes.add(Cause.EVICTION)
     elif kind in (PodEventKind.CONTAINER_RESTART, PodEventKind.CRASH_LOOP,
                   PodEventKind.OOM_KILL):  # fmt: skip
         episode.causes.add(Cause.RESTART)
     elif kind is PodEventKind.NOT_READY:
         episode.causes.add(Cause.READINESS)
+
+
+def _join_node(episode: Episode, event: NodeEvent, max_events: int) -> None:
+    """A change of this agent's node: evidence, and the cause `node` when it is unwell."""
+    add_evidence(
+        episode,
+        Evidence(event.at, "node", event.kind.value, reason=event.reason, node=event.node,
+                 taint=event.taint),
+        max_events,
+    )  # fmt: skip
+    if event.bad:
+        episode.causes.add(Cause.NODE)
 
 
 def add_evidence(episode: Episode, evidence: Evidence, max_events: int) -> None:
@@ -222,7 +236,8 @@ def add_evidence(episode: Episode, evidence: Evidence, max_events: int) -> None:
 
 def update_cause(episode: Episode, thresholds: Thresholds) -> None:
     """The dominant lifecycle cause; without one, resource pressure (over the slow interval
-    once closed: its attribution) or nothing explained."""
+    once closed: its attribution; or a neighbour's while the node was contended) or nothing
+    explained."""
     if episode.causes:
         episode.cause = min(episode.causes, key=CAUSE_RANK.__getitem__)
         return
@@ -230,7 +245,9 @@ def update_cause(episode: Episode, thresholds: Thresholds) -> None:
         ranked = episode.attribution
     else:
         ranked = episode.pressure.ranked(thresholds, episode.opened_at, math.inf)
-    pressure = any(c.signals for c in ranked)
+    pressure = any(c.signals for c in ranked) or neighbours_explain(
+        episode.neighbours, episode.node_pressure, thresholds
+    )
     episode.cause = Cause.RESOURCE_PRESSURE if pressure else Cause.UNEXPLAINED
 
 

@@ -43,6 +43,18 @@ GiB = 1 << 30
 
 # -- the shop ------------------------------------------------------------------------------
 
+#: Thread hand-offs per checkout request (its app's `wakeups`): under CPU contention each
+#: may wait for a core, so checkout feels a noisy neighbour far more than the others.
+CHECKOUT_WAKEUPS = 16
+#: The noisy neighbour: a batch Job's pod on node-1 with a CPU request of 100m and no
+#: limit, whose job starts 20 busy threads for NEIGHBOUR_SECONDS. node-1's 8 cores are then
+#: wanted 2.7 times over: CFS gives the Services' containers what they want (their
+#: requests weigh more) and the batch job the rest, but every thread of the node waits for
+#: a core about 60% of the time (its CPU PSI).
+NEIGHBOUR_NAMESPACE, NEIGHBOUR_JOB, NEIGHBOUR_CONTAINER = "batch", "cruncher", "cruncher"
+NEIGHBOUR_CORES = 20.0
+NEIGHBOUR_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class DemoService:
@@ -60,7 +72,9 @@ class DemoService:
         return self.profile.service
 
 
-def _app(cpu: float, per_request: float, limit: float, memory: int, mem_limit: int) -> Any:
+def _app(
+    cpu: float, per_request: float, limit: float, memory: int, mem_limit: int, *, wakeups: int = 1
+) -> Any:
     return ContainerProfile(
         "app",
         cpu_idle=cpu,
@@ -71,6 +85,7 @@ def _app(cpu: float, per_request: float, limit: float, memory: int, mem_limit: i
         memory_limit=mem_limit,
         on_path=True,
         serves=True,
+        wakeups=wakeups,
     )
 
 
@@ -82,9 +97,11 @@ SHOP: tuple[DemoService, ...] = (
             ServiceTime(median=0.012, sigma=0.45, slow_probability=0.002, slow_factor=4),
             nominal_rps=300,
             workers=8,
-            # A JVM-like service: its first requests are 4x slower (JIT, connection pools).
+            # A JVM-like service: its first requests are 4x slower (JIT, connection pools),
+            # and a request is handed between many threads (acceptor, workers, the async
+            # clients' callbacks), each of which waits for a core when the node has none.
             cold_start=ColdStart(amplitude=3.0, decay=20.0),
-            containers=(_app(0.02, 0.003, 1.0, 300 * MiB, 512 * MiB),),
+            containers=(_app(0.02, 0.003, 1.0, 300 * MiB, 512 * MiB, wakeups=CHECKOUT_WAKEUPS),),
             shutdown_delay=0.5,
         ),
         "Deployment",
@@ -176,6 +193,14 @@ UNAFFECTED = "cart"
 #: recomputed by many threads): about 8 times its 250m limit.
 SIDECAR_BURST_CORES = 2.0
 NODE_CORES = {"node-1": 8.0, "node-2": 8.0, "node-3": 8.0}
+NODE_ZONES = {"node-1": "zone-a", "node-2": "zone-b", "node-3": "zone-a"}
+#: What recommend's app uses when the kubelet evicts it from node-1 under memory pressure
+#: (its request is 400Mi): the message names it, as the kubelet's does.
+EVICTED_USAGE = {"app": "700Mi"}
+#: The soft eviction threshold's grace period: node-1 is under MemoryPressure this long
+#: (scenario seconds) before its kubelet evicts. It also lets recommend's baseline, which
+#: lost its sidecar burst and recovery, grow back past a p99's 299 probes at 7x.
+EVICTION_GRACE = 15.0
 
 
 def _cores(value: float) -> str:
@@ -317,6 +342,8 @@ class DemoCluster:
         and the demo's windows are short in real time."""
         interval = MIN_INTERVAL
         now = time.time()
+        for node in NODES:  # registered, ready and healthy; the agent watches node-1's
+            self.store.create("nodes", objects.node(node, zone=NODE_ZONES[node], now=now - 86400))
         for s in SHOP:
             self.store.create(
                 "services",
@@ -355,6 +382,25 @@ class DemoCluster:
             "pods",
             objects.job_pod("nightly-report", namespace="batch", node=DRAINED_NODE, created=now),
         )
+        # The noisy neighbour's pod on the agent's node, idle until the script starts it.
+        cruncher = ContainerTemplate(
+            NEIGHBOUR_CONTAINER, requests={"cpu": "100m", "memory": "64Mi"}
+        )
+        self.store.create(
+            "pods",
+            objects.job_pod(
+                NEIGHBOUR_JOB, namespace=NEIGHBOUR_NAMESPACE, node=AGENT_NODE,
+                containers=(cruncher,), created=now - 600,
+            ),
+        )  # fmt: skip
+
+    def neighbour_pod(self) -> str:
+        """The name of the noisy neighbour's pod on the agent's node."""
+        return next(
+            str(p["metadata"]["name"]) for p in self.store.list("pods", NEIGHBOUR_NAMESPACE)
+            if p["spec"].get("nodeName") == AGENT_NODE
+            and p["metadata"]["labels"].get("job-name") == NEIGHBOUR_JOB
+        )  # fmt: skip
 
     # -- pod choreography (scenario seconds) -------------------------------------------
 
@@ -439,6 +485,19 @@ class Scenario:
                 "node-3 is drained: db-2 is evicted and recreated on node-1",
                 self.drain,
             ),
+            Disruption(
+                360, "recommend", "node_pressure", "node",
+                "node-1 runs short of memory: 15 s later its kubelet evicts recommend's pod "
+                "there for memory; the ReplicaSet recreates it on node-2",
+                self.node_pressure,
+            ),
+            Disruption(
+                290, "checkout", "noisy_neighbour", "resource_pressure",
+                "a batch job on node-1 (100m CPU request, no limit) starts 20 busy threads for "
+                "30 s: every thread of node-1 waits for a core, checkout's at each of its "
+                "many hand-offs",
+                self.noisy_neighbour,
+            ),
         ]  # fmt: skip
 
     async def rollout(self) -> None:
@@ -485,6 +544,14 @@ class Scenario:
         for pod in pods:
             d.dataplane.burst(NAMESPACE, pod, "envoy", 0.0)
 
+    async def noisy_neighbour(self) -> None:
+        d = self.demo
+        assert d.dataplane is not None
+        pod = d.neighbour_pod()
+        d.dataplane.burst(NEIGHBOUR_NAMESPACE, pod, NEIGHBOUR_CONTAINER, NEIGHBOUR_CORES)
+        await self.clock.sleep(NEIGHBOUR_SECONDS)
+        d.dataplane.burst(NEIGHBOUR_NAMESPACE, pod, NEIGHBOUR_CONTAINER, 0.0)
+
     async def drain(self) -> None:
         d = self.demo
         s = d.service_of("db")
@@ -501,3 +568,26 @@ class Scenario:
         # puts it on node-1; its volume attaches, the database starts and warms up.
         pod = d.build_pod(s, AGENT_NODE, index=2, seed=1, state="scheduled")
         await d.start_pod(pod, pull=5, warmup=8)
+
+    async def node_pressure(self) -> None:
+        d = self.demo
+        s = d.service_of("recommend")
+        victim = next(
+            p for p in d.pods["recommend"]
+            if d.store.get("pods", NAMESPACE, p)["spec"]["nodeName"] == AGENT_NODE
+        )  # fmt: skip
+        # node-1 runs short of memory: its kubelet reports MemoryPressure at the soft eviction
+        # threshold (the node controller taints it memory-pressure), and once the threshold's
+        # grace period is over evicts the pod using most over its request.
+        d.cluster.node_pressure(AGENT_NODE, "MemoryPressure")
+        await self.clock.sleep(EVICTION_GRACE)
+        d.cluster.evict(NAMESPACE, victim, "memory", usage=EVICTED_USAGE)
+        d.pods["recommend"].remove(victim)
+        # Its ReplicaSet replaces it at once; the scheduler keeps off the tainted node-1.
+        pod = d.build_pod(s, "node-2", index=200, state="scheduled")
+        replacement = asyncio.create_task(d.start_pod(pod, pull=3, warmup=5))
+        await self.clock.sleep(8)
+        # The memory is reclaimed: the pressure (and the taint) clears, after a transition
+        # period much shorter than the kubelet's default 5 minutes.
+        d.cluster.node_pressure(AGENT_NODE, "MemoryPressure", under=False)
+        d.pods["recommend"].append(await replacement)

@@ -92,6 +92,8 @@ def test_every_disruption_is_an_episode_with_its_cause(
         "oom_kill": ("restart", "restart"),
         "sidecar_burst": ("resource_pressure", "resource_pressure"),
         "drain": ("reschedule", "reschedule"),
+        "node_pressure": ("node", "node"),
+        "noisy_neighbour": ("resource_pressure", "resource_pressure"),
     }, what_the_agent_reported(report)
     assert report["checks"]["every_disruption_detected"] is True
 
@@ -137,6 +139,27 @@ def test_what_the_agent_saw_of_each(demo_run: tuple[dict[str, Any], Path, str]) 
     assert burst["latency"]["ratios"]["bounds"]["p99"][0] > 1, burst["latency"]
 
 
+def test_the_checkout_rollout_is_reported_finished_with_its_duration(
+    demo_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    report, _, printed = demo_run
+    rollouts = report["episodes"]["rollouts"]
+    assert [r["workload"] for r in rollouts] == ["checkout"], rollouts  # nothing else rolled
+    (r,) = rollouts
+    assert (r["namespace"], r["workload_kind"], r["state"]) == ("shop", "Deployment", "finished")
+    assert r["start_seen"] is True and r["rolled_back"] is False
+    assert r["from_revision"] != r["to_revision"]
+    assert (r["ready_new"], r["old"], r["total"]) == (3, 0, 3)
+    # The agent saw it start once the script began it, and finish after that.
+    rollout = next(d for d in report["disruptions"] if d["kind"] == "rollout")
+    assert rollout["started_at"] <= r["started_at"] < r["finished_at"]
+    # Three new pods one after the other, each pulled (3 s) and warmed up (6 s) before an
+    # old one leaves (3 s): some 30 scenario seconds, which no machine makes shorter.
+    assert r["duration_seconds"] * report["tailwatch_demo"]["speed"] >= 27, r
+    assert "rollout of shop/checkout (Deployment" in printed
+    assert re.search(r"rollout of shop/checkout .*: finished in \d+s", printed), printed
+
+
 def test_the_sidecar_burst_is_attributed_to_the_sidecar(
     demo_run: tuple[dict[str, Any], Path, str],
 ) -> None:
@@ -146,6 +169,39 @@ def test_the_sidecar_burst_is_attributed_to_the_sidecar(
     assert (top["container"], top["sidecar"]) == ("envoy", True), top
     assert "cpu_throttling" in top["signals"]
     assert top["pod"].startswith("recommend-")
+
+
+def test_the_node_pressure_eviction_is_the_nodes_with_its_resource(
+    demo_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    report, _, _ = demo_run
+    pressure = next(d for d in report["disruptions"] if d["kind"] == "node_pressure")
+    e = episode(report, pressure["episode"])
+    evicted = [x for x in e["events"] if (x["source"], x["event"]) == ("pod", "evicted")]
+    assert [(x["node"], x.get("resource")) for x in evicted] == [("node-1", "memory")], e
+    node = {x["event"] for x in e["events"] if x["source"] == "node"}
+    assert "memory_pressure" in node, e["events"]
+    assert "node node-1 under MemoryPressure" in e["summary"], e["summary"]
+    assert f"the kubelet evicted shop/{evicted[0]['pod']} for memory" in e["summary"]
+
+
+def test_the_noisy_neighbour_is_named_apart_from_checkouts_own_containers(
+    demo_run: tuple[dict[str, Any], Path, str],
+) -> None:
+    """The batch job's container burned its cores on node-1 while checkout's tail spiked:
+    it is the neighbour, the node's CPU was contended, and checkout's own pod is not one."""
+    report, _, _ = demo_run
+    played = next(d for d in report["disruptions"] if d["kind"] == "noisy_neighbour")
+    e = episode(report, played["episode"])
+    assert e["spike"] is not None, what_the_agent_reported(report)
+    top = e["neighbours"][0]
+    assert (top["namespace"], top["container"]) == ("batch", "cruncher"), e["neighbours"]
+    assert "neighbour_cpu" in top["signals"] and top["cpu_cores_above_steady"] > 2, top
+    assert e["node_pressure"]["cpu_some"] > 0.1, e["node_pressure"]
+    assert all(not n["pod"].startswith("checkout-") for n in e["neighbours"])
+    assert {a["pod"].rsplit("-", 2)[0] for a in e["attribution"]} <= {"checkout"}
+    assert report["checks"]["noisy_neighbour_named"] == f"batch/{top['pod']}/cruncher"
+    assert f"noisy neighbour batch/{top['pod']}/cruncher burned" in e["summary"]
 
 
 def test_the_untouched_service_has_no_episode(demo_run: tuple[dict[str, Any], Path, str]) -> None:

@@ -50,7 +50,12 @@ READ = {"get", "list", "watch"}
 # docs/design.md, *Kubernetes contract*, as (API group, resource, verb).
 WATCH_RULES = {
     (group, resource, verb)
-    for group, resource in (("", "pods"), ("", "services"), ("discovery.k8s.io", "endpointslices"))
+    for group, resource in (
+        ("", "pods"),
+        ("", "services"),
+        ("", "nodes"),  # its own Node only, by a field selector: the agent's choice, not RBAC's
+        ("discovery.k8s.io", "endpointslices"),
+    )
     for verb in READ
 }
 AUTH_RULES = {

@@ -224,6 +224,8 @@ def test_config_the_schema_accepts_is_config_the_agent_accepts(name: str) -> Non
     samples: list[Any] = (
         [*SAMPLES, *SELECTORS, *CHOICES]
         if "string" in kind  # a type or a list of types
+        else [True, False, "true", 1, 0]
+        if kind == "boolean"
         else [-1, 0, 0.2, 0.5, 0.95, 0.999, 0.9999, 1, 1.0001, 2, 100]
     )
     accepted = 0
