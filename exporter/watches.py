@@ -41,7 +41,34 @@ class _Handler:
         )
 
 
-class PodWatch(_Handler):
+class _DiffWatch(_Handler):
+    """A watch whose tracker diffs each list and event into events (pods, the node): the
+    events are counted, logged and published by `_emit`; malformed objects are dropped."""
+
+    tracker: Any
+    clock: Callable[[], float]
+
+    def _emit(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def on_list(self, items: list[Mapping[str, Any]]) -> None:
+        result = self.tracker.sync(items, self.clock())
+        for exc in result.malformed:
+            self.malformed(exc)
+        for event in result.events:
+            self._emit(event)
+
+    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        try:
+            events = self.tracker.apply(event_type, obj, self.clock())
+        except MalformedObject as exc:
+            self.malformed(exc)
+            return
+        for event in events:
+            self._emit(event)
+
+
+class PodWatch(_DiffWatch):
     """Feeds the pod watch into the lifecycle tracker and records what it detects."""
 
     kind = "pod"
@@ -64,22 +91,6 @@ class PodWatch(_Handler):
             self.metrics.forget_pod(event.namespace, event.pod)
         event_log.info("lifecycle event", extra=event.as_log_fields())
         self.publish(event)
-
-    def on_list(self, items: list[Mapping[str, Any]]) -> None:
-        result = self.tracker.sync(items, self.clock())
-        for exc in result.malformed:
-            self.malformed(exc)
-        for event in result.events:
-            self._emit(event)
-
-    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        try:
-            events = self.tracker.apply(event_type, obj, self.clock())
-        except MalformedObject as exc:
-            self.malformed(exc)
-            return
-        for event in events:
-            self._emit(event)
 
 
 Changed = Callable[[set[ServiceRef]], None]
@@ -209,7 +220,7 @@ class PeerWatch(_Handler):
         self.changed(changed)
 
 
-class NodeWatch(_Handler):
+class NodeWatch(_DiffWatch):
     """Feeds the watch of this agent's own Node into the node tracker; counts, logs and
     publishes the node events it detects (docs/lifecycle.md, *Node events*)."""
 
@@ -231,19 +242,3 @@ class NodeWatch(_Handler):
         self.metrics.record_node(event)
         event_log.info("node event", extra=event.as_log_fields())
         self.publish(event)
-
-    def on_list(self, items: list[Mapping[str, Any]]) -> None:
-        result = self.tracker.sync(items, self.clock())
-        for exc in result.malformed:
-            self.malformed(exc)
-        for event in result.events:
-            self._emit(event)
-
-    def on_event(self, event_type: str, obj: Mapping[str, Any]) -> None:
-        try:
-            events = self.tracker.apply(event_type, obj, self.clock())
-        except MalformedObject as exc:
-            self.malformed(exc)
-            return
-        for event in events:
-            self._emit(event)
