@@ -274,11 +274,15 @@ class CgroupSampler:
         node: tuple[ResourcePressure, ...] = ()
         try:
             samples, events = self._sample(now, skipped)
-            node = self._read_node_pressure(skipped)
         except Exception:
             log.exception("cgroup sampling pass failed")
             skipped[DROP_SAMPLER_ERROR] = skipped.get(DROP_SAMPLER_ERROR, 0) + 1
             samples, events = [], []
+        try:  # apart: the containers' samples and OOM kills stand without the node's PSI
+            node = self._read_node_pressure(skipped)
+        except Exception:
+            log.exception("reading the node's PSI failed")
+            skipped[DROP_SAMPLER_ERROR] = skipped.get(DROP_SAMPLER_ERROR, 0) + 1
         duration = max(0.0, self._timer() - start)
         mode = self._hierarchies.mode.value if self._hierarchies else CgroupMode.NONE.value
         result = SamplePass(now, duration, mode, tuple(samples), tuple(events), skipped, node)

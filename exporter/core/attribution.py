@@ -159,7 +159,12 @@ class ResourceTracker:
         is kept per container, and the per-container work is a few arithmetic operations."""
         last = self.ring[-1] if self.ring else None
         if last is not None and now <= last.at:
-            return []  # not after the last pass: nothing to measure
+            # The wall clock stepped back (or repeated): nothing can be measured against
+            # the old checkpoints; start over from this pass instead of waiting for the
+            # clock to catch up with them.
+            self.ring.clear()
+            self.births.clear()
+            last = None
         self.sidecars = sidecars
         previous_index = last.layout.index if last is not None else {}
         previous = last.rows if last is not None else array("d")

@@ -44,7 +44,7 @@ from exporter.core.episodes import (
 )
 from exporter.core.events import LifecycleEvent, Workload
 from exporter.core.histogram import FineHistogram
-from exporter.core.nodes import NodeEvent
+from exporter.core.nodes import NodeEvent, NodeEventKind
 from exporter.core.quantiles import Tail
 from exporter.core.restore import EpisodeRecord, plan_restore, restored_episode
 from exporter.core.rules import (
@@ -66,6 +66,11 @@ from exporter.core.tails import ServiceLatency, one_sample
 PRECEDING_EVENTS = 16
 #: Bad node events remembered, for the episodes that open within `settle` after them.
 RECENT_NODE_EVENTS = 16
+
+#: Node states that may stand for days without hurting anyone (docs/correlation.md).
+_STANDING = frozenset({NodeEventKind.CORDONED, NodeEventKind.TAINTED})
+#: `interrupted_by` of a restored episode whose recovery could no longer be judged.
+RESTART_INTERRUPTION = "agent restart"
 
 Changes = list[EpisodeChange]
 
@@ -148,6 +153,7 @@ class Correlator:
         """Forget `ref` with its episode (gone, or this agent no longer has latency for it)."""
         if self.services.pop(ref, None) is not None:
             self._index.stale = True
+        self._on_node.discard(ref)
 
     def _new_view(self, ref: ServiceRef) -> _ServiceView:
         return _ServiceView(ref, ServiceLatency(self.settings), seq=self._seq_floor.get(ref, 0))
@@ -222,13 +228,17 @@ class Correlator:
         return []
 
     def _join_node_state(self, view: _ServiceView, episode: Episode) -> None:
-        """A new episode of a Service with endpoints on this node: the node's bad states
-        now, and its bad events within `settle` before, join it."""
+        """A new episode of a Service with endpoints on this node: the node's bad conditions
+        now (NotReady, pressure), and its bad events within `settle` before, join it. A
+        cordon or a NoExecute taint only when that recent: a node cordoned for days, or a
+        pool's permanent tolerated taint, did not cause today's restart."""
         if not (view.local_pods or episode.pods):
             return
-        recent = [e for e in self._node_events if e.at >= episode.opened_at - self.settings.settle]
+        since = episode.opened_at - self.settings.settle
+        recent = [e for e in self._node_events if e.at >= since]
+        lasting = [e for e in self.node_state() if e.kind not in _STANDING or e.at >= since]
         said: set[tuple[str, str, str]] = set()
-        for event in sorted([*self.node_state(), *recent], key=lambda e: e.at):
+        for event in sorted([*lasting, *recent], key=lambda e: e.at):
             key = (event.kind.value, event.reason, event.taint)
             if key not in said:
                 said.add(key)
@@ -564,6 +574,17 @@ class Correlator:
                 self._index.stale = True
             if view.episode is not None:  # one began since the restart: it ended this one
                 plan.interrupted[record.id] = view.episode.id
+                plan.finished.append(record)
+                continue
+            closed = record.closed_at
+            if (
+                record.status is Status.RECOVERING
+                and closed is not None
+                and closed + s.recovery_max - now < s.recovery_window
+            ):
+                # Too little of --recovery-max left to confirm a recovery: judging it now
+                # would call it "not recovered" on nothing measured. Its story ends here.
+                plan.interrupted[record.id] = RESTART_INTERRUPTION
                 plan.finished.append(record)
                 continue
             episode = view.episode = restored_episode(record, s.confidence, now)

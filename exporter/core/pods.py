@@ -323,7 +323,9 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
         for cs in _opt_list(status, key, "status"):
             if not isinstance(cs, Mapping):
                 raise MalformedObject("bad_field", f"status.{key}[] is not an object")
-            containers.append(_container(cs, init, init and cs.get("name") in native))
+            container_name = cs.get("name")
+            sidecar = init and isinstance(container_name, str) and container_name in native
+            containers.append(_container(cs, init, sidecar))
 
     revision = ""
     for label in REVISION_LABELS:

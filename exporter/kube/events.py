@@ -483,7 +483,8 @@ class EpisodeEvents:
         )
         for attempt in range(1, attempts + 1):
             try:
-                items, _ = await list_objects(api, spec)
+                # From the watch cache: every agent of a DaemonSet does this at start.
+                items, _ = await list_objects(api, spec, "0")
                 break
             except WatchError as exc:
                 if exc.reason == "forbidden" or attempt == attempts:

@@ -205,6 +205,8 @@ def test_a_long_episode_on_a_full_node_keeps_two_checkpoints_not_its_history() -
     containers = OWN + tuple(("batch", f"pod-{p}", f"c{k}") for p in range(109) for k in range(3))
     node = Node(containers[:330])
     assert len(node.readings) == 330
+    # Checkpoints other tests of the session still hold are not this correlator's.
+    elsewhere = live_checkpoints()
     w, node = world(node)
     settings = w.c.settings
     lookback = settings.recovery_window + settings.settle
@@ -214,11 +216,11 @@ def test_a_long_episode_on_a_full_node_keeps_two_checkpoints_not_its_history() -
     for i in range(int(settings.recovery_max) + 60):
         second(w, node, 0.060 if i < 20 else 0.010, cpu=STEADY)
         if i % 120 == 0 and i < settings.recovery_max - 10:
-            counts.append(live_checkpoints())
+            counts.append(live_checkpoints() - elsewhere)
             (episode,) = w.c.open_episodes()
             assert episode.neighbour_window is not None
     assert max(counts) <= bound + 2, counts
     assert len(w.c.resources.ring) <= bound
     episode = only_episode(w)
     assert episode.neighbour_window is None
-    assert live_checkpoints() <= bound
+    assert live_checkpoints() - elsewhere <= bound

@@ -248,3 +248,18 @@ def test_the_node_state_of_the_agents_first_list_counts() -> None:
         ("cordoned", ""),
         ("memory_pressure", "KubeletHasInsufficientMemory"),
     ]
+
+
+def test_a_cordon_standing_long_before_the_episode_is_not_its_cause() -> None:
+    """A node cordoned long ago (a pool kept for maintenance, a permanent tolerated taint)
+    did not cause a readiness flap today: it is no evidence, and the cause stays readiness.
+    Conditions that still hold (NotReady, pressure) would count however old."""
+    w = steady(settle=30.0)
+    w.node(o.cordon)
+    w.run(300)
+    w.change(HERE, [E.NOT_READY], ready=False)
+    w.run(5, SLOW)
+    w.change(HERE, [E.READY], ready=True)
+    episode = only_episode(w)
+    assert episode.cause.value == "readiness"
+    assert node_events(episode) == []

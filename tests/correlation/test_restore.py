@@ -144,6 +144,29 @@ def test_a_recovering_episode_not_back_within_recovery_max_of_its_close_is_not_r
     ]
 
 
+def test_a_recovering_episode_with_too_little_recovery_max_left_ends_interrupted() -> None:
+    """Restarted with less than one recovery window of --recovery-max left: nothing can
+    confirm a recovery in that time, and calling it "not recovered" would judge what no
+    agent measured. It returns to the recent list, interrupted by the restart, and nothing
+    is announced (so no Event, no not-recovered count)."""
+    w = steady_world()
+    episode = readiness_flap(w)
+    w.change(POD, [E.READY], ready=True)
+    w.run(SETTINGS.settle + 1, 0.200)
+    closed_at = episode.closed_at or 0.0
+    downtime = closed_at + SETTINGS.recovery_max - SETTINGS.recovery_window / 2 - w.now
+    fresh = restarted(w, [record_of(episode, closed_at)], downtime=downtime)
+    assert fresh.c.state_of(CHECKOUT.namespace, CHECKOUT.name) == ServiceState.STEADY.value
+    fresh.run(SETTINGS.recovery_window * 2)
+    assert fresh.changes == []
+    (back,) = fresh.c.closed_episodes()
+    assert (back.id, back.status, back.interrupted_by) == (
+        episode.id,
+        Status.INTERRUPTED,
+        "agent restart",
+    )
+
+
 def test_finished_episodes_return_to_the_recent_list_with_their_words() -> None:
     w = steady_world()
     episode = readiness_flap(w)
