@@ -88,7 +88,8 @@ async def test_refusals_in_the_real_servers_words(
 ) -> None:
     seen, port = pod_server
     server.store.create("pods", pod(port))
-    server.store.create("pods", pod(port, ip="10.1.2.3", name="elsewhere"))
+    # Not a loopback address (the unspecified one: no host anywhere): refused, never dialled.
+    server.store.create("pods", pod(port, ip="0.0.0.0", name="elsewhere"))
     closed = free_port()
 
     async def status(path: str, method: str = "GET") -> tuple[int, str]:
@@ -111,7 +112,7 @@ async def test_refusals_in_the_real_servers_words(
     # Only loopback pods are proxied to; nothing else is even dialled.
     code, message = await status(f"{base}/elsewhere:{port}/proxy/")
     assert code == 400
-    assert message.startswith("address not allowed") and "10.1.2.3" in message
+    assert message.startswith("address not allowed") and "0.0.0.0" in message
     assert (await status(f"{base}/agent:{port}/proxy/", "POST"))[0] == 405
 
     server.faults.forbid("pods/proxy")
