@@ -45,8 +45,17 @@ class _DiffWatch(_Handler):
     """A watch whose tracker diffs each list and event into events (pods, the node): the
     events are counted, logged and published by `_emit`; malformed objects are dropped."""
 
-    tracker: Any
-    clock: Callable[[], float]
+    def __init__(
+        self,
+        tracker: PodLifecycleTracker | NodeTracker,
+        metrics: AgentMetrics,
+        publish: Publish,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(metrics)
+        self.tracker = tracker
+        self.publish = publish
+        self.clock = clock
 
     def _emit(self, event: Any) -> None:
         raise NotImplementedError
@@ -72,18 +81,6 @@ class PodWatch(_DiffWatch):
     """Feeds the pod watch into the lifecycle tracker and records what it detects."""
 
     kind = "pod"
-
-    def __init__(
-        self,
-        tracker: PodLifecycleTracker,
-        metrics: AgentMetrics,
-        publish: Publish,
-        clock: Callable[[], float],
-    ) -> None:
-        super().__init__(metrics)
-        self.tracker = tracker
-        self.publish = publish
-        self.clock = clock
 
     def _emit(self, event: LifecycleEvent) -> None:
         self.metrics.record(event)
@@ -225,18 +222,6 @@ class NodeWatch(_DiffWatch):
     publishes the node events it detects (docs/lifecycle.md, *Node events*)."""
 
     kind = "node"
-
-    def __init__(
-        self,
-        tracker: NodeTracker,
-        metrics: AgentMetrics,
-        publish: Publish,
-        clock: Callable[[], float],
-    ) -> None:
-        super().__init__(metrics)
-        self.tracker = tracker
-        self.publish = publish
-        self.clock = clock
 
     def _emit(self, event: NodeEvent) -> None:
         self.metrics.record_node(event)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from exporter.core.pods import MalformedObject, opt_mapping, parse_time, uid_of
+from exporter.core.pods import MalformedObject, opt_list, opt_mapping, parse_time, uid_of
 
 
 class NodeEventKind(StrEnum):
@@ -179,7 +179,7 @@ class NodeSnapshot:
 
         ready: Condition | None = None
         pressures: list[tuple[str, Condition]] = []
-        for cond in _list(status, "conditions", "status"):
+        for cond in opt_list(status, "conditions", "status"):
             if not isinstance(cond, Mapping):
                 raise MalformedObject("bad_field", "status.conditions[] is not an object")
             ctype, cstatus = cond.get("type"), cond.get("status")
@@ -199,7 +199,7 @@ class NodeSnapshot:
         if not isinstance(unschedulable, bool):
             raise MalformedObject("bad_field", "spec.unschedulable is not a boolean")
         taints: set[Taint] = set()
-        for raw in _list(spec, "taints", "spec"):
+        for raw in opt_list(spec, "taints", "spec"):
             if not isinstance(raw, Mapping):
                 raise MalformedObject("bad_field", "spec.taints[] is not an object")
             key, effect = raw.get("key"), raw.get("effect")
@@ -248,15 +248,6 @@ class NodeSnapshot:
     @property
     def pressures(self) -> list[tuple[str, Condition]]:
         return [(t, c) for t, c in self.conditions if c.status == "True"]
-
-
-def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
-    value = obj.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise MalformedObject("bad_field", f"{where}.{key} is not a list")
-    return value
 
 
 def _text(value: object) -> str:

@@ -175,7 +175,7 @@ def opt_mapping(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, An
     return value
 
 
-def _opt_list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+def opt_list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
     value = obj.get(key)
     if value is None:
         return []
@@ -303,7 +303,7 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     scheduled_at: float | None = None
     disruption_reason = ""
     disruption_message: object = None
-    for cond in _opt_list(status, "conditions", "status"):
+    for cond in opt_list(status, "conditions", "status"):
         if not isinstance(cond, Mapping):
             raise MalformedObject("bad_field", "status.conditions[] is not an object")
         ctype = cond.get("type")
@@ -320,7 +320,7 @@ def parse_pod(obj: Mapping[str, Any]) -> PodSnapshot:
     native = _native_sidecars(spec)
     containers: list[ContainerSnapshot] = []
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
-        for cs in _opt_list(status, key, "status"):
+        for cs in opt_list(status, key, "status"):
             if not isinstance(cs, Mapping):
                 raise MalformedObject("bad_field", f"status.{key}[] is not an object")
             container_name = cs.get("name")
