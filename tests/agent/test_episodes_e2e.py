@@ -4,7 +4,7 @@ endpoints changed through the simulator, results read over HTTP and from the log
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -77,28 +77,14 @@ def closed(agent: Agent, cause: str) -> float:
     )
 
 
-async def episodes(agent: Agent) -> dict:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://{agent.settings.listen}/api/v1/episodes") as resp,
-    ):
-        assert resp.status == 200
-        return await resp.json()
-
-
-async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
-    api: ApiServer,
-    kubeconfig: Path,
-    tmp_path: Path,
-    backend: tuple[LoopbackBackend, int, int],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="tailwatch.episodes")
-    state, service_port, pod_port = backend
-    svc = probed_web_service(CLUSTER_IP, service_port)
-    api.store.create("services", svc)
+def web_on_two_nodes(
+    api: ApiServer, svc: dict, pod_port: int, *, there_ip: str
+) -> Callable[..., None]:
+    """web's pod on node-a (this agent's, at POD_IP) and one on node-b at `there_ip`, both
+    ready in one EndpointSlice; the returned `replace_slice(ready)` makes node-b's endpoint
+    ready or not ready (a readiness flap the agent sees only through the slice)."""
     here = objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, seed=1)
-    there = objects.deployment_pod("web", node="node-b", pod_ip="127.3.1.9", seed=2)
+    there = objects.deployment_pod("web", node="node-b", pod_ip=there_ip, seed=2)
     api.store.create("pods", here)
 
     def slice_with(there_ready: bool) -> dict:
@@ -119,6 +105,31 @@ async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
             obj["endpoints"] = slice_with(ready)["endpoints"]
 
         api.store.patch("endpointslices", "default", slice_name, apply)
+
+    return replace_slice
+
+
+async def episodes(agent: Agent) -> dict:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{agent.settings.listen}/api/v1/episodes") as resp,
+    ):
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def test_a_readiness_flap_is_an_episode_with_impact_and_recovery(
+    api: ApiServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+    backend: tuple[LoopbackBackend, int, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tailwatch.episodes")
+    state, service_port, pod_port = backend
+    svc = probed_web_service(CLUSTER_IP, service_port)
+    api.store.create("services", svc)
+    replace_slice = web_on_two_nodes(api, svc, pod_port, there_ip="127.3.1.9")
 
     async with running_agent(kubeconfig, tmp_path, **WINDOWS) as agent:
         await wait_for(

@@ -28,7 +28,15 @@ from tests.agent.conftest import (
     probed_web_service,
     running_agent,
 )
-from tests.agent.test_episodes_e2e import FAST, LOADED, SLOW, WINDOWS, episodes, samples
+from tests.agent.test_episodes_e2e import (
+    FAST,
+    LOADED,
+    SLOW,
+    WINDOWS,
+    episodes,
+    samples,
+    web_on_two_nodes,
+)
 from tests.conftest import wait_for
 from tests.core.kube_schema import EDGE_VERSIONS
 
@@ -81,28 +89,7 @@ async def test_episodes_survive_agent_restarts_as_events(
 ) -> None:
     state, service_port, pod_port = backend
     svc = api.store.create("services", probed_web_service(CLUSTER_IP, service_port))
-    here = objects.deployment_pod("web", node="node-a", pod_ip=POD_IP, seed=1)
-    there = objects.deployment_pod("web", node="node-b", pod_ip="127.3.2.9", seed=2)
-    api.store.create("pods", here)
-
-    def slice_with(there_ready: bool) -> dict:
-        return endpoint_slice(
-            svc,
-            [
-                endpoint_of_pod(here),
-                endpoint_of_pod(there if there_ready else objects.mark_not_ready(there, 0.0)),
-            ],
-            ports=(("http", pod_port),),
-        )
-
-    api.store.create("endpointslices", slice_with(True))
-    slice_name = slice_with(True)["metadata"]["name"]
-
-    def replace_slice(ready: bool) -> None:
-        def apply(obj: dict) -> None:
-            obj["endpoints"] = slice_with(ready)["endpoints"]
-
-        api.store.patch("endpointslices", "default", slice_name, apply)
+    replace_slice = web_on_two_nodes(api, svc, pod_port, there_ip="127.3.2.9")
 
     def creates() -> int:
         return api.requests.count("create", "events")
