@@ -397,12 +397,8 @@ class Agent:
                 out[(pod.namespace, pod.name)] = names
         return out
 
-    def _rollout_changes(self, changes: list[RolloutChange]) -> None:
-        for change in changes:
-            self.router.publish(change)
-
     def _rollouts_pod_event(self, event: LifecycleEvent) -> None:
-        self._rollout_changes(self.rollouts.on_pod_event(event))
+        self.router.publish_all(self.rollouts.on_pod_event(event))
 
     def _on_rollout_change(self, change: RolloutChange) -> None:
         """Counted (the duration of a finished one) and logged."""
@@ -410,14 +406,14 @@ class Agent:
         rollout_log.info(_ROLLOUT_MESSAGES[change.kind], extra=change.as_log_fields())
 
     def _correlate_pod_event(self, event: LifecycleEvent) -> None:
-        self._episode_changes(self.correlator.on_pod_event(event))
+        self.router.publish_all(self.correlator.on_pod_event(event))
 
     def _correlate_node_event(self, event: NodeEvent) -> None:
-        self._episode_changes(self.correlator.on_node_event(event))
+        self.router.publish_all(self.correlator.on_node_event(event))
 
     def _correlate_endpoint_event(self, event: EndpointEvent) -> None:
         # The correlator has the Service's endpoints already (`_update_service` runs first).
-        self._episode_changes(self.correlator.on_endpoint_event(event))
+        self.router.publish_all(self.correlator.on_endpoint_event(event))
 
     def _on_probe_result(self, result: ProbeResult) -> None:
         t = result.target
@@ -428,12 +424,6 @@ class Agent:
         self.correlator.record_latency(
             ServiceRef(t.namespace, t.service), source, result.latency, started
         )
-
-    def _episode_changes(self, changes: list[EpisodeChange]) -> None:
-        # Each change on its own: a bug with one is counted (internal_error) and the others
-        # of the same tick are still recorded, logged and heard.
-        for change in changes:
-            self.router.publish(change)
 
     def _on_episode_change(self, change: EpisodeChange) -> None:
         """Counted, logged, and the Service's reporting updated."""
@@ -461,12 +451,12 @@ class Agent:
             with self.metrics.guard("the endpoint removals flush"):
                 self.slice_watch.flush()
             with self.metrics.guard("the correlation tick"):
-                self._episode_changes(self.correlator.tick(self.clock()))
+                self.router.publish_all(self.correlator.tick(self.clock()))
             with self.metrics.guard("the series expiry"):
                 self._forget_due()
                 self.metrics.expire()
             with self.metrics.guard("the rollout tick"):
-                self._rollout_changes(self.rollouts.tick(self.clock()))
+                self.router.publish_all(self.rollouts.tick(self.clock()))
                 self.rollout_metrics.expire()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -634,12 +624,12 @@ class Agent:
                 with self.metrics.guard("the rollout tracker"):
                     view = catalog.endpoints.view(ref)
                     changes = self.rollouts.observe(ref, view, self.clock(), self.tracker.pod)
-                    self._rollout_changes(changes)
+                    self.router.publish_all(changes)
         elif ref in self._reported:
             self._reported.discard(ref)
             self.correlator.remove_service(ref)
             with self.metrics.guard("the rollout tracker"):
-                self._rollout_changes(self.rollouts.forget_service(ref, self.clock()))
+                self.router.publish_all(self.rollouts.forget_service(ref, self.clock()))
             # Its counters stay a while, so that Prometheus scrapes their last increments.
             self._forget_at[ref] = self.monotonic() + FORGET_AFTER
         if not opted_in:

@@ -13,7 +13,7 @@ event is handled before the next one is published.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 E = TypeVar("E")
@@ -60,6 +60,12 @@ class Router:
             held = tuple(h for base in kind.__mro__ for h in self._handlers.get(base, ()))
             self._resolved[kind] = held
         return held
+
+    def publish_all(self, events: Iterable[object]) -> None:
+        """Each of `events` in turn, each on its own: a handler failing on one does not
+        keep the others from anyone."""
+        for event in events:
+            self.publish(event)
 
     def publish(self, event: object) -> None:
         for handler in self.handlers(type(event)):

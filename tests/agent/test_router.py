@@ -59,3 +59,17 @@ def test_a_failing_handler_is_counted_and_the_next_still_hears() -> None:
         "event handler test_a_failing_handler_is_counted_and_the_next_still_hears.<locals>"
         ".broken: cannot handle 7"
     ]
+
+
+def test_publish_all_hands_over_each_event_even_after_one_fails() -> None:
+    router = Router(lambda what, exc: None)
+    heard: list[int] = []
+
+    def broken_on_one(event: Base) -> None:
+        if event.n == 1:
+            raise RuntimeError("cannot handle 1")
+        heard.append(event.n)
+
+    router.subscribe(Base, broken_on_one)
+    router.publish_all([Base(1), Derived(2), Base(3)])
+    assert heard == [2, 3]
