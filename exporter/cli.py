@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from exporter import __version__
+from exporter import __version__, eventloop
 from exporter.settings import OPTIONS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tailwatch") -> int:
     from exporter.server import ListenError  # noqa: PLC0415
 
     try:
-        asyncio.run(_run_agent(settings, connection))
+        eventloop.run(_run_agent(settings, connection))
     except ListenError as exc:
         print(f"tailwatch: error: {exc}", file=sys.stderr)
         return 1
