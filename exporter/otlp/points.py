@@ -80,6 +80,35 @@ class LatencyDelta:
     count: int
 
 
+def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
+    """One delta per Service and metric, in the order each first appears: the streams of a
+    request (methods, routes, status codes, client pods) usually share their buckets, and
+    the agent records a delta into two histograms on the event loop; merged, it records
+    once per Service instead of once per stream. Same-edged buckets add up exactly; sums
+    and counts add."""
+    merged: dict[tuple[ServiceRef, str], tuple[dict[tuple[float, float], int], list[float]]] = {}
+    for delta in deltas:
+        entry = merged.get((delta.service, delta.metric))
+        if entry is None:
+            entry = merged[(delta.service, delta.metric)] = ({}, [0.0, 0])
+        buckets, totals = entry
+        for low, high, n in delta.buckets:
+            edges = (low, high)
+            buckets[edges] = buckets.get(edges, 0) + n
+        totals[0] += delta.sum_seconds
+        totals[1] += delta.count
+    return [
+        LatencyDelta(
+            service,
+            metric,
+            tuple((low, high, n) for (low, high), n in sorted(buckets.items())),
+            totals[0],
+            int(totals[1]),
+        )
+        for (service, metric), (buckets, totals) in merged.items()
+    ]
+
+
 @dataclass(frozen=True)
 class IngestLimits:
     max_points_per_request: int = 10_000

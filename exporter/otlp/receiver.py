@@ -48,6 +48,7 @@ from exporter.otlp.points import (
     LatencyDelta,
     Outcome,
     Resolver,
+    merge_deltas,
 )
 from exporter.server import Timeouts, serve
 from exporter.settings import ListenAddress
@@ -442,7 +443,7 @@ class OtlpReceiver:
         )
         result = self.ingest.ingest(request, self.clock())
         if result.deltas:
-            loop.call_soon_threadsafe(self._deliver, result.deltas)
+            loop.call_soon_threadsafe(self._deliver, merge_deltas(result.deltas))
         return result
 
     def _deliver(self, deltas: Sequence[LatencyDelta]) -> None:

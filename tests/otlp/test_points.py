@@ -15,6 +15,7 @@ from exporter.otlp.points import (
     LatencyDelta,
     Outcome,
     buckets_of,
+    merge_deltas,
     subtract,
 )
 from tests.otlp.builders import (
@@ -403,3 +404,22 @@ def test_points_per_request_limit() -> None:
                            now=0)  # fmt: skip
     assert outcomes(result) == {"accepted": 4, "over_limit": 2}
     assert result.problems["points_per_request"][1] == 2
+
+
+# -- merging a request's deltas per Service -----------------------------------------------
+
+
+def test_a_requests_streams_merge_into_one_delta_per_service() -> None:
+    """What the receiver hands to the event loop: the streams of one request (here two
+    methods of web and one of db) become one delta per Service, with every request
+    counted once and the buckets of equal edges added up."""
+    get = LatencyDelta(WEB_REF, "m", ((0.0, 0.005, 3), (0.01, 0.025, 1)), 0.03, 4)
+    post = LatencyDelta(WEB_REF, "m", ((0.005, 0.01, 2), (0.01, 0.025, 5)), 0.09, 7)
+    db = LatencyDelta(DB_REF, "m", ((0.1, 0.25, 1),), 0.2, 1)
+    merged = merge_deltas([get, db, post])
+    assert merged == [
+        LatencyDelta(WEB_REF, "m", ((0.0, 0.005, 3), (0.005, 0.01, 2), (0.01, 0.025, 6)),
+                     pytest.approx(0.12), 11),
+        LatencyDelta(DB_REF, "m", ((0.1, 0.25, 1),), 0.2, 1),
+    ]  # fmt: skip
+    assert merge_deltas([]) == []
