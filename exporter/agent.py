@@ -364,10 +364,13 @@ class Agent:
             self.cgroups.close()
 
     def _sample_pass(self, now: float) -> SamplePass:
-        """One sampling pass and then its /metrics lines, both in the sampler's thread: a
-        scrape finds the cgroup families rendered (docs/performance.md, /metrics exposition)."""
+        """One sampling pass and then, when a scrape is near, its /metrics lines, both in the
+        sampler's thread: a scrape finds the cgroup families rendered (docs/performance.md,
+        /metrics exposition)."""
         result = self.cgroups.sample(now)
-        self.exposition.prepare(self.cgroup_source)
+        # Only in the passes just before the next scrape (ScrapeRhythm): the next pass is
+        # one interval away, so the last pass before any scrape is always rendered ahead.
+        self.exposition.prepare(self.cgroup_source, ahead=2 * self.settings.sample_interval)
         return result
 
     def _on_sample_pass(self, result: SamplePass) -> None:

@@ -24,11 +24,12 @@ import struct
 import threading
 import time
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from itertools import accumulate, chain, compress
+from itertools import accumulate, chain, compress, pairwise
 from math import copysign
 from operator import itemgetter, ne, sub
 from typing import Any, cast
@@ -753,6 +754,41 @@ class _SourceEncoder:
         self.families = families
 
 
+class ScrapeRhythm:
+    """When the next scrape of a format can come, from the times of the last ones.
+
+    Prometheus scrapes a target at a fixed interval, each target at its own fixed offset:
+    after three scrapes at an even pace the next one is known to within the pace's jitter.
+    Rendering the cgroup families ahead after every sampling pass (every second) when the
+    scrape comes every 15 s renders them fourteen times for nothing; `due_within` lets
+    `Exposition.prepare` render them only in the passes just before the next scrape.
+    When the pace is not known (fewer than three scrapes) or not even (two Prometheus
+    replicas at different offsets, a person with curl), every pass renders, as before.
+    """
+
+    __slots__ = ("_times",)
+
+    #: Gaps between scrapes that differ by more than this share are not one even pace.
+    EVEN = 0.1
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque(maxlen=4)
+
+    def scraped(self, now: float) -> None:
+        self._times.append(now)
+
+    def due_within(self, now: float, horizon: float) -> bool:
+        """Can the next scrape come within `horizon` seconds of `now` (or is it late)?"""
+        times = self._times
+        if len(times) < 3:
+            return True
+        gaps = [later - earlier for earlier, later in pairwise(times)]
+        shortest, longest = min(gaps), max(gaps)
+        if longest - shortest > self.EVEN * longest:
+            return True
+        return now >= times[-1] + shortest - horizon
+
+
 class Exposition:
     """The /metrics content of a set of metric sources.
 
@@ -772,10 +808,15 @@ class Exposition:
         self._bodies: dict[Format, _Body] = {}
         # When each encoding was last asked for: the text formats' lines, protobuf.
         self._asked_lines = self._asked_protobuf = -float("inf")
+        # The pace of each encoding's scrapes, for `prepare`'s `ahead`.
+        self._rhythm_lines, self._rhythm_protobuf = ScrapeRhythm(), ScrapeRhythm()
 
-    def prepare(self, source: MetricSource) -> None:
+    def prepare(self, source: MetricSource, ahead: float | None = None) -> None:
         """Encode `source`'s families now, in the formats scraped in the last
-        RECENT_SECONDS, so that the next scrape finds them encoded. Thread-safe."""
+        RECENT_SECONDS, so that the next scrape finds them encoded. With `ahead` (seconds),
+        only a format whose next scrape can come within `ahead` (`ScrapeRhythm`): a caller
+        that prepares after every change passes the time to its next change after that,
+        so the last change before a scrape is always encoded ahead. Thread-safe."""
         for encoder in self._encoders:
             if encoder.source is source:
                 break
@@ -784,6 +825,9 @@ class Exposition:
         now = time.monotonic()
         lines = now - self._asked_lines < RECENT_SECONDS
         protobuf = now - self._asked_protobuf < RECENT_SECONDS
+        if ahead is not None:
+            lines = lines and self._rhythm_lines.due_within(now, ahead)
+            protobuf = protobuf and self._rhythm_protobuf.due_within(now, ahead)
         if lines or protobuf:
             with self._lock:
                 encoder.update(lines, protobuf)
@@ -792,10 +836,13 @@ class Exposition:
         """The pieces of the whole answer in `format`, every family encoded now (the lock
         held)."""
         protobuf = format is Format.PROTOBUF
+        now = time.monotonic()
         if protobuf:
-            self._asked_protobuf = time.monotonic()
+            self._asked_protobuf = now
+            self._rhythm_protobuf.scraped(now)
         else:
-            self._asked_lines = time.monotonic()
+            self._asked_lines = now
+            self._rhythm_lines.scraped(now)
         for encoder in self._encoders:
             encoder.update(not protobuf, protobuf)
         families = [f for encoder in self._encoders for f in encoder.families]

@@ -36,6 +36,7 @@ from exporter.exposition import (
     PROTOBUF_CONTENT_TYPE,
     Exposition,
     Format,
+    ScrapeRhythm,
     SourceCollector,
     negotiate,
     number,
@@ -473,6 +474,46 @@ def test_prepare_renders_ahead_only_the_formats_scraped() -> None:
     assert (counted.classic_reads, counted.native_reads) == (3, 2)
     with pytest.raises(ValueError, match="not a source"):
         ex.prepare(Table([]))
+
+
+def test_scrapes_at_an_even_pace_are_rendered_ahead_only_just_before_the_next() -> None:
+    """Prometheus every 15 s, a sampling pass every second rendering with ahead=2: the
+    passes 13 s after a scrape and later render, the others do not; a late scrape keeps
+    every pass rendering until it comes."""
+    rhythm = ScrapeRhythm()
+    assert rhythm.due_within(0.0, 2.0)  # no pace known yet: always
+    for at in (100.0, 115.0, 130.0):
+        rhythm.scraped(at)
+    renders = [t for t in range(131, 146) if rhythm.due_within(float(t), 2.0)]
+    assert renders == [143, 144, 145]
+    assert rhythm.due_within(160.0, 2.0)  # the scrape at 145 did not come: still rendering
+    rhythm.scraped(145.02)  # a little jitter is still an even pace
+    assert not rhythm.due_within(146.0, 2.0) and rhythm.due_within(158.5, 2.0)
+
+
+def test_scrapes_at_an_uneven_pace_are_rendered_ahead_after_every_pass() -> None:
+    """Two Prometheus replicas at different offsets (or a person with curl): no pace to
+    predict, every pass renders, as without `ahead`."""
+    rhythm = ScrapeRhythm()
+    for at in (100.0, 103.0, 115.0, 118.0):
+        rhythm.scraped(at)
+    assert all(rhythm.due_within(float(t), 2.0) for t in range(119, 130))
+
+
+def test_prepare_ahead_renders_while_the_pace_is_unknown() -> None:
+    counted = Counted()
+    ahead, other = Table([LATENCY]), Table([REQUESTS])
+    ahead[LATENCY][("x",)] = counted
+    ex = Exposition([other, ahead])
+    ex.answer(PROMETHEUS_ACCEPT)
+    counted.series.record(0.1)
+    ex.prepare(ahead, ahead=2.0)  # one scrape so far: no pace, render
+    assert counted.classic_reads == 2
+    for _ in range(3):  # three scrapes within a moment: an even pace of ~0 s, so the next
+        ex.answer(PROMETHEUS_ACCEPT)  # can come any time: render
+    counted.series.record(0.2)
+    ex.prepare(ahead, ahead=2.0)
+    assert counted.classic_reads == 3
 
 
 def test_prepare_and_scrapes_from_two_threads(node: NodeState) -> None:
