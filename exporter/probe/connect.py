@@ -8,10 +8,12 @@ that connection, and the full response. Errors become a `FailureReason`, never a
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import errno
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from exporter import __version__
 from exporter.core.probing import FailureReason, ProbeTarget
@@ -73,6 +75,7 @@ async def probe_tcp(target: ProbeTarget, clock_ns: ClockNs) -> ProbeOutcome:
     return ProbeOutcome(completed_ns=completed)
 
 
+@functools.lru_cache(maxsize=4096)
 def _request(target: ProbeTarget) -> bytes:
     return (
         f"GET {target.path} HTTP/1.1\r\n"
@@ -84,100 +87,197 @@ def _request(target: ProbeTarget) -> bytes:
     ).encode("ascii", "replace")
 
 
-async def _read_headers(reader: asyncio.StreamReader) -> tuple[int, int | None, bool]:
-    """Status code, Content-Length (None if absent) and whether the body is chunked."""
-    line = await reader.readline()
-    if not line:
-        raise asyncio.IncompleteReadError(b"", None)
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise _BadResponse(f"not an HTTP/1.x status line: {line[:40]!r}")
-    status = int(parts[1])
-    length: int | None = None
-    chunked = False
-    size = len(line)
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise asyncio.IncompleteReadError(b"", None)
-        size += len(line)
-        if size > MAX_HEADER_BYTES:
+class _State(enum.Enum):
+    STATUS = enum.auto()
+    HEADERS = enum.auto()
+    LENGTH = enum.auto()  # a body of Content-Length bytes (up to MAX_BODY_BYTES)
+    UNTIL_CLOSE = enum.auto()  # a body that the server's close ends
+    CHUNK_SIZE = enum.auto()
+    CHUNK_DATA = enum.auto()
+    TRAILERS = enum.auto()
+
+
+class _HttpExchange(asyncio.Protocol):
+    """One probe's connection as a protocol: it sends the request when connected and
+    parses the response as it arrives, resolving `done` once the response is whole (or
+    cannot be). A protocol rather than asyncio's streams: no reader, writer and their
+    awaits per line, a third less CPU per probe on the agent's loop (docs/performance.md,
+    "Cost"); what a probe reads and how it judges is the same."""
+
+    def __init__(self, request: bytes, clock_ns: ClockNs, done: asyncio.Future[ProbeOutcome]):
+        self._request = request
+        self._clock_ns = clock_ns
+        self._done = done
+        self._buffer = bytearray()
+        self._state = _State.STATUS
+        self._status = 0
+        self._length: int | None = None
+        self._chunked = False
+        self._header_bytes = 0
+        self._remaining = 0  # bytes still to read of a body or a chunk (with its CRLF)
+        self._budget = MAX_BODY_BYTES  # of the body, for chunks and a close-ended body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio's classes: no isinstance here.
+        cast("asyncio.WriteTransport", transport).write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        self._buffer += data
+        try:
+            self._advance()
+        except _BadResponse as exc:
+            self._finish(ProbeOutcome(FailureReason.BAD_RESPONSE, str(exc)[:200]))
+
+    def eof_received(self) -> bool:
+        self._closed()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError):
+            self._finish(failure_of(exc))
+        self._closed()
+
+    def _closed(self) -> None:
+        """The server closed: the end of a close-ended body or of trailers; else early."""
+        if self._state is _State.UNTIL_CLOSE or self._state is _State.TRAILERS:
+            self._complete()
+        else:
+            self._finish(
+                ProbeOutcome(FailureReason.RESET, "connection closed before a full response")
+            )
+
+    def _finish(self, outcome: ProbeOutcome) -> None:
+        if not self._done.done():
+            self._done.set_result(outcome)
+
+    def _complete(self) -> None:
+        completed = self._clock_ns()
+        if 200 <= self._status < 400:
+            self._finish(ProbeOutcome(completed_ns=completed))
+        else:
+            self._finish(ProbeOutcome(FailureReason.BAD_STATUS, f"HTTP {self._status}", completed))
+
+    def _line(self) -> bytes | None:
+        """The next whole line of the buffer (with its newline), or None for now."""
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_HEADER_BYTES:
+                raise _BadResponse(f"a line over {MAX_HEADER_BYTES} bytes")
+            return None
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        return line
+
+    def _take(self, limit: int) -> int:
+        """Drop up to `limit` bytes of body from the buffer: how many."""
+        n = min(limit, len(self._buffer))
+        del self._buffer[:n]
+        return n
+
+    def _advance(self) -> None:
+        while not self._done.done():
+            state = self._state
+            if state is _State.STATUS or state is _State.HEADERS or state is _State.CHUNK_SIZE:
+                line = self._line()
+                if line is None:
+                    return
+                if state is _State.STATUS:
+                    self._status_line(line)
+                elif state is _State.HEADERS:
+                    self._header_line(line)
+                else:
+                    self._chunk_size(line)
+            elif state is _State.TRAILERS:
+                line = self._line()
+                if line is None:
+                    return
+                if line in (b"\r\n", b"\n"):
+                    self._complete()
+            elif state is _State.LENGTH:
+                self._remaining -= self._take(self._remaining)
+                if self._remaining:
+                    return
+                self._complete()
+            elif state is _State.UNTIL_CLOSE:
+                self._budget -= self._take(self._budget)
+                if self._budget > 0:
+                    return
+                self._complete()  # read enough: a health check's body is small
+            else:  # CHUNK_DATA
+                self._remaining -= self._take(self._remaining)
+                if self._remaining:
+                    return
+                if self._budget <= 0:
+                    self._complete()
+                else:
+                    self._state = _State.CHUNK_SIZE
+
+    def _status_line(self, line: bytes) -> None:
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise _BadResponse(f"not an HTTP/1.x status line: {line[:40]!r}")
+        self._status = int(parts[1])
+        self._header_bytes = len(line)
+        self._state = _State.HEADERS
+
+    def _header_line(self, line: bytes) -> None:
+        self._header_bytes += len(line)
+        if self._header_bytes > MAX_HEADER_BYTES:
             raise _BadResponse(f"headers over {MAX_HEADER_BYTES} bytes")
         if line in (b"\r\n", b"\n"):
-            return status, length, chunked
+            self._body_starts()
+            return
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
             if not value.strip().isdigit():
                 raise _BadResponse("bad Content-Length")
-            length = int(value)
+            self._length = int(value)
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
-            chunked = True
+            self._chunked = True
 
+    def _body_starts(self) -> None:
+        if self._status in (204, 304):
+            self._complete()
+        elif self._chunked:
+            self._state = _State.CHUNK_SIZE
+        elif self._length is not None:
+            self._remaining = min(self._length, MAX_BODY_BYTES)
+            self._state = _State.LENGTH
+        else:  # delimited by the server closing: Connection: close
+            self._state = _State.UNTIL_CLOSE
 
-async def _read_chunked(reader: asyncio.StreamReader, budget: int) -> None:
-    while budget > 0:
-        line = await reader.readline()
-        if not line:
-            raise asyncio.IncompleteReadError(b"", None)
+    def _chunk_size(self, line: bytes) -> None:
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise _BadResponse("bad chunk size") from None
         if size == 0:
-            while (line := await reader.readline()) not in (b"\r\n", b"\n"):  # trailers
-                if not line:
-                    return  # closed after the last chunk: the body is complete
-            return
-        if size > budget:
-            return  # read enough: a health check's body is small
-        await reader.readexactly(size + 2)
-        budget -= size
-
-
-async def _read_body(
-    reader: asyncio.StreamReader, status: int, length: int | None, chunked: bool
-) -> None:
-    if status in (204, 304):
-        return
-    if chunked:
-        await _read_chunked(reader, MAX_BODY_BYTES)
-    elif length is not None:
-        await reader.readexactly(min(length, MAX_BODY_BYTES))
-    else:  # delimited by the server closing: Connection: close
-        budget = MAX_BODY_BYTES
-        while budget > 0 and (data := await reader.read(budget)):
-            budget -= len(data)
+            self._state = _State.TRAILERS
+        elif size > self._budget:
+            self._complete()  # read enough: a health check's body is small
+        else:
+            self._remaining = size + 2
+            self._budget -= size
+            self._state = _State.CHUNK_DATA
 
 
 async def probe_http(target: ProbeTarget, clock_ns: ClockNs) -> ProbeOutcome:
     """GET `target.path` on a new connection and read the whole response (body up to
     MAX_BODY_BYTES). Success is a status in 200-399, like a kubelet HTTP probe."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[ProbeOutcome] = loop.create_future()
+    request = _request(target)
     try:
-        reader, writer = await asyncio.open_connection(
-            target.address, target.port, limit=MAX_HEADER_BYTES
+        transport, _ = await loop.create_connection(
+            lambda: _HttpExchange(request, clock_ns, done), target.address, target.port
         )
     except OSError as exc:
         return failure_of(exc)
-    outcome: ProbeOutcome
     try:
-        writer.write(_request(target))
-        status, length, chunked = await _read_headers(reader)
-        await _read_body(reader, status, length, chunked)
-        completed = clock_ns()
-        if 200 <= status < 400:
-            outcome = ProbeOutcome(completed_ns=completed)
-        else:
-            outcome = ProbeOutcome(FailureReason.BAD_STATUS, f"HTTP {status}", completed)
-    except asyncio.IncompleteReadError:
-        outcome = ProbeOutcome(FailureReason.RESET, "connection closed before a full response")
-    except (_BadResponse, asyncio.LimitOverrunError, ValueError) as exc:
-        # StreamReader.readline raises ValueError for a line over its limit
-        outcome = ProbeOutcome(FailureReason.BAD_RESPONSE, str(exc)[:200])
-    except OSError as exc:
-        outcome = failure_of(exc)
+        return await done
     finally:
-        writer.close()
-    with contextlib.suppress(OSError):  # reset while closing: the outcome is already known
-        await writer.wait_closed()
-    return outcome
+        transport.close()

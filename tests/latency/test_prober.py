@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from exporter import eventloop
 from exporter.core.histogram import NATIVE_SCHEMA, RELATIVE_ACCURACY, cumulative_buckets
 from exporter.core.probing import NS_PER_S, FailureReason, ProbeResult, ProbeTarget
 from exporter.exposition import Exposition
@@ -332,9 +333,7 @@ async def raw_server(host: str, response: bytes) -> asyncio.Server:
     return await asyncio.start_server(handle, host, 0)
 
 
-@pytest.mark.parametrize(
-    ("response", "reason", "detail"),
-    [
+RESPONSES = [
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", None, ""),
         (b"HTTP/1.0 200 OK\r\n\r\nbody until the server closes", None, ""),
         (b"HTTP/1.1 204 No Content\r\n\r\n", None, ""),
@@ -342,8 +341,17 @@ async def raw_server(host: str, response: bytes) -> asyncio.Server:
         (b"SSH-2.0-OpenSSH\r\n\r\n", FailureReason.BAD_RESPONSE, None),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", FailureReason.RESET, None),
         (b"", FailureReason.RESET, None),
-    ],
-)  # fmt: skip
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab", FailureReason.RESET,
+         None),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", FailureReason.BAD_RESPONSE,
+         "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", FailureReason.BAD_RESPONSE,
+         "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", FailureReason.BAD_RESPONSE, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("response", "reason", "detail"), RESPONSES)
 async def test_http_probe_reads_whole_responses(
     response: bytes, reason: FailureReason | None, detail: str | None
 ) -> None:
@@ -372,3 +380,23 @@ def test_a_target_replaced_by_one_with_the_same_labels_keeps_its_series() -> Non
     assert list(prober.ledger.failures.values()) == [1]
     prober.update_targets([new], [])
     assert prober.ledger.durations == {} and prober.ledger.failures == {}
+
+
+def test_http_probe_on_the_agents_own_loop() -> None:
+    """The agent runs on uvloop (exporter/eventloop.py), whose transports are not asyncio's
+    classes: every response above is judged the same there."""
+    factory = eventloop.loop_factory()
+    if factory is None:
+        pytest.skip("uvloop is not installed here")
+
+    async def judge(response: bytes) -> ProbeOutcome:
+        server = await raw_server("127.0.0.16", response)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await probe_http(endpoint("p", "127.0.0.16", port), time.perf_counter_ns)
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        for response, reason, detail in RESPONSES:
+            outcome = runner.run(judge(response))
+            assert outcome.reason is reason, response
+            assert detail is None or outcome.detail == detail
