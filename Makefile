@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := prometheus
-# The prober accuracy benchmark compares against Debian's blackbox exporter.
+# The prober accuracy and cost benchmarks compare against Debian's blackbox exporter.
 BENCH_APT_PACKAGES := prometheus prometheus-blackbox-exporter
 
 .PHONY: install demo test test-only lint bench bench-deps generate system-deps clean
@@ -52,7 +52,9 @@ bench-deps:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus-blackbox-exporter >/dev/null 2>&1 || \
 	  $(MAKE) --no-print-directory _apt PKGS="$(BENCH_APT_PACKAGES)"
 
+# The benchmarks also profile the agent with py-spy (the `bench` extra).
 bench: $(STAMP) bench-deps
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m pytest tests/bench -m bench -s
 
 # Dashboards and rule files from exporter/mixin, with their copies for the chart; `make test`
