@@ -55,6 +55,7 @@ from exporter.metrics import (
 from exporter.otlp import LatencyDelta, OtlpReceiver, OtlpSource
 from exporter.otlp.receiver import LocalSources
 from exporter.probe import Prober, ProbeResult, ProbeSource, ProbeTarget
+from exporter.process import ProcessSource
 from exporter.runtime import Router
 from exporter.server import ListenError, ReloadingCertificate, build_app, start_server
 from exporter.settings import Settings
@@ -316,6 +317,7 @@ class Agent:
                 ProbeSource(self.prober.ledger),
                 ServiceSource(self.episode_metrics, self.correlator, self._slos),
                 RolloutSource(self.rollout_metrics, lambda: self.rollouts.gauges(self.clock())),
+                ProcessSource(),  # the standard process_* families, read from /proc
             ]
         )
         self.registry = self.exposition.registry

@@ -362,6 +362,32 @@ ROLLOUT_STUCK = Family(
     WORKLOAD,
 )
 
+# The agent's own process: the standard families of Prometheus' client libraries, named,
+# typed and helped as client_python's ProcessCollector has them (exporter/process.py), so
+# the agent's cost reads as any exporter's.
+PROCESS_VIRTUAL_MEMORY = Family(
+    "process_virtual_memory_bytes", Kind.GAUGE, "Virtual memory size in bytes.", ()
+)
+PROCESS_RESIDENT_MEMORY = Family(
+    "process_resident_memory_bytes", Kind.GAUGE, "Resident memory size in bytes.", ()
+)
+PROCESS_START_TIME = Family(
+    "process_start_time_seconds",
+    Kind.GAUGE,
+    "Start time of the process since unix epoch in seconds.",
+    (),
+)
+PROCESS_CPU = Family(
+    "process_cpu_seconds_total",
+    Kind.COUNTER,
+    "Total user and system CPU time spent in seconds.",
+    (),
+)
+PROCESS_OPEN_FDS = Family("process_open_fds", Kind.GAUGE, "Number of open file descriptors.", ())
+PROCESS_MAX_FDS = Family(
+    "process_max_fds", Kind.GAUGE, "Maximum number of open file descriptors.", ()
+)
+
 #: Every family, in the order /metrics shows them.
 FAMILIES: tuple[Family, ...] = (
     POD_EVENTS,
@@ -402,4 +428,10 @@ FAMILIES: tuple[Family, ...] = (
     ROLLOUT_DURATION,
     ROLLOUT_IN_PROGRESS,
     ROLLOUT_STUCK,
+    PROCESS_VIRTUAL_MEMORY,
+    PROCESS_RESIDENT_MEMORY,
+    PROCESS_START_TIME,
+    PROCESS_CPU,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
 )

@@ -50,7 +50,8 @@ def stored_series(prometheus: Prometheus) -> dict[str, int]:
     """Series Prometheus holds per family (a classic histogram's _bucket, _sum and _count
     counted as its family)."""
     out: dict[str, int] = {}
-    for sample in prometheus.query('count by (__name__) ({__name__=~"tailwatch_.+"})'):
+    query = 'count by (__name__) ({__name__=~"tailwatch_.+|process_.+"})'
+    for sample in prometheus.query(query):
         family = family_of(sample["metric"]["__name__"])
         out[family] = out.get(family, 0) + int(sample["value"][1])
     return out

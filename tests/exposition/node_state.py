@@ -37,6 +37,7 @@ from exporter.metrics import (
 )
 from exporter.otlp import OtlpSource
 from exporter.probe import ProbeSource
+from exporter.process import ProcessSource
 
 T0 = 1_790_000_000.0  # wall clock of the state (2026-09-21)
 MONOTONIC = 5_000.0  # the agent's monotonic clock at the scrape
@@ -44,6 +45,9 @@ SLO = 0.05
 # A termination reason needing every escape of the exposition format.
 ODD_REASON = 'Error: exit "1" in C:\\app\nretrying'
 STATES = ("steady", "disrupted", "recovering")
+#: A fixture /proc of an agent an hour after its start: its process_* families read from it
+#: with a fixed page size and clock tick, the same on every machine.
+PROC = Path(__file__).parents[1] / "fixtures" / "proc"
 
 
 def _pass_timer() -> Iterator[float]:
@@ -124,6 +128,7 @@ class NodeState:
             OtlpSource(lambda: self.outcomes),
             ProbeSource(self.ledger),
             ServiceSource(self.episodes, self.correlator, self.slos),
+            ProcessSource(PROC, pagesize=4096, ticks=100),
         ]
         self.exposition = Exposition(self.sources)
         self._fill(samples_per_series)

@@ -87,6 +87,10 @@ REQUIRED_FAMILIES = (
     "tailwatch_client_request_slow",
     # Each Service's SLO threshold: the line on the latency panels.
     "tailwatch_service_slo_seconds",
+    # The agent's own cost: the Node and Overview dashboards.
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_open_fds",
 )
 
 

@@ -1,5 +1,6 @@
-"""The Node dashboard: lifecycle events on one node, pressure on its containers, and the health
-of the node's agent (watches, prober lag, collector cost, dropped input, scrape size)."""
+"""The Node dashboard: lifecycle events on one node, pressure on its containers, the node's
+agent's own cost (CPU, memory, descriptors, against its budget) and its health (watches,
+prober lag, collector cost, dropped input, scrape size)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ from exporter.mixin.promql import PromQL, increase_with_new_series, indent
 CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
 TOP = 10
 SOME = 'kind="some"'
+#: The agent's own budget at the reference node (docs/design.md, *Reference load and
+#: budgets*), drawn on its cost panels. The project's promise, not a setting of the mixin:
+#: the line shows whether the agent keeps it on this node.
+AGENT_CPU_BUDGET_CORES = 0.02
+AGENT_MEMORY_BUDGET_BYTES = 64 * 2**20
+
+
+def agent_cpu(q: PromQL, *matchers: str) -> str:
+    """CPU cores used by each agent: the rate of its process_cpu_seconds_total."""
+    return f"rate({q.raw('process_cpu_seconds_total', *matchers)}[$__rate_interval])"
 
 
 def build(config: MixinConfig) -> Any:
@@ -160,6 +171,43 @@ def build(config: MixinConfig) -> Any:
             "percentunit",
         ),
         12,
+    )
+
+    grid.row("The agent's own cost")
+    grid.add(
+        p.timeseries(
+            "Agent CPU",
+            "CPU used by this node's agent (user + system, from its process_cpu_seconds_total), "
+            f"with its budget of {AGENT_CPU_BUDGET_CORES:.0%} of a core at the reference node.",
+            p.targets((f"sum({agent_cpu(q, node)})", "CPU")),
+            "suffix: cores",
+            thresholds=((AGENT_CPU_BUDGET_CORES, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Agent memory",
+            "Resident memory of this node's agent (process_resident_memory_bytes), with its "
+            f"budget of {AGENT_MEMORY_BUDGET_BYTES // 2**20} MiB at the reference node; it "
+            "should stay flat once warm.",
+            p.targets((f"sum({raw('process_resident_memory_bytes')})", "resident")),
+            "bytes",
+            thresholds=((AGENT_MEMORY_BUDGET_BYTES, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Agent open file descriptors",
+            "Descriptors this node's agent has open: the cgroup files it keeps open (about 8 "
+            "per container, ~2,600 on a full node), its watches, probes, OTLP clients and "
+            "scrapers. It follows the containers; one that only grows is a leak. "
+            "process_max_fds has the limit.",
+            p.targets((f"sum({raw('process_open_fds')})", "open")),
+            "short",
+        ),
+        8,
     )
 
     grid.row("The agent")

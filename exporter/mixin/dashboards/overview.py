@@ -1,5 +1,6 @@
 """The Overview dashboard: every opted-in Service's tail latency in and out of disruption, its
-SLO compliance and budget burn, the fan-out view, and the episodes of the time range."""
+SLO compliance and budget burn, the fan-out view, the episodes of the time range, and what
+the agents themselves cost."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from exporter.mixin.dashboards.episodes import (
     episode_table,
     not_recovered_stat,
     quantile_in_range,
+)
+from exporter.mixin.dashboards.node import (
+    AGENT_CPU_BUDGET_CORES,
+    AGENT_MEMORY_BUDGET_BYTES,
+    agent_cpu,
 )
 from exporter.mixin.promql import PromQL, duration
 from exporter.mixin.records import Records
@@ -206,6 +212,49 @@ def build(config: MixinConfig) -> Any:
             thresholds=((2, "red"),),
         ),
         12,
+    )
+
+    grid.row("The agents' own cost")
+    by = q.by()
+
+    def across(operation: str, expr: str) -> str:
+        """An aggregation over every agent (per cluster when the cluster label is kept)."""
+        return f"{operation} by ({by}) ({expr})" if by else f"{operation}({expr})"
+
+    cpu = agent_cpu(q)
+    rss = q.raw("process_resident_memory_bytes")
+    grid.add(
+        p.timeseries(
+            "Agent CPU across nodes",
+            "CPU of the busiest agent and the average agent (from process_cpu_seconds_total), "
+            f"with the budget of {AGENT_CPU_BUDGET_CORES:.0%} of a core at the reference node; "
+            "the Node dashboard shows each node's.",
+            p.targets((across("max", cpu), "max"), (across("avg", cpu), "average")),
+            "suffix: cores",
+            thresholds=((AGENT_CPU_BUDGET_CORES, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "Agent memory across nodes",
+            "Resident memory of the largest agent and the average agent "
+            f"(process_resident_memory_bytes), with the budget of "
+            f"{AGENT_MEMORY_BUDGET_BYTES // 2**20} MiB at the reference node.",
+            p.targets((across("max", rss), "max"), (across("avg", rss), "average")),
+            "bytes",
+            thresholds=((AGENT_MEMORY_BUDGET_BYTES, "red"),),
+        ),
+        8,
+    )
+    grid.add(
+        p.timeseries(
+            "All agents together",
+            "CPU cores used by every agent together: what tailwatch costs the cluster.",
+            p.targets((across("sum", cpu), "all agents")),
+            "suffix: cores",
+        ),
+        8,
     )
 
     return p.dashboard(
