@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -44,10 +45,12 @@ from exporter.otlp import (
     OtlpSource,
     ReceiverLimits,
 )
+from exporter.otlp.receiver import INLINE_DECODED_BYTES
 from exporter.settings import ListenAddress
 from exporter.simulator import objects
 from exporter.simulator.services import endpoint_of_pod, endpoint_slice, service
-from tests.otlp.builders import SEMCONV_BOUNDS, explicit_point, metric, request
+from tests.conftest import wait_for
+from tests.otlp.builders import SEMCONV_BOUNDS, T0, explicit_point, metric, request
 from tests.otlp.test_decode import gzip_bomb
 
 WEB = ServiceRef("shop", "web")
@@ -376,3 +379,57 @@ async def test_points_over_the_request_limit_are_rejected_as_partial_success() -
         assert "over the limit of 2 data points per request" in partial.error_message
         assert agent.receiver.outcomes()["over_limit"] == 3
         assert sum(d.count for d in agent.deltas) == 2  # the two accepted points, merged
+
+
+# -- small requests on the loop, large ones on the worker, in the order they came ---------
+
+
+def _export(points: int, count: int, *, time: int, method: str = "m") -> bytes:
+    """One cumulative export of `points` streams (methods "m0".."m{n-1}"), each at `count`."""
+    return request(
+        metric([explicit_point([count] + [0] * len(SEMCONV_BOUNDS), total=0.001 * count,
+                               time=time, attrs={**ATTRS, "http.request.method": f"{method}{i}"})
+                for i in range(points)])
+    ).SerializeToString()  # fmt: skip
+
+
+def _worker_running() -> bool:
+    return any(t.name == "otlp-ingest" for t in threading.enumerate())
+
+
+async def test_a_small_request_is_ingested_without_the_worker_thread() -> None:
+    async with serve() as agent:
+        body = _export(5, 3, time=T0 + 10**9)
+        assert len(body) < INLINE_DECODED_BYTES
+        status, _, _ = await post(
+            agent, gzip.compress(body), {**PROTOBUF, "Content-Encoding": "gzip"}
+        )
+        assert status == 200 and agent.totals()[0] == 15
+        assert not _worker_running()
+        large = _export(900, 1, time=T0 + 10**9, method="other")
+        assert len(large) > INLINE_DECODED_BYTES
+        status, _, _ = await post(agent, large)
+        assert status == 200 and agent.totals()[0] == 15 + 900
+        assert _worker_running()  # decoded where it cannot hold the loop
+
+
+async def test_a_small_request_behind_a_queued_large_one_waits_its_turn() -> None:
+    """A small export that comes while a large one of the same streams is still queued on
+    the worker is ingested after it, not on the loop before it (nor at the same time, on
+    the same stream state): the Service's deltas come in the order the exports came."""
+    async with serve() as agent:
+        await post(agent, _export(1_000, 1, time=T0 + 10**9))  # starts the worker
+        gate = threading.Event()
+        worker = agent.receiver._worker
+        assert worker is not None
+        worker.submit(gate.wait)  # the worker is busy until the gate opens
+        before = agent.totals()[0]
+        large = asyncio.create_task(post(agent, _export(1_000, 2, time=T0 + 2 * 10**9)))
+        await wait_for(lambda: agent.receiver._queued == 1, "the large export queued")
+        small = asyncio.create_task(post(agent, _export(5, 7, time=T0 + 3 * 10**9)))
+        await wait_for(lambda: agent.receiver._queued == 2, "the small export queued behind it")
+        gate.set()
+        assert [s for s, _, _ in await asyncio.gather(large, small)] == [200, 200]
+        # 1,000 streams went from 1 to 2, then five of them from 2 to 7: in that order.
+        assert [d.count for d in agent.deltas[-2:]] == [1_000, 5 * 5]
+        assert agent.totals()[0] - before == 1_000 + 5 * 5
