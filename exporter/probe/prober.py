@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -46,6 +47,7 @@ DEFAULT_WAKE_EARLY = 0.001
 DEFAULT_LAUNCH_WINDOW = 0.0
 
 LATE_LOG_EVERY_NS = 60 * NS_PER_S  # a stalled prober logs once a minute, not per wake-up
+_NS_PER_MS = 1_000_000
 
 ResultSink = Callable[[ProbeResult], None]
 
@@ -169,7 +171,11 @@ class Prober:
         wake = self._wake = loop.create_future()
         timer = None
         if due_ns is not None:
-            delay = (due_ns - self._early_ns - self._clock_ns()) / NS_PER_S
+            # Whole milliseconds, rounded up: uvloop's timers count in milliseconds and fire
+            # up to one early, so a wake-up left with a fraction of a millisecond to go would
+            # otherwise sleep "0 ms" again and again, ten times a probe (docs/performance.md,
+            # "Cost"). The early wake-up above covers the millisecond either way.
+            delay = math.ceil((due_ns - self._early_ns - self._clock_ns()) / _NS_PER_MS) / 1000
             timer = loop.call_later(max(delay, 0.0), _resolve, wake)
         try:
             await wake
