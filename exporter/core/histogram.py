@@ -388,8 +388,8 @@ class LatencySeries:
     the placement rule of `record_range` for ranges.
     """
 
-    __slots__ = ("_native_indexes", "_slo_bucket", "_spreads", "bounds", "bucket_counts", "count",
-                 "fine", "slo", "sum")  # fmt: skip
+    __slots__ = ("_fine", "_native_indexes", "_pending", "_slo_bucket", "_spreads", "bounds",
+                 "bucket_counts", "count", "slo", "sum")  # fmt: skip
 
     def __init__(
         self, bounds: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT, slo: float | None = None
@@ -403,7 +403,11 @@ class LatencySeries:
                 raise ValueError(f"SLO {slo} is not a bound of the layout")
         self._spreads = _spread_cache(bounds)
         self.bucket_counts = [0] * (len(bounds) + 1)  # per bucket; the last one is +Inf
-        self.fine = FineHistogram()
+        self._fine = FineHistogram()
+        # Ranges recorded and not yet placed in the fine histogram: (lower, upper) -> count.
+        # Clients send the same few ranges over and over; they are placed when the fine
+        # histogram is read (a scrape, a quantile), all of a range's values at once.
+        self._pending: dict[tuple[float, float], int] = {}
         self.sum = 0.0
         self.count = 0
         self._native_indexes: list[int] = []
@@ -428,6 +432,24 @@ class LatencySeries:
         return sum(self.bucket_counts[self._slo_bucket + 1 :])
 
     @property
+    def fine(self) -> FineHistogram:
+        """The fine histogram, with every range recorded so far placed in it."""
+        if self._pending:
+            self._place_pending()
+        return self._fine
+
+    def _place_pending(self) -> None:
+        fine = self._fine
+        fine_buckets = fine._buckets
+        for (lo, hi), count in self._pending.items():
+            zero, increments = _fine_placement(lo, hi, count)  # as FineHistogram.record_range
+            for i, n in increments:
+                fine_buckets[i] = fine_buckets.get(i, 0) + n
+            fine.zero_count += zero
+            fine.count += count
+        self._pending.clear()
+
+    @property
     def native_zero_count(self) -> int:
         return self.fine.zero_count
 
@@ -442,7 +464,7 @@ class LatencySeries:
         return indexes, list(map(buckets.__getitem__, indexes))
 
     def record(self, seconds: float, count: int = 1) -> None:
-        self.fine.record(seconds, count)
+        self._fine.record(seconds, count)
         self.bucket_counts[bisect.bisect_left(self.bounds, seconds)] += count
         self.sum += seconds * count
         self.count += count
@@ -459,8 +481,8 @@ class LatencySeries:
         """Several ranges at once, e.g. every bucket of one OTLP data point, with the data
         point's `sum` as `total` when the client sent one (else the placed values' sum)."""
         placed_sum = 0.0
-        fine = self.fine
-        fine_buckets = fine._buckets
+        fine = self._fine
+        pending = self._pending
         for lower, upper, count in ranges:
             if count == 0:
                 continue
@@ -472,11 +494,8 @@ class LatencySeries:
                 self.bucket_counts[bisect.bisect_left(self.bounds, lo)] += count
                 placed_sum += lo * count
             else:
-                zero, increments = _fine_placement(lo, hi, count)  # as FineHistogram.record_range
-                for i, n in increments:
-                    fine_buckets[i] = fine_buckets.get(i, 0) + n
-                fine.zero_count += zero
-                fine.count += count
+                edges = (lo, hi)
+                pending[edges] = pending.get(edges, 0) + count
                 self._spread(lo, hi, count)
                 placed_sum += (lo + hi) / 2 * count
             self.count += count
