@@ -358,6 +358,20 @@ def _spread_cache(bounds: tuple[float, ...]) -> dict[tuple[float, float, int], I
     return {}
 
 
+@lru_cache(maxsize=256)
+def _single_cache(bounds: tuple[float, ...]) -> dict[tuple[float, float], int]:
+    """One cache per layout of `_single_bucket`, shared by its series."""
+    del bounds  # the key of the lru_cache
+    return {}
+
+
+def _single_bucket(bounds: tuple[float, ...], lower: float, upper: float) -> int:
+    """The one exposition bucket that every value of (lower, upper] falls in, or -1 when
+    they span several (then `_exposition_placement` spreads them)."""
+    b = bisect.bisect_right(bounds, lower)
+    return b if b == len(bounds) or upper <= bounds[b] else -1
+
+
 def _exposition_placement(
     bounds: tuple[float, ...], lower: float, upper: float, count: int
 ) -> Increments:
@@ -388,8 +402,8 @@ class LatencySeries:
     the placement rule of `record_range` for ranges.
     """
 
-    __slots__ = ("_fine", "_native_indexes", "_pending", "_slo_bucket", "_spreads", "bounds",
-                 "bucket_counts", "count", "slo", "sum")  # fmt: skip
+    __slots__ = ("_fine", "_native_indexes", "_pending", "_singles", "_slo_bucket", "_spreads",
+                 "bounds", "bucket_counts", "count", "slo", "sum")  # fmt: skip
 
     def __init__(
         self, bounds: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT, slo: float | None = None
@@ -402,6 +416,7 @@ class LatencySeries:
             if self._slo_bucket == len(bounds) or bounds[self._slo_bucket] != slo:
                 raise ValueError(f"SLO {slo} is not a bound of the layout")
         self._spreads = _spread_cache(bounds)
+        self._singles = _single_cache(bounds)
         self.bucket_counts = [0] * (len(bounds) + 1)  # per bucket; the last one is +Inf
         self._fine = FineHistogram()
         # Ranges recorded and not yet placed in the fine histogram: (lower, upper) -> count.
@@ -502,6 +517,17 @@ class LatencySeries:
         self.sum += placed_sum if total is None else total
 
     def _spread(self, lower: float, upper: float, count: int) -> None:
+        # Most client ranges fall in one exposition bucket: known per range, whatever the
+        # count (a cache keyed by the count too would miss on every new count).
+        edges = (lower, upper)
+        single = self._singles.get(edges)
+        if single is None:
+            single = _single_bucket(self.bounds, lower, upper)
+            if len(self._singles) < _SPREAD_CACHE_SIZE:
+                self._singles[edges] = single
+        if single >= 0:
+            self.bucket_counts[single] += count
+            return
         key = (lower, upper, count)
         increments = self._spreads.get(key)
         if increments is None:

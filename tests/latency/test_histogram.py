@@ -21,6 +21,7 @@ from exporter.core.histogram import (
     RELATIVE_ACCURACY,
     FineHistogram,
     LatencySeries,
+    _exposition_placement,
     check_layout,
     cumulative_buckets,
     layout_for,
@@ -365,3 +366,26 @@ def test_otlp_exponential_buckets_in_seconds_merge_into_native_buckets_exactly(
             index = ((offset + k) >> (scale - NATIVE_SCHEMA)) + 1
             expected[index] = expected.get(index, 0) + n
     assert list(zip(*series.native_buckets(), strict=True)) == sorted(expected.items())
+
+
+@given(
+    st.lists(st.tuples(latencies, latencies, st.integers(1, 500)), min_size=1, max_size=20),
+    st.sampled_from([DEFAULT_CLASSIC_LAYOUT, (0.005, 0.01, 0.025, 0.05, 0.1)]),
+)
+def test_ranges_land_in_the_classic_buckets_of_the_placement_rule(
+    ranges: list[tuple[float, float, int]], bounds: tuple[float, ...]
+) -> None:
+    """Recorded through the series (a range inside one bucket takes a shortcut, the others
+    are spread), the classic counts are those of placing each range's values evenly."""
+    series = LatencySeries(bounds)
+    expected = [0] * (len(bounds) + 1)
+    for a, b, n in ranges:
+        lo, hi = min(a, b), max(a, b)
+        series.record_range(lo, hi, n)
+        if hi == lo:
+            expected[bisect.bisect_left(bounds, lo)] += n
+        else:
+            for bucket, k in _exposition_placement(bounds, lo, hi, n):
+                expected[bucket] += k
+    assert series.bucket_counts == expected
+    assert series.fine.count == sum(n for _, _, n in ranges)
