@@ -1,10 +1,11 @@
 """Connection settings for the Kubernetes API, from the in-cluster service account or a kubeconfig.
 
-The official `kubernetes` package's loaders parse the configuration (the kubeconfig's contexts,
-exec credential plugins, auth providers, the in-cluster environment); this module turns the
-resulting `Configuration` into what an aiohttp session needs: a base URL, an SSL context, the
-name the server's certificate must carry, and an `Authorization` header fetched fresh for every
-request, so rotating tokens and expiring exec credentials keep working.
+What an aiohttp session needs: a base URL, an SSL context, the name the server's certificate
+must carry, and an `Authorization` header fetched fresh for every request, so rotating tokens
+and expiring exec credentials keep working. In-cluster settings are read here, a kubeconfig by
+exporter.kube.kubeconfig: the official `kubernetes` package is imported only for a kubeconfig
+whose user has a legacy `auth-provider` (its loader still refreshes those), because importing
+it costs the agent ~20 MiB of memory for what a few hundred lines read.
 
 TLS, as kubectl does it:
 
@@ -16,14 +17,15 @@ TLS, as kubectl does it:
 - `insecure-skip-tls-verify: true` is the only way to turn that off; `KubeConnection.verify`
   is then False and the API session logs a warning when it starts. Combined with a CA it is
   refused, as kubectl refuses it.
-- Client certificates (client-certificate/client-key, as files or -data) are presented.
+- Client certificates (client-certificate/client-key, as files or -data, or from an exec
+  plugin) are presented.
 
 Bearer tokens read from a file, the projected service account token in-cluster and a
 kubeconfig's `tokenFile`, are read again every `TOKEN_REFRESH` seconds (the kubelet replaces
 the projected token about every hour; the old one stays valid a while) and at once after the
-server answers 401, as client-go does. The package's own loaders would read a kubeconfig's
-`tokenFile` only once. A read that fails is tried again `TOKEN_RETRY` seconds later, not at
-every request, and logged once per failure streak (then at most every 5 minutes).
+server answers 401, as client-go does. A read that fails is tried again `TOKEN_RETRY` seconds
+later, not at every request, and logged once per failure streak (then at most every 5
+minutes).
 """
 
 from __future__ import annotations
@@ -32,15 +34,23 @@ import asyncio
 import logging
 import os
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import yaml
-
+from exporter.kube.kubeconfig import (
+    CredentialPluginError,
+    ExecPlugin,
+    Kubeconfig,
+    KubeconfigInvalid,
+    Pem,
+    basic_auth_header,
+    read_kubeconfig,
+)
 from exporter.logs import LogOnce
 
 log = logging.getLogger("tailwatch.kube")
@@ -137,6 +147,49 @@ class TokenFile:
             self._next_read = self._clock()
 
 
+class Credentials(Protocol):
+    """A source of the headers that authenticate a request, other than a token file."""
+
+    def cached(self) -> Mapping[str, str] | None:
+        """The headers if they are at hand without I/O, else None (then `fetch`)."""
+
+    def fetch(self) -> Mapping[str, str]:
+        """The headers, refreshed if due; may block (run a plugin), so called in a thread."""
+
+
+@dataclass(frozen=True)
+class StaticCredentials:
+    """A token or a user name and password written in the kubeconfig."""
+
+    headers: Mapping[str, str]
+
+    def cached(self) -> Mapping[str, str]:
+        return self.headers
+
+    def fetch(self) -> Mapping[str, str]:
+        return self.headers
+
+
+class PackageCredentials:
+    """A legacy `auth-provider` (gcp, oidc), as the `kubernetes` package's loader refreshes
+    it: its Configuration's auth_settings() refreshes an expired token, which can block."""
+
+    def __init__(self, configuration: Any) -> None:
+        self.configuration = configuration  # kubernetes.client.Configuration
+
+    def cached(self) -> None:
+        return None
+
+    def fetch(self) -> dict[str, str]:
+        cfg = self.configuration
+        settings = cfg.auth_settings()
+        return {
+            str(s["key"]): str(s["value"])
+            for s in settings.values()
+            if s.get("in") == "header" and s.get("value")
+        }
+
+
 @dataclass(frozen=True)
 class KubeConnection:
     """Where the API server is and how to authenticate to it."""
@@ -144,13 +197,13 @@ class KubeConnection:
     host: str
     ssl_context: ssl.SSLContext | None
     source: str  # "in-cluster" or the kubeconfig path, for log lines
-    _configuration: Any = None  # kubernetes.client.Configuration, which refreshes credentials
     #: The name the server's certificate must carry when it is not the URL's host
     #: (tls-server-name); also sent as SNI.
     server_name: str | None = None
-    #: A token read from a file and re-read as it rotates; takes precedence over the
-    #: configuration's static bearer token.
+    #: A token read from a file and re-read as it rotates.
     token_file: TokenFile | None = None
+    #: Any other credential: a static token, basic auth, an exec plugin, an auth-provider.
+    credentials: Credentials | None = None
 
     @property
     def verify(self) -> bool:
@@ -169,26 +222,21 @@ class KubeConnection:
         return "verified"
 
     async def auth_headers(self) -> dict[str, str]:
-        """Headers that authenticate one request; may run a credential plugin (in a thread)."""
+        """Headers that authenticate one request. Most requests find them at hand; a token
+        file due for a read or an expired plugin credential is refreshed in a thread, off the
+        event loop."""
         if self.token_file is not None:
             token = self.token_file.cached()
             if token is None:
                 token = await asyncio.to_thread(self.token_file.token)
             return {"authorization": f"Bearer {token}"}
-        cfg = self._configuration
-        if cfg is None:
+        credentials = self.credentials
+        if credentials is None:
             return {}
-        # auth_settings() calls the loader's refresh hook: for exec plugins it re-runs the
-        # plugin on expiry, which can block, so keep it off the event loop.
-        settings = await asyncio.to_thread(cfg.auth_settings)
-        headers = {
-            str(s["key"]): str(s["value"])
-            for s in settings.values()
-            if s.get("in") == "header" and s.get("value")
-        }
-        if "authorization" not in {k.lower() for k in headers} and (cfg.username or cfg.password):
-            headers["Authorization"] = str(cfg.get_basic_auth_token())
-        return headers
+        headers = credentials.cached()
+        if headers is None:
+            headers = await asyncio.to_thread(credentials.fetch)
+        return dict(headers)
 
     def credentials_rejected(self) -> None:
         """The server answered 401: a rotated token file is read again at the next request."""
@@ -196,11 +244,13 @@ class KubeConnection:
             self.token_file.expire()
 
 
-def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
-    if not str(cfg.host).startswith("https://"):
+def _ssl_context(
+    host: str, verify: bool, ca: Pem | None, cert: Pem | None, key: Pem | None
+) -> ssl.SSLContext | None:
+    if not host.startswith("https://"):
         return None
-    if not cfg.verify_ssl:
-        if cfg.ssl_ca_cert:
+    if not verify:
+        if ca is not None:
             raise KubeConfigError(
                 "the kubeconfig gives a certificate authority and insecure-skip-tls-verify: "
                 "true; kubectl refuses this too: remove one of them"
@@ -208,43 +258,132 @@ def _ssl_context(cfg: Any) -> ssl.SSLContext | None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    else:
+    elif ca is not None and ca.data is not None:
+        pem = ca.data.lstrip().startswith(b"-----")
         # check_hostname stays on in every case: the name checked is the URL's host, or
         # tls-server-name, which the session passes as each request's server_hostname.
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-    if bool(cfg.cert_file) != bool(cfg.key_file):
+        ctx = ssl.create_default_context(cadata=ca.data.decode("ascii") if pem else ca.data)
+    else:
+        ctx = ssl.create_default_context(cafile=ca.path if ca is not None else None)
+    if (cert is None) != (key is None):
         raise KubeConfigError(
             "the kubeconfig gives a client certificate without its key, or a key without "
             "its certificate"
         )
-    if cfg.cert_file and cfg.key_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    if cert is not None and key is not None:
+        _load_client_certificate(ctx, cert, key)
     return ctx
 
 
-def _kubeconfig_token_file(path: str, context: str | None) -> Path | None:
-    """The active user's `tokenFile`, when it is the credential the loader used (no `token`
-    and no auth-provider, which come first). A relative one is resolved against the directory
-    the kubeconfig was named in, without following symlinks, as client-go does: a kubeconfig
-    mounted from a Secret is `..data/kubeconfig` behind a link, and `..data` points to a
-    timestamped directory that the next rotation deletes."""
-    with open(path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
-    if not isinstance(config, Mapping):
-        return None
-    name = context or config.get("current-context")
-    contexts = [c for c in config.get("contexts") or [] if isinstance(c, Mapping)]
-    ctx = next((c.get("context") for c in contexts if c.get("name") == name), None)
-    if not isinstance(ctx, Mapping):
-        return None
-    users = [u for u in config.get("users") or [] if isinstance(u, Mapping)]
-    user = next((u.get("user") for u in users if u.get("name") == ctx.get("user")), None)
-    if not isinstance(user, Mapping) or user.get("auth-provider") or user.get("token"):
-        return None
-    token_file = user.get("tokenFile")
-    if not token_file:
-        return None
-    return Path(os.path.abspath(path)).parent / str(token_file)
+def _load_client_certificate(ctx: ssl.SSLContext, cert: Pem, key: Pem) -> None:
+    """Client certificate and key, from their files or, given inline, from files that live
+    only while OpenSSL reads them (it reads a chain from files alone)."""
+    with tempfile.TemporaryDirectory(prefix="tailwatch-") as tmp:
+        paths = []
+        for name, pem in (("cert.pem", cert), ("key.pem", key)):
+            if pem.path is not None:
+                paths.append(pem.path)
+                continue
+            assert pem.data is not None
+            path = Path(tmp) / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem.data)
+            paths.append(path)
+        ctx.load_cert_chain(paths[0], paths[1])
+
+
+def _join_host_port(host: str, port: str) -> str:
+    return f"[{host}]:{port}" if ":" in host or "%" in host else f"{host}:{port}"
+
+
+def _in_cluster(
+    env: Mapping[str, str], service_account_dir: Path, clock: Callable[[], float]
+) -> KubeConnection:
+    """The pod's service account: the API server of KUBERNETES_SERVICE_HOST/PORT, trusted
+    through `ca.crt`, authenticated with the projected `token`, re-read as it rotates."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise KubeConfigError(
+            "in-cluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must both be set"
+        )
+    token_path, ca_path = service_account_dir / "token", service_account_dir / "ca.crt"
+    if not token_path.is_file():
+        raise KubeConfigError(
+            f"in-cluster: the service account token file does not exist ({token_path})"
+        )
+    if not ca_path.is_file():
+        raise KubeConfigError(f"in-cluster: the service account CA file does not exist ({ca_path})")
+    url = "https://" + _join_host_port(host, port)
+    try:
+        token_file = TokenFile(token_path, clock=clock)
+        ctx = _ssl_context(url, True, Pem(path=ca_path), None, None)
+    except (OSError, UnicodeDecodeError, ssl.SSLError) as exc:
+        raise KubeConfigError(f"in-cluster: cannot load the service account: {exc}") from exc
+    return KubeConnection(url, ctx, "in-cluster", token_file=token_file)
+
+
+def _package_credentials(path: str, context: str | None) -> PackageCredentials:
+    """A legacy auth-provider, loaded and refreshed by the package's own loader."""
+    from kubernetes import config as kconfig  # noqa: PLC0415 (only for an auth-provider)
+    from kubernetes.client import Configuration  # noqa: PLC0415
+
+    cfg = Configuration()
+    try:
+        kconfig.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+    except kconfig.ConfigException as exc:
+        raise KubeConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
+    return PackageCredentials(cfg)
+
+
+def _from_kubeconfig(path: str, context: str | None, clock: Callable[[], float]) -> KubeConnection:
+    import yaml  # noqa: PLC0415 (its errors; the reader imports it anyway)
+
+    exec_plugin: ExecPlugin | None = None
+    credentials: Credentials | None = None
+    token_file: TokenFile | None = None
+    try:
+        kc: Kubeconfig = read_kubeconfig(path, context)
+        if kc.auth_provider is not None:
+            credentials = _package_credentials(path, context)
+        elif kc.token is not None:
+            credentials = StaticCredentials({"authorization": f"Bearer {kc.token}"})
+        elif kc.token_file is not None:
+            token_file = TokenFile(kc.token_file, clock=clock)
+        elif kc.exec_plugin is not None:
+            exec_plugin = ExecPlugin(kc.exec_plugin, kc.directory, kc.cluster, clock=clock)
+            credentials = exec_plugin
+        elif kc.basic_auth is not None:
+            credentials = StaticCredentials({"authorization": basic_auth_header(*kc.basic_auth)})
+    except KubeConfigError:
+        raise
+    except (
+        KubeconfigInvalid,
+        CredentialPluginError,
+        yaml.YAMLError,
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        KeyError,
+        TypeError,
+    ) as exc:
+        raise KubeConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
+    cert, key = kc.client_certificate, kc.client_key
+    if exec_plugin is not None and exec_plugin.result.client_certificate is not None:
+        cert = Pem(data=exec_plugin.result.client_certificate)
+        key = Pem(data=exec_plugin.result.client_key)
+    try:
+        ctx = _ssl_context(kc.server, kc.verify, kc.ca, cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise KubeConfigError(f"cannot set up TLS for {kc.server}: {exc}") from exc
+    return KubeConnection(
+        host=kc.server,
+        ssl_context=ctx,
+        source=path,
+        server_name=kc.tls_server_name if ctx is not None else None,
+        token_file=token_file,
+        credentials=credentials,
+    )
 
 
 def load_connection(
@@ -258,67 +397,19 @@ def load_connection(
     """Load API settings: the given kubeconfig, else in-cluster, else $KUBECONFIG/~/.kube/config.
 
     `service_account_dir`, `environ` and `clock` (which times token re-reads) are for tests."""
-    # Imported here: the package is heavy (~0.3 s) and only this loader needs it.
-    from kubernetes import config as kconfig  # noqa: PLC0415
-    from kubernetes.client import Configuration  # noqa: PLC0415
-    from kubernetes.config.incluster_config import InClusterConfigLoader  # noqa: PLC0415
-
     env = os.environ if environ is None else environ
-    cfg = Configuration()
-    token_path: Path | None = None
-    try:
-        if kubeconfig:
-            if not Path(kubeconfig).is_file():
-                raise KubeConfigError(f"kubeconfig {kubeconfig} does not exist")
-            kconfig.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=cfg
-            )
-            source = kubeconfig
-            token_path = _kubeconfig_token_file(kubeconfig, context)
-        elif env.get("KUBERNETES_SERVICE_HOST"):
-            sa_dir = Path(service_account_dir)
-            token_path = sa_dir / "token"
-            # The loader's own refresh re-reads on the wall clock; TokenFile does it instead.
-            InClusterConfigLoader(
-                token_filename=str(token_path),
-                cert_filename=str(sa_dir / "ca.crt"),
-                try_refresh_token=False,
-                environ=env,
-            ).load_and_set(cfg)
-            source = "in-cluster"
-        else:
-            path = env.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
-                Path("~/.kube/config").expanduser()
-            )
-            if not Path(path).is_file():
-                raise KubeConfigError(
-                    "no API server configured: not in a cluster (KUBERNETES_SERVICE_HOST unset) "
-                    f"and no kubeconfig at {path}; pass --kubeconfig"
-                )
-            kconfig.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-            source = path
-            token_path = _kubeconfig_token_file(path, context)
-        token_file = TokenFile(token_path, clock=clock) if token_path is not None else None
-    except KubeConfigError:
-        raise
-    except (
-        kconfig.ConfigException,
-        yaml.YAMLError,
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-    ) as exc:
-        raise KubeConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
-    try:
-        ctx = _ssl_context(cfg)
-    except (OSError, ssl.SSLError) as exc:
-        raise KubeConfigError(f"cannot set up TLS for {cfg.host}: {exc}") from exc
-    return KubeConnection(
-        host=str(cfg.host).rstrip("/"),
-        ssl_context=ctx,
-        source=source,
-        _configuration=cfg,
-        server_name=(cfg.tls_server_name or None) if ctx is not None else None,
-        token_file=token_file,
+    if kubeconfig:
+        if not Path(kubeconfig).is_file():
+            raise KubeConfigError(f"kubeconfig {kubeconfig} does not exist")
+        return _from_kubeconfig(kubeconfig, context, clock)
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return _in_cluster(env, Path(service_account_dir), clock)
+    path = env.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
+        Path("~/.kube/config").expanduser()
     )
+    if not Path(path).is_file():
+        raise KubeConfigError(
+            "no API server configured: not in a cluster (KUBERNETES_SERVICE_HOST unset) "
+            f"and no kubeconfig at {path}; pass --kubeconfig"
+        )
+    return _from_kubeconfig(path, context, clock)

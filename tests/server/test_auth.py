@@ -7,19 +7,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from kubernetes.config import ConfigException
 from yarl import URL
 
 from exporter.auth import KubernetesAuth
 from exporter.exposition import Exposition
 from exporter.kube.config import load_connection
+from exporter.kube.kubeconfig import CredentialPluginError
 from exporter.kube.review import (
     MAX_IN_FLIGHT,
     ReviewClient,
@@ -359,6 +359,16 @@ def test_a_user_is_reviewed_with_every_field_of_the_token_review() -> None:
     }
 
 
+class FailingPlugin:
+    """The credentials of an exec plugin that fails with no credential left to use."""
+
+    def cached(self) -> None:
+        return None
+
+    def fetch(self) -> dict[str, str]:
+        raise CredentialPluginError("exec: the plugin exited with status 1")
+
+
 async def test_a_review_that_fails_in_any_way_is_503_not_500(
     tokens: ApiServer, kubeconfig: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -368,19 +378,15 @@ async def test_a_review_that_fails_in_any_way_is_503_not_500(
     async with guarded_app(kubeconfig) as guarded:
         session = guarded.reviews.api
         assert session is not None
-        configuration = session.connection._configuration
-
-        def plugin_fails(_: object) -> None:
-            raise ConfigException("exec: the credential plugin exited with status 1")
-
-        configuration.refresh_api_key_hook = plugin_fails
+        connection = session.connection
+        session.connection = replace(connection, credentials=FailingPlugin())
         for _ in range(2):
             status, _, headers = await guarded.get("/metrics", "prom-token")
             assert (status, headers["Retry-After"]) == (503, "5")
         [warning] = [r for r in caplog.records if r.name == "tailwatch.auth"]
-        assert "ConfigException: exec: the credential plugin exited" in warning.getMessage()
-        assert warning.exc_info is not None and warning.exc_info[0] is ConfigException
-        configuration.refresh_api_key_hook = None
+        assert "CredentialPluginError: exec: the plugin" in warning.getMessage()
+        assert warning.exc_info is not None and warning.exc_info[0] is CredentialPluginError
+        session.connection = connection
         assert (await guarded.get("/metrics", "prom-token"))[0] == 200
 
         # A session already closed (the agent stopping while a scrape waits for a review).
