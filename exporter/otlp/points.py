@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import cast
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -109,6 +110,28 @@ def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
     ]
 
 
+@dataclass(slots=True)
+class Piece:
+    """What one point counted, as it came: its distribution in the client's unit, the unit
+    in seconds, its min and max in seconds (None unless both came and agree), its sum in
+    seconds and its count. Bucketed only when a delta is made of it."""
+
+    service: ServiceRef
+    metric: str
+    dist: Distribution
+    seconds: float
+    low: float | None
+    high: float | None
+    total: float
+    count: int
+
+    def delta(self) -> LatencyDelta:
+        return LatencyDelta(
+            self.service, self.metric, buckets_of(self.dist, self.seconds, self.low, self.high),
+            self.total, self.count,
+        )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class IngestLimits:
     max_points_per_request: int = 10_000
@@ -122,10 +145,51 @@ class IngestResult:
     """What one request brought: deltas for the sink, points by outcome, and the first
     message of each kind of problem (for the response and the log)."""
 
-    deltas: list[LatencyDelta] = field(default_factory=list)
+    #: What each accepted point with new values counted, before it is put in buckets.
+    pieces: list[Piece] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     problems: dict[str, tuple[Outcome, int, str]] = field(default_factory=dict)
     ignored: int = 0  # points of metrics that are not tailwatch's (not counted as outcomes)
+
+    @property
+    def deltas(self) -> list[LatencyDelta]:
+        """One delta per point that counted something, in the request's order."""
+        return [piece.delta() for piece in self.pieces]
+
+    def merged(self) -> list[LatencyDelta]:
+        """One delta per Service and metric (`merge_deltas`), for the event loop. Explicit
+        points of one layout add their counts first and are put in buckets once, their
+        min and max narrowing the merged buckets as each narrowed its own."""
+        groups: dict[tuple[ServiceRef, str], list[Piece]] = {}
+        for piece in self.pieces:
+            groups.setdefault((piece.service, piece.metric), []).append(piece)
+        out: list[LatencyDelta] = []
+        for (service, metric), pieces in groups.items():
+            first = pieces[0]
+            dist = first.dist
+            if (
+                len(pieces) == 1
+                or not isinstance(dist, Explicit)
+                or any(
+                    not isinstance(p.dist, Explicit)
+                    or p.dist.bounds != dist.bounds
+                    or p.seconds != first.seconds
+                    for p in pieces
+                )
+            ):
+                out += merge_deltas(p.delta() for p in pieces)
+                continue
+            counts = dist.counts
+            for p in pieces[1:]:
+                counts = list(map(operator.add, counts, cast("Explicit", p.dist).counts))
+            lows = [p.low for p in pieces]
+            highs = [p.high for p in pieces]
+            low = None if None in lows else min(cast("list[float]", lows))
+            high = None if None in highs else max(cast("list[float]", highs))
+            buckets = buckets_of(Explicit(dist.bounds, counts), first.seconds, low, high)
+            total, count = sum(p.total for p in pieces), sum(p.count for p in pieces)
+            out.append(LatencyDelta(service, metric, buckets, total, count))
+        return out
 
     @property
     def rejected(self) -> int:
@@ -588,7 +652,7 @@ class HistogramIngest:
                 continue
             result.outcomes[Outcome.ACCEPTED] += 1
             if delta is not None:
-                result.deltas.append(delta)
+                result.pieces.append(delta)
         batch.budget = max(0, batch.budget - total)
 
     def _service(self, target: Target, client: _Client, batch: _Batch) -> ServiceRef:
@@ -619,7 +683,7 @@ class HistogramIngest:
         shape: _Shape,
         client: _Client,
         batch: _Batch,
-    ) -> LatencyDelta | None:
+    ) -> Piece | None:
         if dp.flags & _NO_RECORDED_VALUE:
             return None  # an explicit gap in the stream: nothing to count, nothing to check
         # Reading attributes is the dearest part of a point: serialize each (in C) for the
@@ -686,10 +750,8 @@ class HistogramIngest:
         if not count:
             return None
         low, high = _min_max(dp, shape.seconds)
-        return LatencyDelta(
-            service, shape.metric, buckets_of(dist, shape.seconds, low, high),
-            total * shape.seconds, count,
-        )  # fmt: skip
+        return Piece(service, shape.metric, dist, shape.seconds, low, high,
+                     total * shape.seconds, count)  # fmt: skip
 
     def _cumulative_delta(
         self,

@@ -49,7 +49,6 @@ from exporter.otlp.points import (
     LatencyDelta,
     Outcome,
     Resolver,
-    merge_deltas,
 )
 from exporter.server import Timeouts, serve
 from exporter.settings import ListenAddress
@@ -457,8 +456,8 @@ class OtlpReceiver:
                 raise
         request = decode_request(decoded, encoding, max_bytes=limit)
         result = self.ingest.ingest(request, self.clock())
-        if result.deltas:
-            self._deliver(merge_deltas(result.deltas))
+        if result.pieces:
+            self._deliver(result.merged())
         return result
 
     async def _ingest_on_worker(
@@ -485,8 +484,8 @@ class OtlpReceiver:
             body, encoding, compressed=compressed, max_bytes=self.limits.max_body_bytes
         )
         result = self.ingest.ingest(request, self.clock())
-        if result.deltas:
-            loop.call_soon_threadsafe(self._deliver, merge_deltas(result.deltas))
+        if result.pieces:
+            loop.call_soon_threadsafe(self._deliver, result.merged())
         return result
 
     def _deliver(self, deltas: Sequence[LatencyDelta]) -> None:

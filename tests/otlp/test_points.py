@@ -423,3 +423,23 @@ def test_a_requests_streams_merge_into_one_delta_per_service() -> None:
         LatencyDelta(DB_REF, "m", ((0.1, 0.25, 1),), 0.2, 1),
     ]  # fmt: skip
     assert merge_deltas([]) == []
+
+
+def test_merged_adds_the_counts_of_one_layout_before_bucketing() -> None:
+    """What the event loop records: a request's explicit points of one Service and layout
+    add up bucket by bucket, the same as merging their deltas; with min and max, the
+    merged buckets are narrowed to the smallest min and the largest max."""
+    points = [explicit_point(counts((1, 2), (3, 1)), total=0.05, attrs={**WEB, "m": "GET"}),
+              explicit_point(counts((1, 1), (5, 4)), total=0.9, attrs={**WEB, "m": "PUT"}),
+              explicit_point(counts((2, 3)), total=0.02,
+                             attrs={"server.address": "db.shop"})]  # fmt: skip
+    result = make_ingest().ingest(request(metric(points)), now=1)
+    assert result.merged() == merge_deltas(result.deltas)
+    assert [(d.service, d.count) for d in result.merged()] == [(WEB_REF, 8), (DB_REF, 3)]
+    narrowed = [explicit_point(counts((0, 2)), total=0.01, attrs={**WEB, "m": "GET"},
+                               min_max=(0.0021, 0.004)),
+                explicit_point(counts((0, 1), (2, 1)), total=0.01, attrs={**WEB, "m": "PUT"},
+                               min_max=(0.003, 0.02))]  # fmt: skip
+    (web,) = make_ingest().ingest(request(metric(narrowed)), now=1).merged()
+    assert web.count == 4
+    assert web.buckets == ((pytest.approx(0.0021), 0.005, 3), (0.01, pytest.approx(0.02), 1))
