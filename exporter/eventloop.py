@@ -32,4 +32,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the agent's loop."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
-
