@@ -47,8 +47,13 @@ from tests.bench.reference_load import (
     reference_load,
     rss_mib,
 )
-from tests.bench.test_prober_accuracy import BLACKBOX, BLACKBOX_CONFIG, blackbox_binary
-from tests.conftest import free_port, wait_for
+from tests.bench.test_prober_accuracy import (
+    BLACKBOX,
+    BLACKBOX_CONFIG,
+    blackbox_binary,
+    wait_for_blackbox,
+)
+from tests.conftest import free_port
 
 COST_SECONDS = float(os.environ.get("TAILWATCH_COST_SECONDS", "180"))
 WARMUP_SECONDS = float(os.environ.get("TAILWATCH_COST_WARMUP", "60"))
@@ -104,15 +109,7 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     try:
         async with reference_load(tmp_path) as load:
             async with aiohttp.ClientSession() as session:
-
-                async def blackbox_up() -> bool:
-                    try:
-                        async with session.get(f"{bb_url}/-/healthy") as r:
-                            return r.status == 200
-                    except aiohttp.ClientError:
-                        return False
-
-                await wait_for(blackbox_up, "blackbox_exporter up", timeout=30)
+                await wait_for_blackbox(session, bb_url)
             targets = [f"http://{host}:{port}/" for host, port in load.targets]
             driver = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.bench.blackbox_driver", bb_url,

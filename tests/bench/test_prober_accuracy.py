@@ -74,6 +74,19 @@ def blackbox_binary() -> str | None:
     return found
 
 
+async def wait_for_blackbox(session: aiohttp.ClientSession, url: str) -> None:
+    """Until blackbox_exporter at `url` answers its health check."""
+
+    async def up() -> bool:
+        try:
+            async with session.get(f"{url}/-/healthy") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(up, "blackbox_exporter up", timeout=30)
+
+
 class Pod:
     """One target pod: its address, tailwatch target, grid, script and both probers' samples."""
 
@@ -187,15 +200,7 @@ async def test_prober_accuracy_against_blackbox_exporter(tmp_path: Path) -> None
             assert server.stdout is not None
             assert json.loads(server.stdout.readline())["ports"] == [pod.port]
         async with aiohttp.ClientSession() as session:
-
-            async def blackbox_up() -> bool:
-                try:
-                    async with session.get(f"{bb_url}/-/healthy") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(blackbox_up, "blackbox_exporter up", timeout=30)
+            await wait_for_blackbox(session, bb_url)
             tailwatch = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.bench.prober_process", str(prober_spec),
                 stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2],
