@@ -132,7 +132,6 @@ def test_start_time_is_when_the_process_started() -> None:
         start = values["process_start_time_seconds"][()]
         assert before - 1.02 <= start <= after + 0.02, (before, start, after)
         assert values["process_cpu_seconds_total"][()] >= 0
-        assert values["process_resident_memory_bytes"][()] > 0
     finally:
         child.kill()
         child.wait()
