@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import pytest
 
 from exporter.simulator import ApiServer
@@ -53,6 +54,21 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+async def wait_for_ok(
+    session: aiohttp.ClientSession, url: str, what: str, timeout: float = 20.0
+) -> None:
+    """Until a GET of `url` answers 200 (a server that is not listening yet is retried)."""
+
+    async def ok() -> bool:
+        try:
+            async with session.get(url) as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(ok, what, timeout)
 
 
 #: The ports `free_port` handed out lately, which it does not hand out again.

@@ -48,7 +48,7 @@ from exporter.simulator import services as svc_objects
 from tests.agent.test_cgroups_e2e import synthetic
 from tests.bench.test_cgroup_sampling import Churn
 from tests.bench.test_otlp_ingest import RESOURCE, stream_attrs
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, wait_for_ok
 from tests.exposition.test_exposition import PROMETHEUS_ACCEPT
 from tests.latency.targets import unused_port
 from tests.otlp.builders import SEMCONV_BOUNDS, explicit_point, metric, request
@@ -287,14 +287,8 @@ async def reference_load(
                 load = ReferenceLoad(agent, http, f"http://127.0.0.1:{listen}/metrics",
                                      [(h, port) for h in hosts], log_path)  # fmt: skip
 
-                async def ready() -> bool:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{listen}/readyz") as resp:
-                            return resp.status == 200
-                    except aiohttp.ClientError:
-                        return False
-
-                await wait_for(ready, "the agent to be ready", timeout=60)
+                await wait_for_ok(http, f"http://127.0.0.1:{listen}/readyz",
+                                  "the agent to be ready", timeout=60)  # fmt: skip
                 load.started = time.monotonic()
                 scraper = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "tests.bench.scraper_process", load.metrics_url,

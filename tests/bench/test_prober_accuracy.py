@@ -36,7 +36,7 @@ import pytest
 from exporter.core.histogram import LatencySeries, cumulative_buckets, layout_for
 from exporter.core.probing import NS_PER_S, ProbeTarget, phase_fraction
 from tests.bench.prober_process import intended_starts
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, wait_for_ok
 from tests.latency.quantiles import buckets, exact_quantile, histogram_quantile
 from tests.latency.targets import SlotScript, Stall, mixture_delays, unused_port
 
@@ -76,15 +76,7 @@ def blackbox_binary() -> str | None:
 
 async def wait_for_blackbox(session: aiohttp.ClientSession, url: str) -> None:
     """Until blackbox_exporter at `url` answers its health check."""
-
-    async def up() -> bool:
-        try:
-            async with session.get(f"{url}/-/healthy") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await wait_for(up, "blackbox_exporter up", timeout=30)
+    await wait_for_ok(session, f"{url}/-/healthy", "blackbox_exporter up", timeout=30)
 
 
 class Pod:
