@@ -13,7 +13,10 @@ default 60). With TAILWATCH_PROFILE=DIR, py-spy records the agent over the windo
 so take the CPU numbers from a run without it.
 
 Both processes' CPU is utime + stime from /proc over the same window; the machine's whole
-CPU use over the window is printed too, since a busy machine slows both. Only correctness
+CPU use over the window is printed too, since a busy machine slows both. The agent's RSS is
+sampled every 5 s from its start: with TAILWATCH_COST_SECONDS=3540 (and the default
+warm-up) one run answers all three budgets at once: CPU against blackbox_exporter, RSS at
+one hour and its slope over the second half, and the scrape median. Only correctness
 is asserted (every probe and OTLP export succeeds): the numbers are reported, and
 docs/performance.md records them.
 """
@@ -42,11 +45,13 @@ from tests.bench.reference_load import (
     ROOT,
     ReferenceLoad,
     cpu_seconds,
+    every,
     machine_busy_seconds,
     metric_totals,
     reference_load,
     rss_mib,
 )
+from tests.bench.test_agent_soak import FLAT_MIB, SAMPLE_EVERY, rss_slope
 from tests.bench.test_prober_accuracy import (
     BLACKBOX,
     BLACKBOX_CONFIG,
@@ -106,8 +111,16 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     profile_note = ""
+    rss_at: list[tuple[float, float]] = []  # (seconds since the agent was ready, MiB)
     try:
         async with reference_load(tmp_path) as load:
+
+            async def sample_rss() -> None:
+                if load.agent.returncode is None:
+                    rss_at.append((load.since_ready(), rss_mib(load.agent.pid)))
+
+            sampling = asyncio.Event()
+            sampler = asyncio.create_task(every(SAMPLE_EVERY, sample_rss, sampling))
             async with aiohttp.ClientSession() as session:
                 await wait_for_blackbox(session, bb_url)
             targets = [f"http://{host}:{port}/" for host, port in load.targets]
@@ -124,6 +137,9 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
                 before = await snapshot(load, blackbox.pid, driver)
                 await load.wait(COST_SECONDS)
                 after = await snapshot(load, blackbox.pid, driver)
+                sampling.set()
+                await sampler
+                await sample_rss()  # the end of the window is a sample
                 agent_rss, blackbox_rss = rss_mib(load.agent.pid), rss_mib(blackbox.pid)
                 if spy is not None:
                     assert PROFILE is not None
@@ -160,6 +176,7 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     in_window = [s for s in load.scrapes if before.at <= load.started + s.at <= after.at]
     scrape_ms = [s.seconds * 1e3 for s in in_window if s.status == 200]
     points = delta("tailwatch_otlp_datapoints_total", outcome="accepted")
+    rss_line = rss_report(rss_at, before.at - load.started)
     print(
         f"\ncost: {WARMUP_SECONDS:g} s warm-up, then {window:.0f} s measured, both in one run; "
         f"the machine's {os.cpu_count()} cores were {busy * 100:.0f}% busy over the window "
@@ -170,6 +187,7 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
         f"| CPU, share of one core | {agent_share * 100:.2f}% | {blackbox_share * 100:.2f}% |\n"
         f"| ratio agent / blackbox_exporter | {agent_share / blackbox_share:.2f} | |\n"
         f"| RSS at the end of the window | {agent_rss:.1f} MiB | {blackbox_rss:.1f} MiB |\n"
+        f"| agent RSS every {SAMPLE_EVERY:g} s | {rss_line} | |\n"
         f"| probes in the window (failed) | {probes:.0f} ({agent_failed:.0f}) | "
         f"{bb['scrapes']} ({bb['failed']}; {bb['dropped']} ticks dropped, probe "
         f"{bb_probe_s * 1e3:.2f} ms mean) |\n"
@@ -197,6 +215,24 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     assert probes > 0 and points > 0 and bb["scrapes"] > 0
     assert agent_failed == 0
     assert bb["failed"] == 0, after.driver["failures"]
+
+
+def rss_report(rss_at: list[tuple[float, float]], window_start: float) -> str:
+    """The agent's RSS at the start of the window, at one hour when the run got there, its
+    maximum, and its least-squares rise over the second half of the run: flat below
+    FLAT_MIB, as the soak judges it."""
+    at, rss = [t for t, _ in rss_at], [r for _, r in rss_at]
+    start = next((r for t, r in rss_at if t >= window_start), rss[-1])
+    hour = next((r for t, r in rss_at if t >= 3600 - SAMPLE_EVERY / 2), None)
+    half = next(i for i, t in enumerate(at) if t >= at[-1] / 2)
+    rise = rss_slope(at[half:], rss[half:]) * (at[-1] - at[half]) if len(at) - half > 2 else 0.0
+    return (
+        f"{start:.1f} MiB at the window's start, "
+        + (f"{hour:.1f} MiB at one hour, " if hour is not None else "")
+        + f"max {max(rss):.1f} MiB; second half ({at[half]:.0f}-{at[-1]:.0f} s) "
+        f"{rss[half]:.1f} -> {rss[-1]:.1f} MiB, fitted rise {rise:+.2f} MiB: "
+        + ("flat" if rise < FLAT_MIB else "GROWING")
+    )
 
 
 async def start_profile(out: Path, pid: int) -> tuple[asyncio.subprocess.Process | None, str]:
