@@ -1,11 +1,12 @@
 """Connection settings for the Kubernetes API, from the in-cluster service account or a kubeconfig.
 
-What an aiohttp session needs: a base URL, an SSL context, the name the server's certificate
-must carry, and an `Authorization` header fetched fresh for every request, so rotating tokens
-and expiring exec credentials keep working. In-cluster settings are read here, a kubeconfig by
-exporter.kube.kubeconfig: the official `kubernetes` package is imported only for a kubeconfig
-whose user has a legacy `auth-provider` (its loader still refreshes those), because importing
-it costs the agent ~20 MiB of memory for what a few hundred lines read.
+What the API session (exporter.kube.watching) needs: a base URL, an SSL context, the name
+the server's certificate must carry, and an `Authorization` header fetched fresh for every
+request, so rotating tokens and expiring exec credentials keep working. In-cluster settings
+are read here, a kubeconfig by exporter.kube.kubeconfig: the official `kubernetes` package is
+imported only for a kubeconfig whose user has a legacy `auth-provider` (its loader still
+refreshes those), because importing it costs the agent ~20 MiB of memory for what a few
+hundred lines read.
 
 TLS, as kubectl does it:
 

@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
-
 from exporter.core.episodes import ChangeKind, EpisodeChange, Impact
 from exporter.core.restore import EpisodeRecord, episode_record, parse_record
 from exporter.core.services import ServiceRef
+from exporter.kube.http import PayloadError, Response, Timeout
 from exporter.kube.watching import (
     ApiSession,
     Backoff,
@@ -398,10 +397,8 @@ class EpisodeEvents:
         return f"{path}/{name}" if name else path
 
     @staticmethod
-    def _timeout(api: ApiSession) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(
-            total=api.timing.request_timeout, sock_connect=api.timing.connect_timeout
-        )
+    def _timeout(api: ApiSession) -> Timeout:
+        return Timeout(total=api.timing.request_timeout, sock_connect=api.timing.connect_timeout)
 
     def _body(self, event: PendingEvent, name: str) -> dict[str, Any]:
         regarding: dict[str, str] = {
@@ -431,19 +428,19 @@ class EpisodeEvents:
             "type": event.type,
         }
 
-    async def _request(self, sending: Awaitable[aiohttp.ClientResponse]) -> None:
+    async def _request(self, sending: Awaitable[Response]) -> None:
         """Send; an _Outcome unless the server took it."""
         try:
             resp = await sending
             async with resp:
                 status = resp.status
                 try:
-                    body = await resp.json(content_type=None)
-                except (ValueError, aiohttp.ClientPayloadError):
+                    body = await resp.json()
+                except (ValueError, PayloadError):
                     body = None
         except ConnectionFailed as exc:
             raise _Outcome("connection_error", str(exc), retry=True) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except OSError as exc:  # TimeoutError, a connection lost before the body
             raise _Outcome("connection_error", repr(exc), retry=True) from exc
         if status in (200, 201):
             return

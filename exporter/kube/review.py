@@ -48,8 +48,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import aiohttp
-
+from exporter.kube.http import Timeout
 from exporter.kube.watching import ApiSession, WatchError
 
 log = logging.getLogger("tailwatch.auth")
@@ -360,7 +359,7 @@ class ReviewClient:
         api = self.api
         if api is None:
             raise ReviewUnavailable("the agent's API session is not open yet")
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        timeout = Timeout(total=self.timeout)
         try:
             async with asyncio.timeout(self.timeout):
                 async with slots:
@@ -380,7 +379,7 @@ class ReviewClient:
             ) from None
         except WatchError as exc:  # ConnectionFailed from the session
             raise ReviewUnavailable(str(exc)) from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # the body cut short (exporter.kube.http's PayloadError)
             raise ReviewUnavailable(f"{resource}: {exc or type(exc).__name__}") from exc
         except Exception as exc:
             # The review could not be made all the same: a session closed under a request at

@@ -1,4 +1,5 @@
-"""List + watch of one Kubernetes resource, the way client-go's reflector does it, on aiohttp.
+"""List + watch of one Kubernetes resource, the way client-go's reflector does it, over the
+agent's own HTTP/1.1 client (exporter.kube.http).
 
 Lists come from the API server's watch cache, never from etcd in normal operation: a
 consistent list is a storage read, and a restart wave of 5,000 agents would be 5,000 of them.
@@ -53,9 +54,15 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
-
 from exporter.kube.config import KubeConnection
+from exporter.kube.http import (
+    HttpClient,
+    PayloadError,
+    Response,
+    Timeout,
+    TimeoutSpec,
+    TlsError,
+)
 
 log = logging.getLogger("tailwatch.watch")
 
@@ -253,26 +260,27 @@ def _too_large(status: Mapping[str, Any] | None, message: str) -> bool:
     return message.startswith("Too large resource version")
 
 
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
+async def _raise_for_status(resp: Response) -> None:
     if resp.status == 200:
         return
     status: Mapping[str, Any] | None = None
     try:
-        body = await resp.json(content_type=None)
+        body = await resp.json()
         if isinstance(body, dict):
             status = body
             message = str(body.get("message") or body)
         else:
             message = str(body)
-    except (ValueError, aiohttp.ClientError):
+    except (ValueError, OSError):  # not JSON; cut short or silent (TimeoutError)
         message = resp.reason or "no Status body"
     raise _status_error(resp.status, status, message)
 
 
 class ApiSession:
-    """An aiohttp session bound to one API server, adding credentials to every request.
-    `user_agent` tells the server (its logs, audit and API priority and fairness) which
-    client this is."""
+    """An HTTP client (exporter.kube.http) bound to one API server, adding credentials to
+    every request. `user_agent` tells the server (its logs, audit and API priority and
+    fairness) which client this is. Lists, reviews and Events share a small keep-alive pool;
+    each open watch holds a connection of its own."""
 
     def __init__(
         self, connection: KubeConnection, timing: WatchTiming, user_agent: str = "tailwatch"
@@ -280,7 +288,7 @@ class ApiSession:
         self.connection = connection
         self.timing = timing
         self.user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
 
     async def __aenter__(self) -> ApiSession:
         connection = self.connection
@@ -292,67 +300,81 @@ class ApiSession:
                 connection.host,
                 connection.source,
             )
-        connector = aiohttp.TCPConnector(
-            ssl=connection.ssl_context if connection.ssl_context else False
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+        self._client = HttpClient(
+            connection.host,
+            connection.ssl_context,
+            server_name=connection.server_name,
             headers={"Accept": "application/json", "User-Agent": self.user_agent},
-            raise_for_status=False,
         )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.close()
+
+    @property
+    def http(self) -> HttpClient:
+        """The HTTP client (its pool), while the session is open."""
+        assert self._client is not None, "ApiSession used outside `async with`"
+        return self._client
+
+    async def close(self) -> None:
+        """Close every connection, watches' included; later requests fail to connect."""
+        if self._client is not None:
+            await self._client.close()
 
     async def get(
-        self, path: str, params: Mapping[str, str], client_timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
-        return await self._request("GET", path, client_timeout, params=dict(params))
+        self, path: str, params: Mapping[str, str], client_timeout: TimeoutSpec
+    ) -> Response:
+        """GET; the caller reads and releases the response (`async with`)."""
+        return await self._request("GET", path, client_timeout, params=params)
 
     async def post(
-        self, path: str, body: Mapping[str, Any], client_timeout: aiohttp.ClientTimeout
-    ) -> aiohttp.ClientResponse:
-        """POST a JSON object (a TokenReview, a SubjectAccessReview); the caller reads and
-        releases the response."""
-        return await self._request("POST", path, client_timeout, json=dict(body))
+        self, path: str, body: Mapping[str, Any], client_timeout: TimeoutSpec
+    ) -> Response:
+        """POST a JSON object (a TokenReview, a SubjectAccessReview, an Event); the caller
+        reads and releases the response."""
+        return await self._request(
+            "POST", path, client_timeout, body=_json_body(body), content_type="application/json"
+        )
 
     async def patch(
         self,
         path: str,
         body: Mapping[str, Any],
-        client_timeout: aiohttp.ClientTimeout,
+        client_timeout: TimeoutSpec,
         content_type: str = "application/merge-patch+json",
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """PATCH with a JSON body of `content_type` (a merge patch by default: an Event's
         series); the caller reads and releases the response."""
-        data = json.dumps(dict(body), separators=(",", ":")).encode()
         return await self._request(
-            "PATCH", path, client_timeout, data=data, headers={"Content-Type": content_type}
+            "PATCH", path, client_timeout, body=_json_body(body), content_type=content_type
         )
 
     async def _request(
-        self, method: str, path: str, client_timeout: aiohttp.ClientTimeout, **kw: Any
-    ) -> aiohttp.ClientResponse:
+        self,
+        method: str,
+        path: str,
+        client_timeout: TimeoutSpec,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        content_type: str = "",
+    ) -> Response:
         """One request with fresh credentials, the certificate checked against
         `server_name`; a failure to connect is a ConnectionFailed (a TlsFailed for TLS)."""
-        assert self._session is not None, "ApiSession used outside `async with`"
-        headers = {**await self.connection.auth_headers(), **kw.pop("headers", {})}
+        assert self._client is not None, "ApiSession used outside `async with`"
+        headers = await self.connection.auth_headers()
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
-            resp = await self._session.request(
-                method,
-                self.connection.host + path,
-                headers=headers,
-                timeout=client_timeout,
-                server_hostname=self.connection.server_name,
-                **kw,
+            resp = await self._client.request(
+                method, path, params=params, headers=headers, body=body, timeout=client_timeout
             )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except OSError as exc:  # HttpError and its kinds, TimeoutError
             raise self._failed(exc) from exc
         return self._checked(resp)
 
-    def _checked(self, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    def _checked(self, resp: Response) -> Response:
         if resp.status == 401:
             # As client-go: a token file the kubelet rotated is read again at the next
             # request, not only when its refresh period ends.
@@ -362,12 +384,14 @@ class ApiSession:
     def _failed(self, exc: BaseException) -> ConnectionFailed:
         message = f"{self.connection.host}: {exc or type(exc).__name__}"
         # An alert after the handshake (a server refusing our client certificate under TLS
-        # 1.3) comes as a ClientOSError caused by the SSLError.
-        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)) or isinstance(
-            exc.__cause__, ssl.SSLError
-        ):
+        # 1.3) is a TlsError too: the client reports it as the handshake's.
+        if isinstance(exc, (TlsError, ssl.SSLError)) or isinstance(exc.__cause__, ssl.SSLError):
             return TlsFailed(message)
         return ConnectionFailed(message)
+
+
+def _json_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(body), separators=(",", ":")).encode()
 
 
 async def list_objects(
@@ -387,9 +411,7 @@ async def list_objects(
     sends them, and the list restarts from the first page once if a token expires.
     """
     timing = api.timing
-    timeout = aiohttp.ClientTimeout(
-        total=timing.request_timeout, sock_connect=timing.connect_timeout
-    )
+    timeout = Timeout(total=timing.request_timeout, sock_connect=timing.connect_timeout)
     first = resource.selector_params()
     if resource_version:
         first["resourceVersion"] = resource_version
@@ -406,10 +428,10 @@ async def list_objects(
                 async with resp:
                     await _raise_for_status(resp)
                     try:
-                        body = await resp.json(content_type=None)
-                    except (ValueError, aiohttp.ClientPayloadError) as exc:
+                        body = await resp.json()
+                    except (ValueError, PayloadError) as exc:
                         raise WatchDecodeError(f"list body is not JSON: {exc}") from exc
-                    except (aiohttp.ClientError, TimeoutError) as exc:
+                    except OSError as exc:  # TimeoutError, a connection lost
                         raise ConnectionFailed(f"list interrupted: {exc!r}") from exc
                 if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                     raise WatchDecodeError("list body has no items")
@@ -467,7 +489,7 @@ async def stream_watch(
     if send_initial_events:
         params["sendInitialEvents"] = "true"
         params["resourceVersionMatch"] = "NotOlderThan"
-    timeout = aiohttp.ClientTimeout(
+    timeout = Timeout(
         total=None, sock_connect=timing.connect_timeout, sock_read=timing.inactivity_timeout
     )
     resp = await api.get(resource.path, params, timeout)
@@ -475,7 +497,7 @@ async def stream_watch(
         await _raise_for_status(resp)
         buffer = bytearray()
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_any():
                 buffer += chunk
                 if len(buffer) > MAX_LINE_BYTES and b"\n" not in buffer:
                     raise WatchDecodeError(f"watch line longer than {MAX_LINE_BYTES} bytes")
@@ -486,10 +508,10 @@ async def stream_watch(
             raise InactivityTimeout(
                 f"no data for {timing.inactivity_timeout:g}s on the {resource.name} watch"
             ) from exc
-        except aiohttp.ClientPayloadError as exc:
+        except PayloadError as exc:
             # The server (or a proxy) cut the chunked stream mid-way.
             raise ConnectionFailed(f"watch stream broken: {exc}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise ConnectionFailed(f"watch stream broken: {exc!r}") from exc
         if buffer.strip():
             yield _decode_event(bytes(buffer))
