@@ -26,9 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
+from exporter.httpserver import Handler, Request, Response, text_response
 from exporter.kube.review import ReviewClient, ReviewUnavailable
 
 #: Served to anyone: the kubelet probes them without a token.
@@ -44,36 +42,35 @@ UNAVAILABLE = "auth_unavailable"
 RETRY_AFTER = "5"  # seconds, on a 503: the API server may answer again soon
 
 
-def bearer_token(request: web.Request) -> str | None:
+def bearer_token(request: Request) -> str | None:
     """The request's bearer token, or None. The scheme is case-insensitive (RFC 7235), as in
     the API server's own bearer token authenticator."""
-    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     token = credential.strip()
     if scheme.lower() != "bearer" or not token:
         return None
     return token
 
 
-def _unauthorized(invalid_token: bool) -> web.Response:
+def _unauthorized(invalid_token: bool) -> Response:
     challenge = f'Bearer realm="{REALM}"'
     if invalid_token:
         challenge += ', error="invalid_token"'
-    return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": challenge})
+    return text_response("Unauthorized\n", 401, {"WWW-Authenticate": challenge})
 
 
-def _unavailable() -> web.Response:
-    return web.Response(
-        status=503,
-        text="Service Unavailable: the API server could not review the bearer token\n",
-        headers={"Retry-After": RETRY_AFTER},
+def _unavailable() -> Response:
+    return text_response(
+        "Service Unavailable: the API server could not review the bearer token\n",
+        503,
+        {"Retry-After": RETRY_AFTER},
     )
 
 
 class KubernetesAuth:
-    """The aiohttp middleware (an instance is one: pass it to `build_app(authorize=...)`).
-    `count(reason)` is called once per refused request (AgentMetrics.count_dropped)."""
-
-    __middleware_version__ = 1  # a new-style middleware: what `@web.middleware` marks
+    """The middleware of the agent's routes (an instance is one: pass it to
+    `build_app(authorize=...)`). `count(reason)` is called once per refused request
+    (AgentMetrics.count_dropped)."""
 
     def __init__(
         self,
@@ -85,8 +82,10 @@ class KubernetesAuth:
         self.count = count
         self.open_paths = frozenset(open_paths)
 
-    async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        served = self._served_path(request)
+    async def __call__(self, request: Request, handler: Handler) -> Response:
+        # The path of the route that serves the request (None: none does); the router
+        # matches the percent-decoded path.
+        served = request.route
         if served in self.open_paths:
             return await handler(request)
         token = bearer_token(request)
@@ -111,18 +110,5 @@ class KubernetesAuth:
             return _unavailable()
         if not authorization.allowed:
             self.count(FORBIDDEN)
-            return web.Response(
-                status=403, text=f'Forbidden: user "{user.username}" cannot {VERB} {served}\n'
-            )
+            return text_response(f'Forbidden: user "{user.username}" cannot {VERB} {served}\n', 403)
         return await handler(request)
-
-    @staticmethod
-    def _served_path(request: web.Request) -> str | None:
-        """The path of the route that serves `request` (None: no route does)."""
-        info = request.match_info
-        if info.http_exception is not None:
-            return None
-        resource = info.route.resource
-        if isinstance(resource, web.PlainResource):
-            return resource.canonical
-        return request.path

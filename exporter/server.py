@@ -3,85 +3,62 @@ the JSON API routes the agent hands in; and how the agent's two listeners (this 
 OTLP receiver) are served: TLS whose certificate is re-read when its files change, and
 per-connection deadlines so that no client can hold the agent (docs/security.md).
 
-The deadlines, one at a time per connection, by what the connection is doing:
-
-- head: from the connection's start, or from the first byte after an idle spell, to a
-  complete request head: `HEADER_TIMEOUT`, then the connection is aborted and counted as
-  `<name>_header_timeout` (tailwatch_dropped_total);
-- busy: from the start of a request's handling to the last byte of its answer written:
-  `REQUEST_TIMEOUT`, then aborted and counted as `<name>_request_timeout`;
-- linger: from an answer written before its request's body was read (a request refused on
-  its head: the OTLP receiver's 403, 413, 415 or 503) to the body's last byte, which is read
-  and thrown away: `LINGER_TIMEOUT`, then closed (not counted). The body's bytes are not a
-  new request's head; once the body is done, the connection is idle;
-- idle: from an answer written (and its body done) to the next request's first byte:
-  `IDLE_TIMEOUT`, then closed.
-
-A client trickling its header a byte at a time gains nothing (data does not extend the
-head's deadline), nor one that never reads its answer (the answer is written within the
-request's deadline). A TLS handshake is bounded by `HEADER_TIMEOUT` too. The OTLP receiver
-adds a deadline of its own for a request body (exporter.otlp.receiver).
+The HTTP itself (parsing, keep-alive, the deadlines of every connection: head, busy, linger,
+idle, shutdown) is exporter.httpserver's; its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import os
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import StreamReader, web
-from aiohttp.typedefs import Handler, Middleware
-
 from exporter.exposition import Exposition
-from exporter.logs import LogOnce
+from exporter.httpserver import (
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    LINGER_TIMEOUT,
+    REQUEST_TIMEOUT,
+    SHUTDOWN_GRACE,
+    App,
+    Count,
+    Listener,
+    Middleware,
+    Request,
+    Response,
+    Timeouts,
+)
+from exporter.httpserver import serve as serve_http
 from exporter.settings import ConfigError, ListenAddress
+
+__all__ = [
+    "HEADER_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "LINGER_TIMEOUT",
+    "REQUEST_TIMEOUT",
+    "SHUTDOWN_GRACE",
+    "App",
+    "ListenError",
+    "Listener",
+    "ReloadingCertificate",
+    "Timeouts",
+    "TlsError",
+    "build_app",
+    "load_pair",
+    "serve",
+    "start_server",
+]
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
 JsonView = Callable[[], Any]
-#: Counts one thing refused or cut short, by its tailwatch_dropped_total reason
-#: (AgentMetrics.count_dropped).
-Count = Callable[[str], None]
-
-#: A request head must be complete this long after the connection opened or after its first
-#: byte arrived; so must a TLS handshake. Go's servers are commonly given the same.
-HEADER_TIMEOUT = 10.0
-#: A kept-alive connection without a request for this long is closed. Above the 1 minute
-#: defaults of Prometheus's scrape interval and of the OpenTelemetry SDKs' export interval:
-#: a client on defaults reuses its connection rather than racing its close.
-IDLE_TIMEOUT = 90.0
-#: From a complete request head to the last byte of its answer: the handler, the body it
-#: reads and a client slow to read the answer all fit in it, or the connection is aborted.
-REQUEST_TIMEOUT = 30.0
-#: How long a body that was not read (a request refused on its head) is read and thrown away
-#: after the answer, so that the client reads the answer rather than a connection reset.
-LINGER_TIMEOUT = 2.0
-#: At shutdown, every open connection gets this long (a request in flight, to finish), then
-#: it is aborted. aiohttp alone would take up to twice this for a request in flight (it waits
-#: `shutdown_timeout` for the handler, then as long again after cancelling it); the abort,
-#: made by the listener's own timer (`_Guard.closing`), ends the connection first, and aiohttp
-#: skips its second wait for a connection already lost. Both listeners stop within about
-#: 1 s (1.1 s measured from SIGTERM to exit with stalled, unread and idle clients of both),
-#: well within the 5 s the agent has from SIGTERM to its exit (exporter.cli).
-SHUTDOWN_GRACE = 1.0
 
 TLS_RELOAD_FAILED = "tls_reload_failed"  # the tailwatch_dropped_total reason
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """The deadlines of one listener: the module's constants, unless a test shrinks them."""
-
-    header: float = HEADER_TIMEOUT
-    idle: float = IDLE_TIMEOUT
-    request: float = REQUEST_TIMEOUT
-    linger: float = LINGER_TIMEOUT
-    shutdown: float = SHUTDOWN_GRACE
+_JSON = "application/json; charset=utf-8"
 
 
 class ListenError(Exception):
@@ -101,52 +78,49 @@ def build_app(
     api: Mapping[str, JsonView] | None = None,
     *,
     authorize: Middleware | None = None,
-) -> web.Application:
+) -> App:
     """/metrics from `exposition`, /healthz, /readyz from `readiness`, and one GET route per
     entry of `api` (path -> a callable returning JSON-able data, e.g. /api/v1/targets).
     `authorize` (exporter.auth.KubernetesAuth) guards every route; it leaves /healthz and
     /readyz open for the kubelet's probes."""
 
-    async def metrics(request: web.Request) -> web.Response:
-        answer = exposition.answer(
-            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
-        )
-        headers = {"Content-Type": answer.content_type}
-        if answer.gzipped:
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=answer.body, headers=headers)
+    async def metrics(request: Request) -> Response:
+        headers = request.headers
+        answer = exposition.answer(headers.get("accept", ""), headers.get("accept-encoding", ""))
+        fields = {"Content-Encoding": "gzip"} if answer.gzipped else None
+        return Response(200, answer.body, answer.content_type, fields)
 
-    async def healthz(_: web.Request) -> web.Response:
+    async def healthz(_: Request) -> Response:
         # Answering at all proves the event loop runs; that is what liveness should mean.
-        return web.Response(text="ok\n")
+        return Response(200, b"ok\n")
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(_: Request) -> Response:
         ready, detail = readiness()
-        return web.Response(text=detail + "\n", status=200 if ready else 503)
+        return Response(200 if ready else 503, f"{detail}\n".encode())
 
-    def json_route(view: JsonView) -> Callable[[web.Request], Any]:
-        async def handle(_: web.Request) -> web.Response:
-            return web.json_response(view())
+    def json_route(view: JsonView) -> Callable[[Request], Any]:
+        async def handle(_: Request) -> Response:
+            return Response(200, json.dumps(view()).encode(), _JSON)
 
         return handle
 
-    app = web.Application(middlewares=[authorize] if authorize is not None else [])
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app = App(middleware=authorize)
+    app.add("GET", "/metrics", metrics)
+    app.add("GET", "/healthz", healthz)
+    app.add("GET", "/readyz", readyz)
     for path, view in (api or {}).items():
-        app.router.add_get(path, json_route(view))
+        app.add("GET", path, json_route(view))
     return app
 
 
 async def start_server(
-    app: web.Application,
+    app: App,
     listen: ListenAddress,
     *,
     tls: ReloadingCertificate | None = None,
     count: Count | None = None,
     timeouts: Timeouts | None = None,
-) -> web.AppRunner:
+) -> Listener:
     """Start serving `app` (over TLS with `tls`); raises ListenError if the address cannot be
     bound. Connections cut by a deadline are counted with `count` (`http_*_timeout`)."""
     try:
@@ -158,222 +132,23 @@ async def start_server(
 
 
 async def serve(
-    app: web.Application,
+    app: App,
     listen: ListenAddress,
     *,
     name: str,
     count: Count | None = None,
     timeouts: Timeouts,
     tls: ReloadingCertificate | None = None,
-    **handler_args: Any,
-) -> web.AppRunner:
+) -> Listener:
     """Serve `app` on `listen` with the deadlines of `timeouts` on every connection (counted
-    as `<name>_header_timeout` and `<name>_request_timeout`), over TLS with `tls`.
-    `handler_args` go to aiohttp's connection handler (e.g. auto_decompress). Raises OSError
-    if the address cannot be bound. `await runner.cleanup()` stops serving within about
-    timeouts.shutdown, whatever the clients are doing."""
-    # Outermost, so that the answer is written within the request's deadline (see
-    # `_request_deadline`). Before setup: the app's middlewares are frozen then.
-    app.middlewares.insert(0, _request_deadline)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=timeouts.shutdown)
-    await runner.setup()
-    server = runner.server
-    assert server is not None  # set by setup()
-    loop = asyncio.get_running_loop()
-    guard = _Guard(name, timeouts, count or (lambda _: None))
-    handler_args = {"access_log": None, **handler_args}
-
-    def connection() -> GuardedConnection:
-        return GuardedConnection(server, loop=loop, guard=guard, **handler_args)
-
-    site = _GuardedSite(runner, listen, connection, tls, guard)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    return runner
-
-
-# -- deadlines ------------------------------------------------------------------------------
-
-_HEAD, _BUSY, _LINGER, _IDLE, _CLOSING = "head", "busy", "linger", "idle", "closing"
-
-
-@dataclass(eq=False)
-class _Guard:
-    """What the connections of one listener share: its name, deadlines and counter."""
-
-    name: str
-    timeouts: Timeouts
-    count: Count
-    log: LogOnce = field(default_factory=lambda: LogOnce(log))
-    connections: set[GuardedConnection] = field(default_factory=set)
-
-    def closing(self) -> None:
-        """The listener stops: every connection gets `timeouts.shutdown` more, whatever its
-        phase, then it is aborted. aiohttp's shutdown would wait up to twice that for a
-        request in flight, and cannot end one stuck writing to a client that does not read."""
-        for connection in list(self.connections):
-            connection.close_within(self.timeouts.shutdown)
-
-    def expired(self, phase: str, peer: object) -> None:
-        reason = f"{self.name}_{'header' if phase == _HEAD else 'request'}_timeout"
-        self.count(reason)
-        seconds = self.timeouts.header if phase == _HEAD else self.timeouts.request
-        what = "a request head" if phase == _HEAD else "a request and its answer"
-        self.log.warning(
-            reason, "closed a connection from %s: %s took over %gs", peer, what, seconds
-        )
-
-
-class GuardedConnection(web.RequestHandler):
-    """aiohttp's connection handler with one deadline at a time, by phase (see the module's
-    docstring). At its deadline the connection is aborted, not closed: a close would wait
-    for a client that does not read to take what is still buffered for it."""
-
-    def __init__(
-        self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, guard: _Guard, **kwargs: Any
-    ) -> None:
-        # aiohttp's own keep-alive timer stays on, set to the idle deadline.
-        super().__init__(
-            manager,
-            loop=loop,
-            keepalive_timeout=guard.timeouts.idle,
-            lingering_time=guard.timeouts.linger,
-            **kwargs,
-        )
-        self._guard = guard
-        self._guard_loop = loop
-        self._phase = _HEAD
-        self._deadline: asyncio.TimerHandle | None = None
-        self._unread: StreamReader | None = None  # the body being thrown away (linger)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._guard.connections.add(self)
-        self._arm(_HEAD, self._guard.timeouts.header)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._guard.connections.discard(self)
-        self._disarm()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        # The first byte after an idle spell starts a head; more bytes extend nothing.
-        if data and self._phase == _IDLE:
-            self._arm(_HEAD, self._guard.timeouts.header)
-        super().data_received(data)
-        # Bytes of a body that was not read: the connection is idle once it is all here (a
-        # head pipelined in the same segment as its last byte gets the idle deadline).
-        unread = self._unread
-        if unread is not None and unread.is_eof() and self._phase == _LINGER:
-            self.request_finished(None)
-
-    def request_started(self) -> None:
-        self._unread = None
-        self._arm(_BUSY, self._guard.timeouts.request)
-
-    def request_finished(self, body: StreamReader | None) -> None:
-        """The answer is written; `body` is the request's, read to its end or not."""
-        if body is not None and not body.is_eof():
-            self._unread = body  # aiohttp reads it now (lingering), then keeps the connection
-            self._arm(_LINGER, self._guard.timeouts.linger)
-        else:
-            self._unread = None
-            self._arm(_IDLE, self._guard.timeouts.idle)
-
-    def close_within(self, seconds: float) -> None:
-        """The last deadline of this connection: nothing it does later extends it."""
-        self._arm(_CLOSING, seconds)
-
-    def _arm(self, phase: str, seconds: float) -> None:
-        if self._phase == _CLOSING:
-            return
-        self._disarm()
-        self._phase = phase
-        if self.transport is not None:
-            self._deadline = self._guard_loop.call_later(seconds, self._expired)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expired(self) -> None:
-        self._deadline = None
-        transport = self.transport
-        if transport is None:
-            return
-        if self._phase in (_HEAD, _BUSY):
-            peer = transport.get_extra_info("peername")
-            self._guard.expired(self._phase, peer[0] if isinstance(peer, tuple) else peer)
-        transport.abort()
-
-
-@web.middleware
-async def _request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The busy phase of a guarded connection: from here to the answer written. aiohttp
-    would write the answer after the handler returned, outside any deadline, so it is
-    written here (aiohttp's own prepare and write_eof then do nothing)."""
-    connection = request.protocol
-    if not isinstance(connection, GuardedConnection):  # served some other way (a test's)
-        return await handler(request)
-    connection.request_started()
-    try:
-        response = await handler(request)
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client went, or its deadline cut it; aiohttp sees the same and stops
-        return response
-    finally:
-        connection.request_finished(request.content)
-
-
-class _GuardedSite(web.BaseSite):
-    """A TCP site whose connections are GuardedConnections, and whose TLS handshakes (and
-    TLS closes) are bounded: aiohttp's TCPSite leaves both at asyncio's 60 s and 30 s."""
-
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        listen: ListenAddress,
-        connection: Callable[[], GuardedConnection],
-        tls: ReloadingCertificate | None,
-        guard: _Guard,
-    ) -> None:
-        super().__init__(runner, ssl_context=tls.context if tls is not None else None)
-        self._listen = listen
-        self._connection = connection
-        self._tls = tls
-        self._guard = guard
-
-    @property
-    def name(self) -> str:
-        return f"{'https' if self._tls is not None else 'http'}://{self._listen}"
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        tls: dict[str, Any] = {}
-        if self._tls is not None:
-            tls = {
-                "ssl": self._tls.context,
-                "ssl_handshake_timeout": self._guard.timeouts.header,
-                "ssl_shutdown_timeout": self._guard.timeouts.linger,
-            }
-        # BaseSite.stop() closes `_server`; the runner's `addresses` read its sockets.
-        self._server = await loop.create_server(
-            self._connection, self._listen.host or None, self._listen.port, **tls
-        )
-
-    async def stop(self) -> None:
-        """The first step of `runner.cleanup()`: no new connections, and a last deadline
-        for those open."""
-        await super().stop()
-        self._guard.closing()
+    as `<name>_header_timeout` and `<name>_request_timeout`), over TLS with `tls`. Raises
+    OSError if the address cannot be bound. `await listener.cleanup()` stops serving within
+    about timeouts.shutdown, whatever the clients are doing."""
+    context = tls.context if tls is not None else None
+    return await serve_http(
+        app, listen.host or None, listen.port, name=name, count=count, timeouts=timeouts,
+        tls=context,
+    )  # fmt: skip
 
 
 # -- TLS ------------------------------------------------------------------------------------

@@ -24,9 +24,8 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from aiohttp import hdrs, web
-
 from exporter.core.pods import TERMINAL_PHASES, PodSnapshot
+from exporter.httpserver import App, Listener, Request, Response
 from exporter.logs import LogOnce
 from exporter.otlp.decode import (
     DEFAULT_MAX_BODY_BYTES,
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[LatencyDelta], None]
 PATH = "/v1/metrics"
-_READ_CHUNK = 256 * 1024
 #: A request this small once decoded (~140 data points) is decoded and ingested on the
 #: event loop, when the worker has nothing queued: ~4 ms of work, no longer than the GIL's
 #: switch interval for which the worker thread would hold the loop anyway, and without the
@@ -326,17 +324,17 @@ class OtlpReceiver:
 
     # -- HTTP --------------------------------------------------------------------------
 
-    def build_app(self) -> web.Application:
-        """The application. Serve it with `auto_decompress=False`, as `start` does: aiohttp
-        would otherwise inflate gzip bodies itself, before the receiver's capped inflate."""
-        app = web.Application()
-        app.router.add_post(PATH, self._export)
+    def build_app(self) -> App:
+        """The application: gzip request bodies reach the receiver as sent, and are inflated
+        by its own capped inflate."""
+        app = App()
+        app.add("POST", PATH, self._export)
         app.on_cleanup.append(self._stop_worker)
         return app
 
-    async def start(self, listen: ListenAddress) -> web.AppRunner:
+    async def start(self, listen: ListenAddress) -> Listener:
         """Serve the receiver on `listen`; raises OSError if the address cannot be bound.
-        `await runner.cleanup()` stops it and its worker thread, within about 1 s whatever
+        `await listener.cleanup()` stops it and its worker thread, within about 1 s whatever
         the clients are doing."""
         return await serve(
             self.build_app(),
@@ -344,10 +342,9 @@ class OtlpReceiver:
             name="otlp",
             count=self._count,
             timeouts=self.limits.timeouts,
-            auto_decompress=False,
         )
 
-    async def _stop_worker(self, _: web.Application) -> None:
+    async def _stop_worker(self) -> None:
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
             self._worker = None
@@ -359,29 +356,29 @@ class OtlpReceiver:
         self._count(exc.reason)
         self._log.warning(exc.reason, "OTLP request refused (%d): %s", exc.status, exc)
 
-    async def _export(self, request: web.Request) -> web.StreamResponse:
+    async def _export(self, request: Request) -> Response:
         encoding = Encoding.JSON  # for a refusal, when the request's own is unknown
         with contextlib.suppress(BodyRejected):
-            encoding = request_encoding(request.headers.get(hdrs.CONTENT_TYPE))
+            encoding = request_encoding(request.headers.get("content-type"))
         try:
             # The source first: a stranger learns nothing else of its request.
             self._check_source(request)
-            encoding = request_encoding(request.headers.get(hdrs.CONTENT_TYPE))
-            compressed = check_content_encoding(request.headers.get(hdrs.CONTENT_ENCODING))
+            encoding = request_encoding(request.headers.get("content-type"))
+            compressed = check_content_encoding(request.headers.get("content-encoding"))
             body = await self._read_body(request)
             result = self._ingest_here(body, encoding, compressed) if not self._queued else None
             if result is None:
                 result = await self._ingest_on_worker(body, encoding, compressed)
-        except BodyTimeout as exc:
-            self._refused(exc)
-            return await _answer_and_close(request, exc, encoding)
         except BodyRejected as exc:
             self._refused(exc)
             response = _respond(exc.status, encode_status(str(exc), encoding))
-            if isinstance(exc, UntrustedSource):
-                response.force_close()  # no kept-alive connection for a stranger
+            if isinstance(exc, BodyTimeout):
+                # Closed at once: the rest of a body that stalled is not waited for.
+                response.close, response.linger = True, False
+            elif isinstance(exc, UntrustedSource):
+                response.close = True  # no kept-alive connection for a stranger
             elif isinstance(exc, SourcesUnknown):
-                response.headers[hdrs.RETRY_AFTER] = RETRY_AFTER
+                response.headers["Retry-After"] = RETRY_AFTER
             return response
 
         for kind, (outcome, _, message) in result.problems.items():
@@ -393,13 +390,11 @@ class OtlpReceiver:
         message = result.error_message() if result.rejected else ""
         return _respond(200, encode_response(result.rejected, message, encoding))
 
-    def _check_source(self, request: web.Request) -> None:
+    def _check_source(self, request: Request) -> None:
         """The peer's address from the socket itself (never from a header)."""
         if self.sources is None:
             return
-        transport = request.transport
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        address = request.peer
         if self.sources.allows(address):
             return
         if not self.sources.known():
@@ -413,7 +408,7 @@ class OtlpReceiver:
             "(--otlp-sources=local)"
         )
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: Request) -> bytes:
         limit = self.limits.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise BodyTooLarge(
@@ -424,7 +419,7 @@ class OtlpReceiver:
         timeout = self.limits.body_timeout
         try:
             async with asyncio.timeout(timeout):
-                async for chunk in request.content.iter_chunked(_READ_CHUNK):
+                async for chunk in request.chunks():
                     size += len(chunk)
                     if size > limit:
                         raise BodyTooLarge(f"body is over the limit of {limit} bytes")
@@ -496,19 +491,5 @@ class OtlpReceiver:
                 self._log.warning("otlp_sink_error", "OTLP latency sink failed: %r", exc)
 
 
-def _respond(status: int, encoded: EncodedBody) -> web.Response:
-    return web.Response(status=status, body=encoded.body, content_type=encoded.content_type)
-
-
-async def _answer_and_close(
-    request: web.Request, exc: BodyRejected, encoding: Encoding
-) -> web.Response:
-    """Answer, then close the connection at once: the rest of a body that stalled is not
-    waited for (aiohttp would linger to read it)."""
-    response = _respond(exc.status, encode_status(str(exc), encoding))
-    response.force_close()
-    with contextlib.suppress(ConnectionError):
-        await response.prepare(request)
-        await response.write_eof()
-    request.protocol.force_close()
-    return response
+def _respond(status: int, encoded: EncodedBody) -> Response:
+    return Response(status, encoded.body, encoded.content_type)

@@ -38,7 +38,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.catalogue import Kind
 from exporter.cgroups.synthetic import TreeLayout, pod_snapshots, reference_pods, write_tree
 from exporter.exposition import Exposition
-from exporter.server import build_app
+from exporter.server import build_app, start_server
 from exporter.settings import ListenAddress
 from tests.bench.test_agent_footprint import percentile
 from tests.bench.test_cgroup_sampling import Churn
@@ -147,7 +147,10 @@ async def test_metrics_latency_side_by_side(node: tuple[NodeState, Churn]) -> No
         state.probe_round()
         state.client_round()
 
-    fast_runner, fast_url = await serve(build_app(ex, lambda: (True, "ready")))
+    fast_runner = await start_server(
+        build_app(ex, lambda: (True, "ready")), ListenAddress("127.0.0.1", 0)
+    )
+    fast_url = f"http://{ListenAddress('127.0.0.1', fast_runner.addresses[0][1])}/metrics"
     ref_runner, ref_url = await serve(reference_app(ex.registry))
     results: dict[str, dict[str, list[float]]] = {}
     try:

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from exporter.auth import KubernetesAuth
@@ -29,7 +28,8 @@ from exporter.kube.review import (
 )
 from exporter.kube.watching import ApiSession, WatchTiming
 from exporter.metrics import AgentMetrics, AgentSource
-from exporter.server import build_app
+from exporter.server import build_app, start_server
+from exporter.settings import ListenAddress
 from exporter.simulator import ApiServer
 from tests.conftest import wait_for
 
@@ -79,10 +79,7 @@ async def guarded_app(kubeconfig: Path, **review_options: Any) -> AsyncIterator[
             {"/api/v1/targets": lambda: {"targets": []}, "/api/v1/episodes": lambda: []},
             authorize=KubernetesAuth(reviews, metrics.count_dropped),
         )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner = await start_server(app, ListenAddress("127.0.0.1", 0))
         port = runner.addresses[0][1]
         try:
             yield Guarded(f"http://127.0.0.1:{port}", reviews, metrics, clock)
@@ -250,9 +247,7 @@ async def test_an_unreachable_or_slow_api_server_is_503(
     metrics = AgentMetrics()
     app = build_app(Exposition([]), lambda: (True, "ready"), {}, authorize=KubernetesAuth(
         reviews, metrics.count_dropped))  # fmt: skip
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    runner = await start_server(app, ListenAddress("127.0.0.1", 0))
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
         headers = {"Authorization": "Bearer prom-token"}

@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from aiohttp import web
 
 from exporter.exposition import Exposition
-from exporter.server import Timeouts, build_app, start_server
+from exporter.server import Listener, Timeouts, build_app, start_server
 from exporter.settings import ListenAddress
 from tests.conftest import wait_for
 from tests.server.raw import RawClient, connect, get
@@ -25,7 +24,7 @@ BIG = ["x" * 1000] * 20_000  # a 20 MB answer: more than the socket buffers hold
 
 @dataclass
 class Server:
-    runner: web.AppRunner
+    runner: Listener
     host: str
     port: int
     counted: list[str]
@@ -34,8 +33,7 @@ class Server:
         return await connect(self.host, self.port, **options)  # type: ignore[arg-type]
 
     def connections(self) -> int:
-        assert self.runner.server is not None
-        return len(self.runner.server.connections)
+        return self.runner.connections
 
 
 async def serve(timeouts: Timeouts) -> Server:
