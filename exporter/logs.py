@@ -36,7 +36,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp logs every client disconnect at INFO; the watch layer reports what matters.
+    # aiohttp (`tailwatch episodes`) logs every client disconnect at INFO.
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
