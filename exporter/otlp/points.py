@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import cast
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -37,6 +38,7 @@ from exporter.otlp.address import (
     parse_port,
     split_host_port,
 )
+from exporter.otlp.decode import to_wire
 
 DEFAULT_METRICS = frozenset(
     {"http.client.request.duration", "db.client.operation.duration", "rpc.client.duration"}
@@ -160,35 +162,45 @@ class IngestResult:
         """One delta per Service and metric (`merge_deltas`), for the event loop. Explicit
         points of one layout add their counts first and are put in buckets once, their
         min and max narrowing the merged buckets as each narrowed its own."""
-        groups: dict[tuple[ServiceRef, str], list[Piece]] = {}
+        # Keyed by the Service's strings: their hashes are cached, a ServiceRef's is not.
+        groups: dict[tuple[str, str, str], list[Piece]] = {}
         for piece in self.pieces:
-            groups.setdefault((piece.service, piece.metric), []).append(piece)
+            service = piece.service
+            key = (service.namespace, service.name, piece.metric)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [piece]
+            else:
+                group.append(piece)
         out: list[LatencyDelta] = []
-        for (service, metric), pieces in groups.items():
+        for pieces in groups.values():
             first = pieces[0]
+            service, metric = first.service, first.metric
             dist = first.dist
-            if (
-                len(pieces) == 1
-                or not isinstance(dist, Explicit)
-                or any(
-                    not isinstance(p.dist, Explicit)
-                    or p.dist.bounds != dist.bounds
-                    or p.seconds != first.seconds
-                    for p in pieces
-                )
-            ):
+            if len(pieces) == 1 or type(dist) is not Explicit:
                 out += merge_deltas(p.delta() for p in pieces)
                 continue
-            counts = dist.counts
-            for p in pieces[1:]:
-                counts = list(map(operator.add, counts, cast("Explicit", p.dist).counts))
-            lows = [p.low for p in pieces]
-            highs = [p.high for p in pieces]
-            low = None if None in lows else min(cast("list[float]", lows))
-            high = None if None in highs else max(cast("list[float]", highs))
-            buckets = buckets_of(Explicit(dist.bounds, counts), first.seconds, low, high)
-            total, count = sum(p.total for p in pieces), sum(p.count for p in pieces)
-            out.append(LatencyDelta(service, metric, buckets, total, count))
+            # One pass: add up the counts while every piece has the first one's layout.
+            bounds, seconds, counts = dist.bounds, first.seconds, dist.counts
+            low, high = first.low, first.high
+            total, count = first.total, first.count
+            for p in itertools.islice(pieces, 1, None):
+                other = p.dist
+                if (
+                    type(other) is not Explicit
+                    or (other.bounds is not bounds and other.bounds != bounds)
+                    or p.seconds != seconds
+                ):
+                    out += merge_deltas(p.delta() for p in pieces)
+                    break
+                counts = list(map(operator.add, counts, other.counts))
+                low = None if low is None or p.low is None else min(low, p.low)
+                high = None if high is None or p.high is None else max(high, p.high)
+                total += p.total
+                count += p.count
+            else:
+                buckets = buckets_of(Explicit(bounds, counts), seconds, low, high)
+                out.append(LatencyDelta(service, metric, buckets, total, count))
         return out
 
     @property
@@ -246,7 +258,7 @@ class Exponential:
 Distribution = Explicit | Exponential
 
 
-# (resource attributes, scope, metric name), then the point's attributes, serialized.
+# (resource attributes, scope, metric name), then the point's attributes, serialized, sorted.
 StreamKey = tuple[tuple[bytes, tuple[str, str], str], tuple[bytes, ...]]
 
 
@@ -289,9 +301,15 @@ def check_bounds(bounds: Sequence[float]) -> None:
         previous = bound
 
 
-def check_explicit(dp: HistogramDataPoint, checked: dict[tuple[float, ...], bool]) -> Explicit:
+def check_explicit(
+    dp: HistogramDataPoint,
+    checked: dict[tuple[float, ...], tuple[float, ...]],
+    previous: Distribution | None = None,
+) -> Explicit:
     """A histogram point's distribution, after the checks of the OTLP spec; raises
-    `PointRejected`. `checked` caches bounds already found good: streams share them."""
+    `PointRejected`. `checked` holds the bounds already found good, each as one tuple that
+    streams share; bounds equal to those of the stream's `previous` point are that
+    point's tuple, found without hashing fourteen floats."""
     # Slices: protobuf's containers copy out twice as fast that way as through list().
     counts = dp.bucket_counts[:]
     bounds = tuple(dp.explicit_bounds[:])
@@ -302,11 +320,17 @@ def check_explicit(dp: HistogramDataPoint, checked: dict[tuple[float, ...], bool
             "bucket_count_mismatch",
             f"{len(counts)} bucket_counts for {len(bounds)} explicit_bounds (need bounds + 1)",
         )
-    if bounds not in checked:
-        check_bounds(bounds)
-        if len(checked) >= 256:  # clients with ever-changing bounds must not grow this
-            checked.clear()
-        checked[bounds] = True
+    if type(previous) is Explicit and previous.bounds == bounds:
+        bounds = previous.bounds  # checked when they came first
+    else:
+        known = checked.get(bounds)
+        if known is None:
+            check_bounds(bounds)
+            if len(checked) >= 256:  # clients with ever-changing bounds must not grow this
+                checked.clear()
+            checked[bounds] = bounds
+        else:
+            bounds = known
     if sum(counts) != dp.count:
         raise _malformed("count_mismatch", f"bucket counts add up to {sum(counts)}, not {dp.count}")
     return Explicit(bounds, counts)
@@ -364,7 +388,7 @@ def subtract(current: Distribution, previous: Distribution) -> Distribution | No
     """current - previous when both are the same layout and no count went down; None if the
     layouts cannot be compared or a count decreased (the stream was reset)."""
     if isinstance(current, Explicit) and isinstance(previous, Explicit):
-        if current.bounds != previous.bounds:
+        if current.bounds is not previous.bounds and current.bounds != previous.bounds:
             return None
         counts = list(map(operator.sub, current.counts, previous.counts))
         return None if min(counts) < 0 else Explicit(current.bounds, counts)
@@ -433,8 +457,9 @@ def buckets_of(
         out = []
         if dist.zero_count:
             out.append((0.0, dist.zero_threshold * seconds, dist.zero_count))
-        edges = _exponential_edges(dist.scale, dist.offset, len(dist.counts), seconds)
-        out += [(low, high, n) for (low, high), n in zip(edges, dist.counts, strict=True) if n]
+        if dist.counts:  # without them, the offset is unchecked and may be out of range
+            edges = _exponential_edges(dist.scale, dist.offset, len(dist.counts), seconds)
+            out += [(low, high, n) for (low, high), n in zip(edges, dist.counts, strict=True) if n]
     if out and minimum is not None and maximum is not None:
         # Only the lowest bucket can hold the min and only the highest the max: the
         # buckets between lie inside [min, max] already.
@@ -489,9 +514,13 @@ class _Batch:
     result: IngestResult
     now: float
     budget: int  # data points this request may still bring
-    resolved: dict[tuple[str, int | None, str | None], ServiceRef | None] = field(
-        default_factory=dict
-    )
+    resolved: dict[tuple[Target, str | None], ServiceRef | None] = field(default_factory=dict)
+
+
+# Stream prefixes and Services kept as one object each: a few per client, a bound for clients
+# that come and go (a prefix holds its client's resource bytes).
+_MAX_INTERNED = 1024
+_UNRESOLVED = ServiceRef("", "")  # not in `_Batch.resolved` yet; never a resolver's answer
 
 
 class HistogramIngest:
@@ -526,7 +555,11 @@ class HistogramIngest:
         # Points refused by the stream cap (also in outcomes' over_limit), for
         # tailwatch_dropped_total: an int, read from the loop while the worker thread adds.
         self.stream_limit_dropped = 0
-        self._checked_bounds: dict[tuple[float, ...], bool] = {}
+        self._checked_bounds: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._services: dict[ServiceRef, ServiceRef] = {}
+        self._prefixes: dict[
+            tuple[bytes, tuple[str, str], str], tuple[bytes, tuple[str, str], str]
+        ] = {}
 
     def dropped(self) -> Mapping[str, int]:
         """What the stream cap refused, for tailwatch_dropped_total (docs/design.md: what a
@@ -570,7 +603,9 @@ class HistogramIngest:
 
     def ingest(self, request: ExportMetricsServiceRequest, now: float) -> IngestResult:
         """Every point of tailwatch's metrics in `request`, checked, mapped and turned into
-        deltas; never raises for bad input."""
+        deltas; never raises for bad input. Reads a `WireRequest` (what `decode_request`
+        returns); any other request is made one first."""
+        request = to_wire(request)
         self.expire(now)
         batch = _Batch(IngestResult(), now, self.limits.max_points_per_request)
         for rm in request.resource_metrics:
@@ -636,37 +671,51 @@ class HistogramIngest:
                 f"over the limit of {self.limits.max_points_per_request} data points per request",
                 total - batch.budget,
             )
+        # One prefix object for all the streams of a client's metric, request after request:
+        # stream keys then compare it by identity, not its (resource) bytes.
+        prefix = (client.resource, scope, metric.name)
+        prefix = self._prefixes.setdefault(prefix, prefix)
+        if len(self._prefixes) > _MAX_INTERNED:
+            self._prefixes.clear()  # only costs the comparisons it saves
         shape = _Shape(
             metric.name,
             kind == "exponential_histogram",
             seconds,
             temporality == _CUMULATIVE,
-            (client.resource, scope, metric.name),
+            prefix,
         )
         points = data.data_points
+        accepted = 0
+        append = result.pieces.append
+        point = self._point
         for dp in itertools.islice(points, min(total, batch.budget)):
             try:
-                delta = self._point(dp, shape, client, batch)
+                piece = point(dp, shape, client, batch)
             except PointRejected as rejected:
                 result.reject(rejected.outcome, rejected.kind, rejected.message)
                 continue
-            result.outcomes[Outcome.ACCEPTED] += 1
-            if delta is not None:
-                result.pieces.append(delta)
+            accepted += 1
+            if piece is not None:
+                append(piece)
+        result.outcomes[Outcome.ACCEPTED] += accepted
         batch.budget = max(0, batch.budget - total)
 
     def _service(self, target: Target, client: _Client, batch: _Batch) -> ServiceRef:
         """The Service a stream's address names, asked once per request and address."""
-        lookup = (*target, client.namespace)
-        if lookup in batch.resolved:
-            service = batch.resolved[lookup]
-        else:
+        lookup = (target, client.namespace)
+        service = batch.resolved.get(lookup, _UNRESOLVED)
+        if service is _UNRESOLVED:
             canonical, host_port = (
                 _parse_address(target[0], client.namespace)
                 if len(target[0]) <= MAX_ADDRESS_LENGTH
                 else (None, None)
             )
             service = self.resolve(canonical, target[1] or host_port) if canonical else None
+            if service is not None:
+                # One object per Service: its streams compare by identity, not field by field.
+                service = self._services.setdefault(service, service)
+                if len(self._services) > _MAX_INTERNED:
+                    self._services.clear()  # only costs the comparisons it saves
             batch.resolved[lookup] = service
         if service is None:
             raise PointRejected(
@@ -686,10 +735,11 @@ class HistogramIngest:
     ) -> Piece | None:
         if dp.flags & _NO_RECORDED_VALUE:
             return None  # an explicit gap in the stream: nothing to count, nothing to check
-        # Reading attributes is the dearest part of a point: serialize each (in C) for the
-        # stream key, and read the address from them only for a stream not seen before.
-        # Sorted: attribute order is not part of a stream's identity.
-        key = (shape.stream_prefix, tuple(sorted(map(_serialize, dp.attributes))))
+        # The stream key is the point's attributes as the client serialized them (a
+        # `WireRequest` leaves them so), read as messages only for a stream not seen
+        # before. Sorted: attribute order is not part of a stream's identity.
+        raw = cast("Sequence[bytes]", dp.attributes)
+        key = (shape.stream_prefix, tuple(sorted(raw)))
         stream = self.streams.get(key)
         start, end, count = dp.start_time_unix_nano, dp.time_unix_nano, dp.count
         if (
@@ -699,21 +749,22 @@ class HistogramIngest:
             and start == stream.start_time
             and count == stream.count
             and end >= stream.time
-            and self._service(stream.target, client, batch) == stream.service
         ):
-            # An idle cumulative stream repeats its last point: nothing new to check or
-            # count. Clients export every stream every interval, busy or not.
-            self.streams.move_to_end(key)
-            stream.seen, stream.time = batch.now, end
-            return None
+            service = self._service(stream.target, client, batch)
+            if service is stream.service or service == stream.service:
+                # An idle cumulative stream repeats its last point: nothing new to check
+                # or count. Clients export every stream every interval, busy or not.
+                self.streams.move_to_end(key)
+                stream.seen, stream.time = batch.now, end
+                return None
+        # The shape says which: the classes are the `WireRequest`'s, not OTLP's own.
         if shape.exponential:
-            assert isinstance(dp, ExponentialHistogramDataPoint)
-            dist: Distribution = check_exponential(dp)
+            dist: Distribution = check_exponential(cast("ExponentialHistogramDataPoint", dp))
         else:
-            assert isinstance(dp, HistogramDataPoint)
-            dist = check_explicit(dp, self._checked_bounds)
+            previous = None if stream is None else stream.dist
+            dist = check_explicit(cast("HistogramDataPoint", dp), self._checked_bounds, previous)
         total = _check_sum(dp)
-        target = target_of(dp.attributes) if stream is None else stream.target
+        target = target_of(_parse_attributes(raw)) if stream is None else stream.target
         service = self._service(target, client, batch)
         if stream is not None and stream.service is not service and stream.service != service:
             self._forget(key)  # its address now names another Service: start over
@@ -786,8 +837,13 @@ def _layout_changed(current: Distribution, previous: Distribution) -> bool:
     return type(current) is not type(previous)
 
 
-# A serialized KeyValue starts with its key (field 1): its tag, its length, its bytes.
-_serialize = KeyValue.SerializeToString
+def _parse_attributes(raw: Sequence[bytes]) -> list[KeyValue]:
+    """A new stream's attributes as messages; raises `PointRejected` (malformed) for bytes
+    that are no KeyValue: the request's parse left them unread."""
+    try:
+        return [KeyValue.FromString(kv) for kv in raw]
+    except DecodeError as exc:
+        raise _malformed("bad_attributes", f"point attributes are not valid: {exc}") from None
 
 
 def target_of(attributes: Iterable[KeyValue]) -> Target:

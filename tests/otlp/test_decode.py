@@ -11,8 +11,10 @@ import zlib
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from exporter.otlp.decode import (
     BodyTooLarge,
@@ -26,10 +28,17 @@ from exporter.otlp.decode import (
     encode_status,
     inflate,
     request_encoding,
+    to_wire,
 )
-from tests.otlp.builders import explicit_point, metric, request
+from tests.otlp.builders import WEB, attributes, explicit_point, metric, request
 
 REQUEST = request(metric([explicit_point([1, 2, 0], bounds=(0.1, 1), total=0.5)]))
+
+
+def otlp(decoded: ExportMetricsServiceRequest) -> ExportMetricsServiceRequest:
+    """A decoded request as OTLP's own class reads it (decode_request leaves parts of the
+    data points serialized)."""
+    return ExportMetricsServiceRequest.FromString(decoded.SerializeToString())
 
 
 @functools.cache
@@ -50,14 +59,43 @@ def gzip_bomb(gib: int = 1) -> bytes:
 
 def test_protobuf() -> None:
     body = REQUEST.SerializeToString()
-    assert decode_request(body, Encoding.PROTOBUF) == REQUEST
-    assert decode_request(gzip.compress(body), Encoding.PROTOBUF, compressed=True) == REQUEST
+    assert otlp(decode_request(body, Encoding.PROTOBUF)) == REQUEST
+    assert otlp(decode_request(gzip.compress(body), Encoding.PROTOBUF, compressed=True)) == REQUEST
 
 
 def test_json_as_the_sdks_write_it() -> None:
     body = json_format.MessageToJson(REQUEST).encode()
-    assert decode_request(body, Encoding.JSON) == REQUEST
-    assert decode_request(zlib.compress(body), Encoding.JSON, compressed=True) == REQUEST
+    assert otlp(decode_request(body, Encoding.JSON)) == REQUEST
+    assert otlp(decode_request(zlib.compress(body), Encoding.JSON, compressed=True)) == REQUEST
+
+
+def test_points_keep_their_attributes_serialized() -> None:
+    """What the ingest reads: a point's attributes as the client serialized each KeyValue,
+    whichever encoding the client used (so a stream is the same stream over protobuf and
+    OTLP/JSON); the rest as OTLP's own class reads it."""
+    proto = decode_request(REQUEST.SerializeToString(), Encoding.PROTOBUF)
+    from_json = decode_request(json_format.MessageToJson(REQUEST).encode(), Encoding.JSON)
+    assert proto.SerializeToString() == from_json.SerializeToString()
+    point = proto.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points[0]
+    assert list(point.attributes) == [kv.SerializeToString() for kv in attributes(WEB)]
+    assert (point.bucket_counts[:], point.explicit_bounds[:], point.count) == (
+        [1, 2, 0],
+        [0.1, 1],
+        3,
+    )
+    assert to_wire(proto) is proto
+    assert to_wire(REQUEST).SerializeToString() == proto.SerializeToString()
+
+
+def test_attributes_are_not_parsed_with_the_body() -> None:
+    """A body whose point attributes are not valid KeyValues is still a valid body: the
+    ingest reads attributes only for a new stream, and refuses that point alone."""
+    wire = to_wire(REQUEST)
+    point = wire.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points[0]
+    point.attributes.append(b"\x0a\x01\xff")  # a key that is not UTF-8
+    with pytest.raises(Exception, match="Error parsing"):
+        KeyValue.FromString(point.attributes[-1])
+    assert decode_request(wire.SerializeToString(), Encoding.PROTOBUF) == wire
 
 
 def test_json_leniency_the_spec_asks_for() -> None:
@@ -73,7 +111,7 @@ def test_json_leniency_the_spec_asks_for() -> None:
             }]},
         }]}]}]
     }  # fmt: skip
-    decoded = decode_request(json.dumps(body).encode(), Encoding.JSON)
+    decoded = otlp(decode_request(json.dumps(body).encode(), Encoding.JSON))
     point = decoded.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points[0]
     assert (point.count, list(point.bucket_counts), point.start_time_unix_nano) == (
         3,

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from exporter.core.services import ServiceRef
+from exporter.otlp.decode import to_wire
 from exporter.otlp.points import (
     Exponential,
     HistogramIngest,
@@ -214,6 +215,14 @@ def test_exponential_cumulative_deltas_follow_a_scale_change() -> None:
     assert delta.buckets == ((pytest.approx(2 ** (-38 / 8)), pytest.approx(2 ** (-37 / 8)), 1),)
 
 
+def test_an_exponential_point_of_zeros_alone_ignores_its_offset() -> None:
+    """Only the zero bucket holds values: an offset no bucket uses (here far past any
+    double) is not a reason to refuse the point, nor to fail on it."""
+    point = exponential_point([], scale=-3, offset=128, zero_count=2, total=0.0)
+    delta = only(make_ingest().ingest(request(metric([point], temporality=DELTA)), now=0))
+    assert delta.buckets == ((0.0, 0.0, 2),) and delta.count == 2
+
+
 def test_subtract_exponential_with_different_offsets() -> None:
     current = Exponential(2, 0.0, 1, 10, [1, 2, 3])
     previous = Exponential(2, 0.0, 1, 11, [1])
@@ -266,6 +275,79 @@ def test_a_bad_point_does_not_spoil_the_good_ones_next_to_it() -> None:
     assert outcomes(result) == {"accepted": 1, "malformed": 1}
     assert only(result).count == 2
     assert "1 malformed (2 bucket_counts for 2 explicit_bounds" in result.error_message()
+
+
+def test_attributes_that_are_no_key_values_reject_their_point_alone() -> None:
+    """The body's parse leaves attributes serialized: a new stream's are read then, and
+    bytes that are no KeyValue make that point malformed, not the request."""
+    wire = to_wire(request(metric([explicit_point(counts((1, 2)), total=0.02),
+                                   explicit_point(counts((1, 1)), total=0.01,
+                                                  attrs={**WEB, "b": 1})])))  # fmt: skip
+    points = wire.resource_metrics[0].scope_metrics[0].metrics[0].histogram.data_points
+    points[1].attributes.append(b"\x0a\x01\xff")  # a key that is not UTF-8
+    ingest = make_ingest()
+    result = ingest.ingest(wire, now=0)
+    assert outcomes(result) == {"accepted": 1, "malformed": 1}
+    assert list(result.problems) == ["bad_attributes"]
+    assert only(result).count == 2 and len(ingest.streams) == 1
+
+
+def test_a_stream_whose_attributes_change_is_a_new_stream() -> None:
+    """A stream is its attributes: a value that changes (here the status code) starts
+    another stream, whose first point counts in full as any new stream's; the old one
+    keeps its state."""
+    ingest = make_ingest()
+    ok = {**WEB, "http.response.status_code": 200}
+    p1 = explicit_point(counts((1, 2)), total=0.02, attrs=ok, time=T0 + 1 * S)
+    assert only(ingest.ingest(request(metric([p1])), now=0)).count == 2
+    failed = {**WEB, "http.response.status_code": 503}
+    p2 = explicit_point(counts((1, 3)), total=0.03, attrs=failed, time=T0 + 2 * S)
+    assert only(ingest.ingest(request(metric([p2])), now=1)).count == 3
+    p3 = explicit_point(counts((1, 5)), total=0.05, attrs=ok, time=T0 + 3 * S)
+    assert only(ingest.ingest(request(metric([p3])), now=2)).count == 3
+    assert len(ingest.streams) == 2
+
+
+def test_a_value_of_another_type_with_the_same_text_is_another_stream() -> None:
+    ingest = make_ingest()
+    as_int = explicit_point(counts((1, 2)), total=0.02, attrs={**WEB, "code": 200})
+    as_text = explicit_point(counts((1, 5)), total=0.05, attrs={**WEB, "code": "200"})
+    result = ingest.ingest(request(metric([as_int, as_text])), now=0)
+    assert [d.count for d in result.deltas] == [2, 5]
+    assert len(ingest.streams) == 2
+
+
+def test_the_known_bounds_are_bounded() -> None:
+    """Bounds found good are remembered, so streams that share them are checked once; a
+    client whose bounds keep changing cannot grow that memory past a fixed size, and its
+    points are still checked and counted."""
+    ingest = make_ingest(max_streams_per_service=1000)
+    points = [explicit_point([1, 1], bounds=(0.001 * (i + 1),), total=0.01,
+                             attrs={**WEB, "i": i}) for i in range(300)]  # fmt: skip
+    assert outcomes(ingest.ingest(request(metric(points)), now=0)) == {"accepted": 300}
+    assert 0 < len(ingest._checked_bounds) <= 256
+    bad = explicit_point([2, 1], bounds=(math.nan,), total=0.03, attrs={**WEB, "i": 0})
+    assert list(ingest.ingest(request(metric([bad])), now=1).problems) == ["bad_bounds"]
+
+
+def test_what_streams_share_is_bounded_when_clients_come_and_go() -> None:
+    """Each client's stream prefix (its resource, scope and metric) is kept as one object
+    for its streams; clients that come and go (a new instance id each restart) cannot grow
+    that memory past a fixed size, and a stream that outlives a clearing still counts
+    only what is new."""
+    ingest = make_ingest(max_streams_per_service=2000)
+
+    def export(client: int, n: int) -> IngestResult:
+        point = explicit_point(counts((1, n)), total=0.01 * n, time=T0 + n * S)
+        msg = request(metric([point]), resource={"service.instance.id": f"pod-{client}"})
+        return ingest.ingest(msg, now=n)
+
+    assert only(export(0, 1)).count == 1
+    for client in range(1, 1100):
+        assert outcomes(export(client, 1)) == {"accepted": 1}
+    assert len(ingest._prefixes) <= 1024 and len(ingest._services) == 1
+    assert only(export(0, 3)).count == 2
+    assert len(ingest.streams) == 1100
 
 
 def test_wrong_metric_shapes_and_units_reject_all_their_points() -> None:
