@@ -139,22 +139,35 @@ _CPU_V2_CFS = re.compile(rb"\nnr_periods (\d+)\nnr_throttled (\d+)\nthrottled_us
 _CPU_V1 = re.compile(rb"nr_periods (\d+)\nnr_throttled (\d+)\nthrottled_time (\d+)\n")
 
 
+# What the sampler keeps of a cpu.stat: (usage seconds, periods, throttled periods, throttled
+# seconds), the fields of `CpuCounters` as a plain tuple. The sampler parses one of these per
+# container per pass, and a frozen dataclass costs a microsecond to build, a tuple nothing.
+CpuFields = tuple[float | None, int | None, int | None, float | None]
+NO_CPU: CpuFields = (None, None, None, None)
+
+
 def parse_cpu_stat_v2(data: bytes) -> CpuCounters:
     """`cpu.stat` (v2): usage_usec always; nr_periods, nr_throttled, throttled_usec only
     where the cpu controller is enabled for the cgroup (the kubelet always enables it)."""
-    _terminated(data, "cpu.stat")
+    return CpuCounters(*cpu_stat_v2_fields(data))
+
+
+def cpu_stat_v2_fields(data: bytes) -> CpuFields:
+    """`parse_cpu_stat_v2` as a `CpuFields` tuple (the sampler's form)."""
+    if data[-1:] != b"\n":
+        _terminated(data, "cpu.stat")
     head = _CPU_V2_HEAD.match(data)
     if head is not None:
         cfs = _CPU_V2_CFS.search(data, head.end() - 1)
         if cfs is not None:
-            return CpuCounters(
+            return (
                 int(head[1]) / USEC_PER_SECOND,
                 int(cfs[1]),
                 int(cfs[2]),
                 int(cfs[3]) / USEC_PER_SECOND,
             )
         if data.find(b"\nnr_periods ") < 0:
-            return CpuCounters(int(head[1]) / USEC_PER_SECOND)
+            return (int(head[1]) / USEC_PER_SECOND, None, None, None)
     usage = keyed_value(data, _USAGE_USEC)
     if (
         usage is None
@@ -164,40 +177,35 @@ def parse_cpu_stat_v2(data: bytes) -> CpuCounters:
         raise CgroupParseError("cpu.stat: usage_usec, user_usec or system_usec missing")
     periods = keyed_value(data, _NR_PERIODS)
     if periods is None:
-        return CpuCounters(usage_seconds=usage / USEC_PER_SECOND)
+        return (usage / USEC_PER_SECOND, None, None, None)
     throttled_periods = keyed_value(data, _NR_THROTTLED)
     throttled = keyed_value(data, _THROTTLED_USEC)
     if throttled_periods is None or throttled is None:
         raise CgroupParseError("cpu.stat: nr_periods without nr_throttled or throttled_usec")
-    return CpuCounters(
-        usage_seconds=usage / USEC_PER_SECOND,
-        periods=periods,
-        throttled_periods=throttled_periods,
-        throttled_seconds=throttled / USEC_PER_SECOND,
-    )
+    return (usage / USEC_PER_SECOND, periods, throttled_periods, throttled / USEC_PER_SECOND)
 
 
 def parse_cpu_v1(cpuacct_usage: bytes | None, cpu_stat: bytes | None) -> CpuCounters:
     """v1: `cpuacct.usage` (ns, cpuacct controller) and `cpu.stat` (cpu controller:
     nr_periods, nr_throttled, throttled_time in ns). Either may be missing."""
+    return CpuCounters(*cpu_v1_fields(cpuacct_usage, cpu_stat))
+
+
+def cpu_v1_fields(cpuacct_usage: bytes | None, cpu_stat: bytes | None) -> CpuFields:
+    """`parse_cpu_v1` as a `CpuFields` tuple (the sampler's form)."""
     usage = None if cpuacct_usage is None else parse_int(cpuacct_usage) / NSEC_PER_SECOND
     if cpu_stat is None:
-        return CpuCounters(usage_seconds=usage)
+        return (usage, None, None, None)
     _terminated(cpu_stat, "cpu.stat")
     fast = _CPU_V1.match(cpu_stat)
     if fast is not None:
-        return CpuCounters(usage, int(fast[1]), int(fast[2]), int(fast[3]) / NSEC_PER_SECOND)
+        return (usage, int(fast[1]), int(fast[2]), int(fast[3]) / NSEC_PER_SECOND)
     periods = keyed_value(cpu_stat, _NR_PERIODS)
     throttled_periods = keyed_value(cpu_stat, _NR_THROTTLED)
     throttled = keyed_value(cpu_stat, _THROTTLED_TIME)
     if periods is None or throttled_periods is None or throttled is None:
         raise CgroupParseError("cpu.stat: nr_periods, nr_throttled or throttled_time missing")
-    return CpuCounters(
-        usage_seconds=usage,
-        periods=periods,
-        throttled_periods=throttled_periods,
-        throttled_seconds=throttled / NSEC_PER_SECOND,
-    )
+    return (usage, periods, throttled_periods, throttled / NSEC_PER_SECOND)
 
 
 _INACTIVE_FILE = _needle("inactive_file")
@@ -283,10 +291,15 @@ def _total(line: bytes, what: str) -> int:
 def parse_pressure(data: bytes) -> PressureTotals:
     """A PSI file (`cpu.pressure`, `memory.pressure`, `io.pressure`): the `some` and `full`
     totals (µs in the file, seconds here)."""
+    return PressureTotals(*pressure_fields(data))
+
+
+def pressure_fields(data: bytes) -> tuple[float, float | None]:
+    """`parse_pressure` as a (some, full) tuple (the sampler's form)."""
     fast = _PSI.fullmatch(data)
     if fast is not None:
         full_total = fast[2]
-        return PressureTotals(
+        return (
             int(fast[1]) / USEC_PER_SECOND,
             None if full_total is None else int(full_total) / USEC_PER_SECOND,
         )
@@ -302,4 +315,4 @@ def parse_pressure(data: bytes) -> PressureTotals:
             raise CgroupParseError(f"unexpected pressure line: {line[:60]!r}")
     if some is None:
         raise CgroupParseError("pressure file without a 'some' line")
-    return PressureTotals(some / USEC_PER_SECOND, None if full is None else full / USEC_PER_SECOND)
+    return (some / USEC_PER_SECOND, None if full is None else full / USEC_PER_SECOND)

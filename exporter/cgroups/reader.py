@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import resource
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -160,6 +162,40 @@ _FD_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE})
 # Large enough for every file read here (a memory.stat is 1.4 to 2 KiB) and cheaper to
 # allocate than a larger one; a read that fills the buffer is repeated with a larger one.
 _BUFSIZE = 4096
+_SIZES = itertools.repeat(_BUFSIZE)  # endless: map stops with the descriptors
+_OFFSETS = itertools.repeat(0)
+
+
+# The key -> column maps of ContainerFiles, one per distinct key order: every container of
+# a node reads the same files in the same order, so 330 containers share one small dict.
+_INDEXES: dict[tuple[CgroupFile, ...], dict[CgroupFile, int]] = {}
+
+
+# Which positions read_all reads for one key order (its shared index) and one `skip`.
+_PLANS: dict[tuple[int, frozenset[CgroupFile]], tuple[dict[CgroupFile, int], tuple[int, ...]]] = {}
+
+
+def _plan_of(index: dict[CgroupFile, int], skip: frozenset[CgroupFile]) -> tuple[int, ...]:
+    """The positions of the keys of `index` not in `skip`, shared like the index."""
+    cached = _PLANS.get((id(index), skip))
+    if cached is not None and cached[0] is index:
+        return cached[1]
+    if len(_PLANS) > 256:
+        _PLANS.clear()
+    plan = tuple(i for k, i in index.items() if k not in skip)
+    _PLANS[(id(index), skip)] = (index, plan)
+    return plan
+
+
+def _index_of(keys: list[CgroupFile]) -> dict[CgroupFile, int]:
+    """The shared, never mutated key -> position map of this key order."""
+    order = tuple(keys)
+    index = _INDEXES.get(order)
+    if index is None:
+        if len(_INDEXES) > 64:  # a bound, not expected: a few layouts per host
+            _INDEXES.clear()
+        index = _INDEXES[order] = {k: i for i, k in enumerate(order)}
+    return index
 
 
 class ContainerFiles:
@@ -169,19 +205,25 @@ class ContainerFiles:
     the sampler parses only those (a limit, memory.events or an idle PSI file rarely do).
     `home` is the container's directory in the discovery hierarchy: only its absence means
     the cgroup is gone (the files' own directories when not given, as on v2).
+
+    Paths are kept as a directory and a file name per file, each directory string once per
+    container and the file names shared: a `Path` per file cost about 450 bytes, 1.3 MiB
+    for the reference node, and a path is needed only to open a file or explain an error.
     """
 
     __slots__ = (
         "_budget",
         "_complete",
+        "_dirs",
         "_fds",
         "_home",
-        "_index",
+        "_names",
         "_ok",
-        "_paths",
         "_plan",
+        "_plan_fds",
         "_plan_skip",
         "data",
+        "index",
         "keys",
     )
 
@@ -189,22 +231,29 @@ class ContainerFiles:
         self, paths: Mapping[CgroupFile, Path], budget: FdBudget, home: Path | None = None
     ) -> None:
         self._budget = budget
-        self._home = home
         self.keys: list[CgroupFile] = list(paths)
-        self._paths: list[Path] = [paths[k] for k in self.keys]
+        # One string per directory, shared by its files (and with `home` on v2).
+        self._home: str | None = None if home is None else str(home)
+        dirs = {} if self._home is None else {self._home: self._home}
+        split = [_split(paths[k], dirs) for k in self.keys]
+        self._dirs: list[str] = [d for d, _ in split]
+        self._names: list[str] = [n for _, n in split]
         self._fds: list[int] = [-1] * len(self.keys)
         self._ok: list[bool] = [False] * len(self.keys)  # read successfully at least once
         self.data: list[bytes | None] = [None] * len(self.keys)  # last content read
-        self._index = {k: i for i, k in enumerate(self.keys)}
+        self.index = _index_of(self.keys)
         # Which indexes read_all reads for a given `skip` (kept while `skip` is the same
         # object); every file is read on the first call.
         self._plan_skip: frozenset[CgroupFile] | None = None
         self._plan: tuple[int, ...] = ()
+        # The descriptors of `_plan`, once every one of them is open: read_all then reads
+        # them all with one `map` in C instead of a Python loop around each pread.
+        self._plan_fds: tuple[int, ...] | None = None
         self._complete = False
 
     def get(self, key: CgroupFile) -> bytes | None:
         """The last content read of `key`, None if not read (or not read any more)."""
-        i = self._index.get(key)
+        i = self.index.get(key)
         return None if i is None else self.data[i]
 
     def read_all(
@@ -212,22 +261,36 @@ class ContainerFiles:
     ) -> tuple[list[CgroupFile], list[tuple[CgroupFile, OSError]]]:
         """Re-read every file but those in `skip` that were read before: (files whose
         content changed, files that failed)."""
-        changed: list[CgroupFile] = []
-        failed: list[tuple[CgroupFile, OSError]] = []
-        fds, data, keys, ok, pread = self._fds, self.data, self.keys, self._ok, os.pread
+        data, keys, ok = self.data, self.keys, self._ok
         if skip is not self._plan_skip:
+            # A new `skip` (the sampler alternates two) or a file added or dropped.
             self._plan_skip = skip
-            self._plan = tuple(i for i, k in enumerate(keys) if k not in skip)
-        plan = self._plan if self._complete else range(len(keys))
-        for i in plan:
+            self._plan = _plan_of(self.index, skip)
+            kept = tuple(map(self._fds.__getitem__, self._plan)) if self._complete else (-1,)
+            self._plan_fds = kept if min(kept, default=0) >= 0 else None
+        plan_fds = self._plan_fds
+        if plan_fds is not None:
+            # Every file to read is open: one pread each from C. A failure, or a file that
+            # fills the buffer, goes the careful way below (which reads them all again).
+            try:
+                news = list(map(os.pread, plan_fds, _SIZES, _OFFSETS))
+            except OSError:
+                news = None
+            if news is not None and (not news or max(map(len, news)) < _BUFSIZE):
+                changed = []
+                for i, new in zip(self._plan, news, strict=True):
+                    if new != data[i]:
+                        data[i] = new
+                        changed.append(keys[i])
+                        ok[i] = True
+                return changed, []
+        changed = []
+        failed: list[tuple[CgroupFile, OSError]] = []
+        fds = self._fds
+        for i in self._plan if self._complete else range(len(keys)):
             fd = fds[i]
             try:
-                if fd >= 0:
-                    new = pread(fd, _BUFSIZE, 0)
-                    if len(new) == _BUFSIZE:
-                        new = _read_whole(fd)
-                else:
-                    new = self._open_and_read(i)
+                new = self._read_kept(i, fd) if fd >= 0 else self._open_and_read(i)
             except OSError as exc:
                 failed.append((keys[i], exc))
                 continue
@@ -236,21 +299,18 @@ class ContainerFiles:
                 changed.append(keys[i])
                 ok[i] = True
         self._complete = True
+        open_fds = tuple(fds[i] for i in self._plan)
+        self._plan_fds = open_fds if min(open_fds, default=0) >= 0 else None
         return changed, failed
 
     def read_one(self, key: CgroupFile) -> tuple[bool, OSError | None]:
         """Re-read one file: (whether its content changed, the error if it failed)."""
-        i = self._index.get(key)
+        i = self.index.get(key)
         if i is None:
             return False, None
         try:
             fd = self._fds[i]
-            if fd >= 0:
-                new = os.pread(fd, _BUFSIZE, 0)
-                if len(new) == _BUFSIZE:
-                    new = _read_whole(fd)
-            else:
-                new = self._open_and_read(i)
+            new = self._read_kept(i, fd) if fd >= 0 else self._open_and_read(i)
         except OSError as exc:
             return False, exc
         if new == self.data[i]:
@@ -259,8 +319,22 @@ class ContainerFiles:
         self._ok[i] = True
         return True, None
 
+    def _read_kept(self, i: int, fd: int) -> bytes:
+        """Re-read file `i` through its kept descriptor `fd`. cgroupfs answers ENODEV on a
+        descriptor whose cgroup was removed; the directory may be there again (a cgroup
+        made anew at the same path), so the file is opened again by its path: if the
+        cgroup is gone for good, that open fails as a path would (ENOENT)."""
+        try:
+            new = os.pread(fd, _BUFSIZE, 0)
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+            self._close_fd(i)
+            return self._open_and_read(i)
+        return _read_whole(fd) if len(new) == _BUFSIZE else new
+
     def _open_and_read(self, i: int) -> bytes:
-        path = self._paths[i]
+        path = f"{self._dirs[i]}/{self._names[i]}"
         if not self._budget.take():
             return _read_once(path)
         try:
@@ -272,11 +346,12 @@ class ContainerFiles:
                 return _read_once(path)
             raise
         self._fds[i] = fd
+        self._plan_fds = None
         data = os.pread(fd, _BUFSIZE, 0)
         return _read_whole(fd) if len(data) == _BUFSIZE else data
 
     def was_read(self, key: CgroupFile) -> bool:
-        i = self._index.get(key)
+        i = self.index.get(key)
         return i is not None and self._ok[i]
 
     def classify(self, key: CgroupFile, exc: OSError) -> Outcome:
@@ -285,50 +360,60 @@ class ContainerFiles:
         hierarchy's directory decides that the cgroup is gone; a file whose own directory
         in another hierarchy is missing is merely not provided there."""
         if exc.errno in _GONE:
-            directory = self._paths[self._index[key]].parent
+            directory = self._dirs[self.index[key]]
             home = directory if self._home is None else self._home
-            if not home.is_dir():
+            if not os.path.isdir(home):
                 return Outcome.VANISHED
-            if directory != home and not directory.is_dir():
+            if directory != home and not os.path.isdir(directory):
                 return Outcome.NO_DIRECTORY
             return Outcome.ABSENT
         return Outcome.UNREADABLE
 
     def __contains__(self, key: CgroupFile) -> bool:
-        return key in self._index
+        return key in self.index
 
     def path(self, key: CgroupFile) -> Path:
-        return self._paths[self._index[key]]
+        i = self.index[key]
+        return Path(f"{self._dirs[i]}/{self._names[i]}")
 
-    def add(self, key: CgroupFile, path: Path) -> None:
+    def directory(self, key: CgroupFile) -> str:
+        """The directory `key` is read from (the string kept, no `Path` made)."""
+        return self._dirs[self.index[key]]
+
+    def add(self, key: CgroupFile, path: Path | str) -> None:
         """Read one more file from the next `read_all` on (a hierarchy's directory for
         this container appeared); that call then reads every file once, as the first did."""
-        if key in self._index:
+        if key in self.index:
             return
-        self._index[key] = len(self.keys)
         self.keys.append(key)
-        self._paths.append(path)
+        directory, name = _split(path, {d: d for d in self._dirs})
+        self._dirs.append(directory)
+        self._names.append(name)
         self._fds.append(-1)
         self._ok.append(False)
         self.data.append(None)
+        self.index = _index_of(self.keys)
         self._plan_skip = None
+        self._plan_fds = None
         self._complete = False
 
     def drop(self, key: CgroupFile) -> None:
         """Stop reading one file of this container (not provided, or failing)."""
-        i = self._index.get(key)
+        i = self.index.get(key)
         if i is None:
             return
         self._close_fd(i)
-        for column in (self.keys, self._paths, self._fds, self._ok, self.data):
+        for column in (self.keys, self._dirs, self._names, self._fds, self._ok, self.data):
             del column[i]
-        self._index = {k: j for j, k in enumerate(self.keys)}
+        self.index = _index_of(self.keys)
         self._plan_skip = None
+        self._plan_fds = None
 
     def _close_fd(self, i: int) -> None:
         fd = self._fds[i]
         if fd >= 0:
             self._fds[i] = -1
+            self._plan_fds = None
             self._budget.give_back()
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -342,7 +427,14 @@ class ContainerFiles:
         return sum(1 for fd in self._fds if fd >= 0)
 
 
-def _read_once(path: Path) -> bytes:
+def _split(path: Path | str, dirs: dict[str, str]) -> tuple[str, str]:
+    """(directory, file name) of `path`, the directory string shared through `dirs`."""
+    directory, name = os.path.split(str(path))
+    directory = directory or "."
+    return dirs.setdefault(directory, directory), sys.intern(name)
+
+
+def _read_once(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, _BUFSIZE)

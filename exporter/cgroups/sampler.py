@@ -6,6 +6,7 @@ skip into counts by reason. A pass never raises.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,18 +23,19 @@ from exporter.cgroups.layout import (
     detect_hierarchies,
 )
 from exporter.cgroups.parse import (
+    NO_CPU,
     CgroupParseError,
-    CpuCounters,
-    parse_cpu_stat_v2,
-    parse_cpu_v1,
+    CpuFields,
+    cpu_stat_v2_fields,
+    cpu_v1_fields,
     parse_inactive_file_v1,
     parse_inactive_file_v2,
     parse_int,
     parse_oom_kills_v1,
     parse_oom_kills_v2,
-    parse_pressure,
     parse_v1_limit,
     parse_v2_limit,
+    pressure_fields,
     working_set,
 )
 from exporter.cgroups.reader import (
@@ -127,8 +129,11 @@ class SamplePass:
     node_pressure: tuple[ResourcePressure, ...] = ()
 
 
-_NO_CPU = CpuCounters(None)
+_NO_CPU: CpuFields = NO_CPU
 
+_CPU_STAT = CgroupFile.CPU_STAT
+_CPUACCT_USAGE = CgroupFile.CPUACCT_USAGE
+_MEMORY_USAGE = CgroupFile.MEMORY_USAGE
 # memory.stat is read by _read_memory_stat, the limit every LIMIT_EVERY passes.
 _SKIP_STAT = frozenset({CgroupFile.MEMORY_STAT})
 _SKIP_STAT_AND_LIMIT = frozenset({CgroupFile.MEMORY_STAT, CgroupFile.MEMORY_LIMIT})
@@ -164,7 +169,7 @@ class _Tracked:
         self.cdir = cdir
         self.files = files
         self.last_oom: int | None = None
-        self.cpu = _NO_CPU
+        self.cpu: CpuFields = _NO_CPU
         self.working_set: int | None = None
         self.limit: int | None = None
         self.kills: int | None = None
@@ -179,13 +184,23 @@ class _Tracked:
         self.usage_at_stat: int | None = None  # memory usage when memory.stat was last read
         # Directories of other hierarchies that have none for this container, with the files
         # that would be read there; looked for again at age `missing_check_at`.
-        self.missing: dict[Path, dict[CgroupFile, Path]] = {}
+        self.missing: dict[str, dict[CgroupFile, str]] = {}
         self.missing_check_at = 0
         self.missing_delay = 0
 
 
 _Index = dict[str, tuple[PodSnapshot, ContainerSnapshot]]
 _RESOURCES = ("cpu", "memory", "io")
+
+
+def _in_order(p: dict[str, ResourcePressure]) -> tuple[ResourcePressure, ...]:
+    """The pressures of `p` in `_RESOURCES` order (without a generator: once per container
+    per pass whose PSI moved)."""
+    if len(p) == 3:
+        return (p["cpu"], p["memory"], p["io"])
+    return tuple([p[r] for r in _RESOURCES if r in p])
+
+
 _NODE_PSI = {
     CgroupFile.PRESSURE_CPU: "cpu.pressure",
     CgroupFile.PRESSURE_MEMORY: "memory.pressure",
@@ -356,13 +371,11 @@ class CgroupSampler:
             if raw is None:
                 continue
             try:
-                totals = parse_pressure(raw)
+                some, full = pressure_fields(raw)
             except CgroupParseError as exc:
                 self._parse_error(key, exc, skipped)
                 continue
-            self._node_pressure[resource_name] = ResourcePressure(
-                resource_name, totals.some_seconds, totals.full_seconds
-            )
+            self._node_pressure[resource_name] = ResourcePressure(resource_name, some, full)
         if changed or failed:
             p = self._node_pressure
             self._node_tuple = tuple(p[r] for r in _RESOURCES if r in p)
@@ -462,6 +475,7 @@ class CgroupSampler:
         samples: list[CgroupSample] = []
         events: list[LifecycleEvent] = []
         read: set[str] = set()
+        v2 = h.mode is CgroupMode.V2
         known = tree.containers
         for cid, (pod, container) in wanted.items():
             cdir = known.get(cid)
@@ -478,13 +492,7 @@ class CgroupSampler:
                 self._tracked[cid] = tracked
             try:
                 sample = self._read(
-                    h=h,
-                    tracked=tracked,
-                    pod=pod,
-                    container=container,
-                    now=now,
-                    skipped=skipped,
-                    events=events,
+                    v2, tracked, pod, container, now, skipped=skipped, events=events
                 )
             except Exception:
                 log.exception("sampling one container failed", extra={"container_id": cid})
@@ -501,35 +509,49 @@ class CgroupSampler:
 
     def _read(
         self,
-        *,
-        h: Hierarchies,
+        v2: bool,
         tracked: _Tracked,
         pod: PodSnapshot,
         container: ContainerSnapshot,
         now: float,
+        *,
         skipped: dict[str, int],
         events: list[LifecycleEvent],
     ) -> CgroupSample | None:
+        # Runs for every container on every pass: positional arguments, the memory.stat
+        # decision inline, and the values parsed into tuples, not intermediate objects.
         files = tracked.files
-        tracked.age += 1
-        if tracked.missing and tracked.age >= tracked.missing_check_at:
+        age = tracked.age = tracked.age + 1
+        if tracked.missing and age >= tracked.missing_check_at:
             self._look_for_missing(tracked)
         changed, failed = files.read_all(
-            _SKIP_STAT if tracked.age % LIMIT_EVERY == 0 else _SKIP_STAT_AND_LIMIT
+            _SKIP_STAT if age % LIMIT_EVERY == 0 else _SKIP_STAT_AND_LIMIT
         )
-        usage_changed = CgroupFile.MEMORY_USAGE in changed
+        usage_changed = _MEMORY_USAGE in changed
+        usage = tracked.usage
         if usage_changed:
             # Parsed first: whether memory.stat is read depends on how far usage moved.
-            raw = files.get(CgroupFile.MEMORY_USAGE)
-            tracked.usage = None
+            raw = files.get(_MEMORY_USAGE)
+            usage = tracked.usage = None
             try:
-                tracked.usage = None if raw is None else parse_int(raw)
+                usage = tracked.usage = None if raw is None else parse_int(raw)
             except CgroupParseError as exc:
-                self._parse_error(CgroupFile.MEMORY_USAGE, exc, skipped)
+                self._parse_error(_MEMORY_USAGE, exc, skipped)
+        # memory.stat (the one costly file: the kernel formats some 40 counters, about 12 µs
+        # on v1) only when its inactive_file may matter: when memory usage moved by
+        # MEMORY_STAT_DELTA since it was last read, and at least every MEMORY_STAT_MAX_AGE
+        # passes.
         if (
-            usage_changed
+            age - tracked.stat_read_at >= MEMORY_STAT_MAX_AGE
             or tracked.inactive_file is None
-            or tracked.age - tracked.stat_read_at >= MEMORY_STAT_MAX_AGE
+            or (
+                usage_changed
+                and (
+                    usage is None
+                    or tracked.usage_at_stat is None
+                    or abs(usage - tracked.usage_at_stat) >= MEMORY_STAT_DELTA
+                )
+            )
         ):
             self._read_memory_stat(tracked, changed, failed)
         if failed:
@@ -542,7 +564,7 @@ class CgroupSampler:
         if not changed and tracked.sample is not None and tracked.pod is pod:
             return tracked.sample  # nothing moved since the last pass: the same sample
         if changed:
-            self._parse_changed(tracked, h.mode is CgroupMode.V2, changed, skipped)
+            self._parse_changed(tracked, v2, changed, skipped)
             if CgroupFile.MEMORY_OOM in changed and tracked.kills is not None:
                 self._count_oom(
                     tracked=tracked,
@@ -552,17 +574,17 @@ class CgroupSampler:
                     now=now,
                     events=events,
                 )
-        cpu = tracked.cpu
+        cpu_usage, periods, throttled_periods, throttled = tracked.cpu
         sample = CgroupSample(
             pod.namespace,
             pod.name,
             container.name,
             pod.uid,
             tracked.cdir.container_id,
-            cpu.usage_seconds,
-            cpu.periods,
-            cpu.throttled_periods,
-            cpu.throttled_seconds,
+            cpu_usage,
+            periods,
+            throttled_periods,
+            throttled,
             tracked.working_set,
             tracked.limit,
             tracked.kills,
@@ -578,14 +600,26 @@ class CgroupSampler:
     ) -> None:
         """Re-parse the values fed by the files that changed."""
         files = tracked.files
+        data, index = files.data, files.index
         working_set_changed = pressure_changed = cpu_changed = False
         for key in changed:
-            raw = files.get(key)
+            if key is _CPU_STAT or key is _CPUACCT_USAGE:
+                cpu_changed = True  # v1 needs both files: parsed once, below
+                continue
+            if key is _MEMORY_USAGE:
+                working_set_changed = True  # parsed by _read already
+                continue
+            i = index.get(key)
+            raw = None if i is None else data[i]
             try:
-                if key is CgroupFile.CPU_STAT or key is CgroupFile.CPUACCT_USAGE:
-                    cpu_changed = True  # v1 needs both files: parsed once, below
-                elif key is CgroupFile.MEMORY_USAGE:
-                    working_set_changed = True  # parsed by _read already
+                resource_name = PRESSURE_FILES.get(key)
+                if resource_name is not None:  # the most frequent after CPU and usage
+                    pressure_changed = True
+                    pressure = tracked.pressure
+                    pressure.pop(resource_name, None)
+                    if raw is not None:
+                        some, full = pressure_fields(raw)
+                        pressure[resource_name] = ResourcePressure(resource_name, some, full)
                 elif key is CgroupFile.MEMORY_STAT:
                     working_set_changed = True
                     tracked.inactive_file = None
@@ -601,29 +635,20 @@ class CgroupSampler:
                     tracked.kills = None
                     if raw is not None:
                         tracked.kills = parse_oom_kills_v2(raw) if v2 else parse_oom_kills_v1(raw)
-                else:
-                    pressure_changed = True
-                    resource_name = PRESSURE_FILES[key]
-                    tracked.pressure.pop(resource_name, None)
-                    if raw is not None:
-                        totals = parse_pressure(raw)
-                        tracked.pressure[resource_name] = ResourcePressure(
-                            resource_name, totals.some_seconds, totals.full_seconds
-                        )
             except CgroupParseError as exc:
                 self._parse_error(key, exc, skipped)
         if cpu_changed:
             tracked.cpu = _NO_CPU  # stays so if the parse fails
             try:
                 if v2:
-                    stat = files.get(CgroupFile.CPU_STAT)
+                    stat = files.get(_CPU_STAT)
                     if stat is not None:
-                        tracked.cpu = parse_cpu_stat_v2(stat)
+                        tracked.cpu = cpu_stat_v2_fields(stat)
                 else:
-                    acct = files.get(CgroupFile.CPUACCT_USAGE)
-                    stat = files.get(CgroupFile.CPU_STAT)
+                    acct = files.get(_CPUACCT_USAGE)
+                    stat = files.get(_CPU_STAT)
                     if acct is not None or stat is not None:
-                        tracked.cpu = parse_cpu_v1(acct, stat)
+                        tracked.cpu = cpu_v1_fields(acct, stat)
             except CgroupParseError as exc:
                 self._parse_error(CgroupFile.CPU_STAT, exc, skipped)
         if working_set_changed:
@@ -632,8 +657,7 @@ class CgroupSampler:
                 None if usage is None or inactive is None else working_set(usage, inactive)
             )
         if pressure_changed:
-            p = tracked.pressure
-            tracked.pressure_tuple = tuple(p[r] for r in _RESOURCES if r in p)
+            tracked.pressure_tuple = _in_order(tracked.pressure)
 
     def _parse_error(self, key: CgroupFile, exc: CgroupParseError, skipped: dict[str, int]) -> None:
         # Counted once per content: an unchanged bad file is not parsed (nor counted) again.
@@ -646,20 +670,9 @@ class CgroupSampler:
         changed: list[CgroupFile],
         failed: list[tuple[CgroupFile, OSError]],
     ) -> None:
-        """Re-read memory.stat (the one costly file: the kernel formats some 40 counters,
-        about 12 µs on v1) only when its inactive_file may matter: when memory usage moved
-        by MEMORY_STAT_DELTA since it was last read, and at least every MEMORY_STAT_MAX_AGE
-        passes."""
+        """Re-read memory.stat (`_read` decides when)."""
         files = tracked.files
         usage = tracked.usage
-        if (
-            tracked.age - tracked.stat_read_at < MEMORY_STAT_MAX_AGE
-            and tracked.inactive_file is not None
-            and usage is not None
-            and tracked.usage_at_stat is not None
-            and abs(usage - tracked.usage_at_stat) < MEMORY_STAT_DELTA
-        ):
-            return
         stat_changed, error = files.read_one(CgroupFile.MEMORY_STAT)
         tracked.stat_read_at = tracked.age
         tracked.usage_at_stat = usage
@@ -688,7 +701,7 @@ class CgroupSampler:
                     self._tree.forget(tracked.cdir.container_id)
                 return None
             if outcome is Outcome.NO_DIRECTORY:
-                dropped.extend(self._set_aside(tracked, files.path(key).parent))
+                dropped.extend(self._set_aside(tracked, files.directory(key)))
                 continue
             if outcome is Outcome.UNREADABLE or files.was_read(key):
                 skipped[DROP_UNREADABLE] = skipped.get(DROP_UNREADABLE, 0) + 1
@@ -707,13 +720,13 @@ class CgroupSampler:
             dropped.append(key)
         return dropped
 
-    def _set_aside(self, tracked: _Tracked, directory: Path) -> list[CgroupFile]:
+    def _set_aside(self, tracked: _Tracked, directory: str) -> list[CgroupFile]:
         """Stop reading the files of a hierarchy that has no directory for this container
         (not counted: nothing was lost, the host does not provide them for it), and look
         for that directory again later, with backoff."""
         files = tracked.files
-        keys = [k for k in files.keys if files.path(k).parent == directory]
-        tracked.missing[directory] = {k: files.path(k) for k in keys}
+        keys = [k for k in files.keys if files.directory(k) == directory]
+        tracked.missing[directory] = {k: str(files.path(k)) for k in keys}
         for k in keys:
             files.drop(k)
         hierarchy = hierarchy_of(keys[0]) if keys else ""
@@ -734,7 +747,7 @@ class CgroupSampler:
         """One stat per missing directory: read its files from this pass on if it appeared,
         else look again after twice as many passes (at most MAX_LOOKUP_DELAY)."""
         for directory in list(tracked.missing):
-            if directory.is_dir():
+            if os.path.isdir(directory):
                 for key, path in tracked.missing.pop(directory).items():
                     tracked.files.add(key, path)
         if tracked.missing:

@@ -167,7 +167,8 @@ def test_cgroup_removed_under_open_descriptors(tree: RealTree) -> None:
     sampler = CgroupSampler(tree.root, pods)
     try:
         assert "gone" in {s.container for s in sampler.sample(time.monotonic()).samples}
-        assert sampler.open_files > 0
+        files = sampler.open_files
+        assert files > 0
         for base in tree._distinct_bases():
             (base / POD / GONE).rmdir()  # the runtime removes an exited container's cgroup
         tree.created = [p for p in tree.created if p.name != GONE]
@@ -175,6 +176,31 @@ def test_cgroup_removed_under_open_descriptors(tree: RealTree) -> None:
         assert "gone" not in {s.container for s in result.samples}
         assert {"busy", "hog"} <= {s.container for s in result.samples}
         assert dict(result.skipped) == {DROP_VANISHED: 1}
+        # Its descriptors are closed: busy, hog and gone kept the same files open.
+        assert sampler.open_files == files - files // 3
         assert ("tailwatch_container_cpu_usage_seconds_total", "gone", ()) not in scrape(sampler)
+    finally:
+        sampler.close()
+
+
+def test_a_cgroup_made_anew_at_the_same_path_is_read_again(tree: RealTree) -> None:
+    """The kept descriptors of a removed cgroup answer ENODEV; a cgroup made again at the
+    same path is opened again by its path and read, nothing counted as lost."""
+    sampler = CgroupSampler(tree.root, pods)
+    try:
+        assert "gone" in {s.container for s in sampler.sample(time.monotonic()).samples}
+        files = sampler.open_files
+        for base in tree._distinct_bases():
+            (base / POD / GONE).rmdir()
+        tree.created = [p for p in tree.created if p.name != GONE]
+        tree.mkdir(f"{POD}/{GONE}")
+        for _ in range(12):  # past the passes that re-read the limit and memory.stat
+            result = sampler.sample(time.monotonic())
+            assert dict(result.skipped) == {}
+            again = {s.container: s for s in result.samples}["gone"]
+            assert again.cpu_usage_seconds is not None
+            assert again.memory_working_set_bytes is not None
+        assert sampler.open_files == files
+        assert sampler.dropped() == {}
     finally:
         sampler.close()
