@@ -4,15 +4,18 @@ Prometheus text format 0.0.4, OpenMetrics 1.0.0 and the Prometheus protobuf form
 (delimited `io.prometheus.client.MetricFamily` messages) whose histograms are native
 histograms.
 
-What is kept between two answers: per series, its label strings (and label bytes); its
-sample lines and protobuf message, encoded again only when the value (a histogram's
-`version`) changed; per family, all of it while its snapshot's `version` is the same; and
-the answer's bytes (plain and gzip, per format) while every piece is the same object.
+What is kept between two answers: per series, its sample lines (which hold its label
+strings: no copy of them is kept apart) and its protobuf message, encoded again only when
+the value (a histogram's `version`) changed; per family, its lines joined while its
+snapshot's `version` is the same (joining every series' line at each answer costs a
+fifth more per scrape); and the answer's bytes (plain or gzip, per format, each only once
+asked for) while every piece is the same object.
 
 `SourceCollector` turns a source into prometheus_client families: `Exposition.registry`
-holds one per source, so `generate_latest(exposition.registry)` renders the same text,
-slowly; it is the reference the tests compare with, and serves the Accept headers only
+collects them from every source, so `generate_latest(exposition.registry)` renders the same
+text, slowly; it is the reference the tests compare with, and serves the Accept headers only
 prometheus_client implements (escaping schemes other than underscores and allow-utf-8).
+prometheus_client is imported only then: the agent does not load it for the common scrapes.
 How /metrics is served: docs/metrics.md.
 """
 
@@ -32,16 +35,7 @@ from functools import lru_cache
 from itertools import accumulate, chain, compress, pairwise
 from math import copysign
 from operator import itemgetter, ne, sub
-from typing import Any, cast
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector, CollectorRegistry
+from typing import TYPE_CHECKING, Any, cast
 
 from exporter.catalogue import Family, FamilySnapshot, HistogramValue, Kind, MetricSource
 from exporter.core.histogram import (
@@ -50,6 +44,10 @@ from exporter.core.histogram import (
     cumulative_buckets,
     le_values,
 )
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 GZIP_LEVEL = 1  # exposition text compresses ~20x at level 1; higher levels cost 3x the CPU
 
@@ -258,9 +256,19 @@ def _delta(d: int) -> bytes:
     return b"\x68" + _varint(_zigzag(d))
 
 
-#: positive_delta fields of the common small deltas.
+#: positive_delta fields of the common small deltas: filled by the first protobuf encoding
+#: (`_delta_table`), so that an agent scraped in the text formats only does not keep them
+#: (8,192 small bytes objects, 0.8 MiB).
 _DELTA_LIMIT = 1 << 12
-_DELTAS = {d: _delta(d) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)}
+_DELTAS: dict[int, bytes] = {}
+
+
+def _delta_table() -> dict[int, bytes]:
+    if not _DELTAS:
+        _DELTAS.update({d: _delta(d) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)})
+    return _DELTAS
+
+
 #: schema=5 (sint32) and zero_threshold=6 (double): the same for every native histogram.
 _NATIVE_LAYOUT = b"\x28" + _varint(_zigzag(NATIVE_SCHEMA)) + b"\x31" + _F64(NATIVE_ZERO_THRESHOLD)
 
@@ -289,10 +297,11 @@ def _spans(indexes: Sequence[int]) -> bytes:
 def _delta_fields(counts: Sequence[int]) -> list[bytes]:
     """The positive_delta fields of bucket counts: each minus the one before, the first
     minus 0."""
+    deltas = _delta_table()
     try:
-        return list(map(_DELTAS.__getitem__, map(sub, counts, chain((0,), counts))))
+        return list(map(deltas.__getitem__, map(sub, counts, chain((0,), counts))))
     except KeyError:  # a delta beyond the table
-        return [_DELTAS.get(d) or _delta(d) for d in map(sub, counts, chain((0,), counts))]
+        return [deltas.get(d) or _delta(d) for d in map(sub, counts, chain((0,), counts))]
 
 
 class NativeHistogram:
@@ -341,14 +350,15 @@ class NativeHistogram:
             self._unpatched = self.WHOLE_AFTER_MISS
             return False
         fields = self._fields
+        deltas = _delta_table()
         last = len(counts) - 1
         for i in moved:  # the delta of bucket i and of the one after it
             count = counts[i]
             delta = count - counts[i - 1] if i else count
-            fields[i] = _DELTAS.get(delta) or _delta(delta)
+            fields[i] = deltas.get(delta) or _delta(delta)
             if i < last:
                 delta = counts[i + 1] - count
-                fields[i + 1] = _DELTAS.get(delta) or _delta(delta)
+                fields[i + 1] = deltas.get(delta) or _delta(delta)
         return True
 
 
@@ -379,14 +389,15 @@ _label_values = itemgetter(0)  # the sort key of a series
 
 class _ScalarLines:
     """The sample lines of a counter or gauge family; a series' line is rendered again only
-    when its value changed."""
+    when its value changed. A line is kept with its value only (no copy of its labels' text
+    apart from it), and in the family's `text`."""
 
     __slots__ = ("_cache", "_labelnames", "_name", "text")
 
     def __init__(self, family: Family) -> None:
         self._name = family.name
         self._labelnames = family.labels
-        # label values -> [the line's prefix, the value, the line], updated in place
+        # label values -> [the value, its line], updated in place (no allocation per change)
         self._cache: dict[tuple[str, ...], list[Any]] = {}
         self.text = ""
 
@@ -398,15 +409,17 @@ class _ScalarLines:
             cached = cache.get(key)
             if cached is None:
                 prefix = f"{self._name}{label_text(zip(self._labelnames, key, strict=True))} "
-                cached = cache[key] = [prefix, value, f"{prefix}{number(value)}\n"]
+                cached = cache[key] = [value, f"{prefix}{number(value)}\n"]
                 changed = True
-            elif value != cached[1] or (not value and copysign(1, value) != copysign(1, cached[1])):
-                cached[1] = value
-                line = f"{cached[0]}{number(value)}\n"
-                if line != cached[2]:
-                    cached[2] = line
+            elif value != cached[0] or (not value and copysign(1, value) != copysign(1, cached[0])):
+                cached[0] = value
+                before = cached[1]
+                # The line's prefix ends at its last space: a value has none.
+                line = f"{before[: before.rindex(' ') + 1]}{number(value)}\n"
+                if line != before:
+                    cached[1] = line
                     changed = True
-            parts.append(cached[2])
+            parts.append(cached[1])
         if len(cache) != len(series):  # series are gone
             self._cache = {key: cache[key] for key, _ in series}
         if changed:  # else the same series with the same lines: the same object as before
@@ -456,7 +469,7 @@ class _ScalarProtobuf:
         self._labelnames = family.labels
         # Metric.counter (3) or Metric.gauge (2), each a message of one double (field 1).
         self._value_field = b"\x1a\x09\x09" if family.kind is Kind.COUNTER else b"\x12\x09\x09"
-        # label values -> [the message up to the double, the value, the whole message]
+        # label values -> [the value, the message: its last 8 bytes are the value's double]
         self._cache: dict[tuple[str, ...], list[Any]] = {}
         self.parts: list[bytes] = []
 
@@ -471,15 +484,16 @@ class _ScalarProtobuf:
                 labels = _label_pairs(self._labelnames, key)
                 # The message's length is known before its value: 11 bytes for it.
                 prefix = b"\x22" + _varint(len(labels) + 11) + labels + self._value_field
-                cached = cache[key] = [prefix, value, prefix + _F64(value)]
+                cached = cache[key] = [value, prefix + _F64(value)]
                 changed = True
-            elif value != cached[1] or (not value and copysign(1, value) != copysign(1, cached[1])):
-                cached[1] = value
-                message = cached[0] + _F64(value)
-                if message != cached[2]:
-                    cached[2] = message
+            elif value != cached[0] or (not value and copysign(1, value) != copysign(1, cached[0])):
+                cached[0] = value
+                before = cached[1]
+                message = before[:-8] + _F64(value)
+                if message != before:
+                    cached[1] = message
                     changed = True
-            parts.append(cached[2])
+            parts.append(cached[1])
         if len(cache) != len(series):
             self._cache = {key: cache[key] for key, _ in series}
         self.parts = parts
@@ -578,6 +592,12 @@ class _FamilyEncoder:
 def metric_family(snapshot: FamilySnapshot) -> Metric:
     """A family snapshot as a prometheus_client family, series sorted by label values: what
     prometheus_client's encoders render the same as `Exposition` does."""
+    from prometheus_client.core import (  # noqa: PLC0415 (only the reference loads it)
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
     family = snapshot.family
     series: list[_AnySeries] = sorted(snapshot.series, key=_label_values)
     labels = list(family.labels)
@@ -596,8 +616,8 @@ def metric_family(snapshot: FamilySnapshot) -> Metric:
     return metric
 
 
-class SourceCollector(Collector):
-    """A MetricSource as a prometheus_client Collector."""
+class SourceCollector:
+    """A MetricSource as a prometheus_client Collector (which is a protocol: `collect`)."""
 
     def __init__(self, source: MetricSource) -> None:
         self.source = source
@@ -605,6 +625,19 @@ class SourceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         for snapshot in self.source.snapshot():
             yield metric_family(snapshot)
+
+
+class SourcesCollector:
+    """Every source of an exposition as one prometheus_client Collector, what a
+    CollectorRegistry of their `SourceCollector`s collects, without importing
+    prometheus_client until it is collected."""
+
+    def __init__(self, sources: Iterable[MetricSource]) -> None:
+        self.collectors = [SourceCollector(s) for s in sources]
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
 
 
 # -- content negotiation ------------------------------------------------------------------
@@ -625,12 +658,21 @@ class Negotiated:
     content_type: str
     # False: an escaping scheme for names (dots, values) only prometheus_client implements.
     fast: bool
-    # prometheus_client's encoder of the text formats (None for protobuf).
-    encoder: Callable[[CollectorRegistry], bytes] | None
+    accept: str = ""
 
     @property
     def openmetrics(self) -> bool:
         return self.format is Format.OPENMETRICS
+
+    @property
+    def encoder(self) -> Callable[[Collector], bytes] | None:
+        """prometheus_client's encoder of the text formats (None for protobuf): importing
+        it is left to the scrapes that need it."""
+        if self.format is Format.PROTOBUF:
+            return None
+        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+
+        return choose_encoder(self.accept)[0]
 
 
 _FAST_ESCAPING = ("", "underscores", "allow-utf-8")  # the same text for our legacy names
@@ -671,11 +713,67 @@ def prefers_protobuf(accept: str) -> bool:
     return protobuf[0] > 0 and protobuf > text
 
 
+#: prometheus_client's content types of the text formats without an escaping parameter.
+_TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
+_TEXT_1_0_0 = "text/plain; version=1.0.0; charset=utf-8"
+_OPENMETRICS_1_0_0 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
+
+
+def _token(tokens: list[str], name: str) -> str | None:
+    """The value of the first `name=value` parameter, as prometheus_client reads it."""
+    for token in tokens:
+        if "=" not in token:
+            continue
+        key, value = token.strip().split("=", 1)
+        if key == name:
+            return value
+    return None
+
+
+def _at_least_1(version: str) -> bool | None:
+    """Whether a version is 1.0.0 or later; None when it is not all numbers (prometheus_client
+    compares such a version part by part with mixed types: left to it)."""
+    try:
+        return tuple(int(part) for part in version.split(".")) >= (1, 0, 0)
+    except ValueError:
+        return None
+
+
+def text_content_type(accept: str) -> str | None:
+    """The content type prometheus_client's `choose_encoder` answers `accept` with (its
+    logic, without importing it), or None where only it can tell."""
+    for accepted in accept.split(","):
+        tokens = accepted.split(";")
+        media_type = tokens[0].strip()
+        if media_type not in _TEXT_MEDIA_TYPES:
+            continue
+        version = _token(tokens, "version") or ""
+        escaping = _token(tokens, "escaping")
+        escaping = escaping if escaping in _ESCAPINGS else "underscores"
+        openmetrics = media_type == "application/openmetrics-text"
+        if openmetrics and not version:
+            return _OPENMETRICS_1_0_0
+        if version:
+            newer = _at_least_1(version)
+            if newer is None:
+                return None
+            if newer and openmetrics:
+                return f"{media_type}; version={version}; charset=utf-8; escaping={escaping}"
+            if newer:
+                return f"{_TEXT_1_0_0}; escaping={escaping}"
+    return _TEXT_0_0_4
+
+
 @lru_cache(maxsize=32)
 def negotiate(accept: str) -> Negotiated:
     if prefers_protobuf(accept):
-        return Negotiated(Format.PROTOBUF, PROTOBUF_CONTENT_TYPE, fast=True, encoder=None)
-    encoder, content_type = choose_encoder(accept)
+        return Negotiated(Format.PROTOBUF, PROTOBUF_CONTENT_TYPE, fast=True)
+    content_type = text_content_type(accept)
+    if content_type is None:
+        from prometheus_client.exposition import choose_encoder  # noqa: PLC0415
+
+        content_type = choose_encoder(accept)[1]
     escaping = ""
     for token in content_type.split(";"):
         key, _, value = token.strip().partition("=")
@@ -686,7 +784,7 @@ def negotiate(accept: str) -> Negotiated:
         format=Format.OPENMETRICS if openmetrics else Format.TEXT,
         content_type=content_type,
         fast=escaping in _FAST_ESCAPING,
-        encoder=encoder,
+        accept=accept,
     )
 
 
@@ -800,9 +898,7 @@ class Exposition:
 
     def __init__(self, sources: Iterable[MetricSource]) -> None:
         self.sources = list(sources)
-        self.registry = CollectorRegistry(auto_describe=False)
-        for source in self.sources:
-            self.registry.register(SourceCollector(source))
+        self.registry = SourcesCollector(self.sources)
         self._encoders = [_SourceEncoder(s) for s in self.sources]
         self._lock = threading.Lock()
         self._bodies: dict[Format, _Body] = {}
@@ -883,8 +979,9 @@ class Exposition:
         negotiated = negotiate(accept)
         want_gzip = "gzip" in accept_encoding
         if not negotiated.fast:
-            assert negotiated.encoder is not None  # only the text formats have schemes
-            body = negotiated.encoder(self.registry)
+            encoder = negotiated.encoder
+            assert encoder is not None  # only the text formats have schemes
+            body = encoder(self.registry)
             if want_gzip:
                 body = gzip_compress(body)
             return MetricsAnswer(body, negotiated.content_type, want_gzip)

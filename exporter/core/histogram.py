@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import struct
 from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 from itertools import accumulate
@@ -91,11 +92,34 @@ def _check_range(lower: float, upper: float, count: int) -> None:
 Increments = tuple[tuple[int, int], ...]  # (bucket index, count) pairs
 
 
-@lru_cache(maxsize=4096)
-def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increments]:
+def _fine_placement(
+    lower: float, upper: float, count: int
+) -> tuple[int, Iterable[tuple[int, int]]]:
     """Where `record_range` puts `count` values evenly placed over (lower, upper], with
-    0 <= lower < upper < inf: (zero-bucket count, fine bucket increments). Cached: clients
-    send the same bucket bounds, and mostly small counts, over and over."""
+    0 <= lower < upper < inf: (zero-bucket count, fine bucket increments, ascending).
+    Cached: clients send the same bucket bounds, and mostly small counts, over and over."""
+    if count >= _PACKED_COUNT_LIMIT:
+        return _placement(lower, upper, count)
+    zero, packed = _packed_placement(lower, upper, count)
+    n = len(packed) // _PACKED_ITEM
+    values = _packed_layout(n).unpack(packed)
+    # (index, count): the indexes follow the counts, and zip stops after the last count
+    return zero, zip(values[n:], values, strict=False)
+
+
+@lru_cache(maxsize=4096)
+def _packed_placement(lower: float, upper: float, count: int) -> tuple[int, bytes]:
+    """`_placement` of a count under 2^32, its increments packed as a packed histogram's
+    buckets are: the cache holds thousands of them, at 6 bytes a bucket instead of ~90 as
+    pairs of Python ints."""
+    zero, increments = _placement(lower, upper, count)
+    counts = [n for _, n in increments]
+    indexes = [i for i, _ in increments]
+    return zero, _packed_layout(len(increments)).pack(*counts, *indexes)
+
+
+def _placement(lower: float, upper: float, count: int) -> tuple[int, Increments]:
+    """`_fine_placement` computed."""
     width = upper - lower
     first = lower + 0.5 * width / count
     last = upper - 0.5 * width / count
@@ -125,6 +149,18 @@ def _fine_placement(lower: float, upper: float, count: int) -> tuple[int, Increm
     return zero, tuple(out.items())
 
 
+#: A packed histogram's counts are 32-bit: a histogram with a larger count stays a dict.
+_PACKED_COUNT_LIMIT = 1 << 32
+_PACKED_ITEM = 6  # bytes per packed bucket: a uint32 count and an int16 index
+
+
+@lru_cache(maxsize=1024)
+def _packed_layout(buckets: int) -> struct.Struct:
+    """The layout of `buckets` packed buckets: every count (uint32), then every index
+    (int16: indexes run from -319 to 190), native byte order and no padding."""
+    return struct.Struct(f"={buckets}I{buckets}h")
+
+
 class FineHistogram:
     """A log-bucketed latency histogram on the native histogram index (schema 4).
 
@@ -134,19 +170,78 @@ class FineHistogram:
     older one of the same stream gives the window between them), which is what a rolling
     view needs. Memory is bounded by the index range: at most ~510 buckets whatever is
     recorded.
+
+    A histogram that is done being written (a closed slot of a latency timeline, of which
+    the agent keeps thousands) is `pack`ed: its buckets move from a dict of Python ints
+    (~100 bytes a bucket) to one bytes object, ascending (6 bytes a bucket). It reads the
+    same, exactly; a write unpacks it first.
     """
 
-    __slots__ = ("_buckets", "count", "zero_count")
+    __slots__ = ("_buckets", "_packed", "count", "zero_count")
 
     def __init__(self) -> None:
-        self._buckets: dict[int, int] = {}
+        # The buckets, index -> count; None while packed (then `_packed` holds them).
+        self._buckets: dict[int, int] | None = {}
+        self._packed = b""
         self.zero_count = 0
         self.count = 0
+
+    # -- the two layouts --
+
+    def pack(self) -> None:
+        """Keep the buckets in the packed layout from now on (a no-op when packed already,
+        or when a count does not fit in 32 bits)."""
+        buckets = self._buckets
+        if buckets is None:
+            return
+        indexes = sorted(buckets)
+        counts = list(map(buckets.__getitem__, indexes))
+        if counts and not 0 <= min(counts) <= max(counts) < _PACKED_COUNT_LIMIT:
+            return
+        self._packed = _packed_layout(len(indexes)).pack(*counts, *indexes)
+        self._buckets = None
+
+    @property
+    def packed(self) -> bool:
+        return self._buckets is None
+
+    def _columns(self) -> tuple[Sequence[int], Sequence[int]]:
+        """A packed histogram's indexes (ascending) and counts."""
+        packed = self._packed
+        n = len(packed) // _PACKED_ITEM
+        values = _packed_layout(n).unpack(packed)
+        return values[n:], values[:n]
+
+    def _dict(self) -> dict[int, int]:
+        """The buckets as a dict, to write to: a packed histogram is unpacked for good (its
+        packed bytes stay until the next `pack`: a reader that saw it packed reads them)."""
+        buckets = self._buckets
+        if buckets is None:
+            buckets = self._buckets = dict(zip(*self._columns(), strict=True))
+        return buckets
+
+    def _items(self) -> Iterable[tuple[int, int]]:
+        """(index, count) of every bucket: ascending when packed."""
+        buckets = self._buckets
+        if buckets is None:
+            return zip(*self._columns(), strict=True)
+        return buckets.items()
+
+    def _sorted_items(self) -> Iterable[tuple[int, int]]:
+        """(index, count) of every bucket, ascending."""
+        buckets = self._buckets
+        if buckets is None:
+            return zip(*self._columns(), strict=True)
+        return ((i, buckets[i]) for i in sorted(buckets))
+
+    # -- writes --
 
     def record(self, seconds: float, count: int = 1) -> None:
         if seconds > MIN_TRACKED:
             i = native_index(seconds)
             buckets = self._buckets
+            if buckets is None:
+                buckets = self._dict()
             buckets[i] = buckets.get(i, 0) + count
         elif math.isnan(seconds):  # a broken clock or input, never a latency
             raise ValueError("cannot record NaN")
@@ -178,6 +273,8 @@ class FineHistogram:
             return
         zero, increments = _fine_placement(lower, upper, count)
         buckets = self._buckets
+        if buckets is None:
+            buckets = self._dict()
         for i, n in increments:
             buckets[i] = buckets.get(i, 0) + n
         self.zero_count += zero
@@ -186,29 +283,50 @@ class FineHistogram:
     def merge(self, other: FineHistogram) -> None:
         """Add `other`'s counts to this histogram (e.g. the same Service from two sources)."""
         buckets = self._buckets
-        for i, n in other._buckets.items():
-            buckets[i] = buckets.get(i, 0) + n
+        if buckets is None:
+            buckets = self._dict()
+        get = buckets.get
+        theirs = other._buckets
+        if theirs is None:  # as `_columns`, inlined: merging closed slots is a window's read
+            packed = other._packed
+            k = len(packed) // _PACKED_ITEM
+            values = _packed_layout(k).unpack(packed)
+            for i, n in zip(values[k:], values, strict=False):  # stops after the counts
+                buckets[i] = get(i, 0) + n
+        else:
+            for i, n in theirs.items():
+                buckets[i] = get(i, 0) + n
         self.zero_count += other.zero_count
         self.count += other.count
+
+    # -- reads --
 
     def subtract(self, earlier: FineHistogram) -> FineHistogram:
         """This histogram minus an earlier snapshot of it: the values recorded in between."""
         out = FineHistogram()
         out.zero_count = self.zero_count - earlier.zero_count
         out.count = self.count - earlier.count
+        mine = self._buckets if self._buckets is not None else dict(self._items())
         consistent = out.zero_count >= 0 and out.count >= 0
-        for i, n in earlier._buckets.items():
-            consistent = consistent and self._buckets.get(i, 0) >= n
+        for i, n in earlier._items():
+            consistent = consistent and mine.get(i, 0) >= n
         if not consistent:
             raise ValueError("not an earlier snapshot of this histogram")
-        for i, n in self._buckets.items():
-            if left := n - earlier._buckets.get(i, 0):
-                out._buckets[i] = left
+        theirs = earlier._buckets if earlier._buckets is not None else dict(earlier._items())
+        out_buckets = out._dict()
+        for i, n in mine.items():
+            if left := n - theirs.get(i, 0):
+                out_buckets[i] = left
         return out
 
     def copy(self) -> FineHistogram:
+        """An independent copy (a packed one shares the immutable packed buckets)."""
         out = FineHistogram()
-        out._buckets = dict(self._buckets)
+        if self._buckets is None:
+            out._buckets = None
+            out._packed = self._packed
+        else:
+            out._buckets = dict(self._buckets)
         out.zero_count = self.zero_count
         out.count = self.count
         return out
@@ -240,10 +358,10 @@ class FineHistogram:
         seen = self.zero_count
         while at < len(pending) and pending[at][0] <= seen:
             at += 1  # 0.0 already
-        for i in sorted(self._buckets):
+        for i, n in self._sorted_items():
             if at == len(pending):
                 break
-            seen += self._buckets[i]
+            seen += n
             value = _bucket_value(i)
             while at < len(pending) and pending[at][0] <= seen:
                 out[pending[at][1]] = value
@@ -252,17 +370,29 @@ class FineHistogram:
 
     def largest(self) -> float | None:
         """The largest value (its bucket's representative), or None when empty."""
-        if self._buckets:
-            return _bucket_value(max(self._buckets))
+        buckets = self._buckets
+        if buckets is None:
+            indexes, _ = self._columns()
+            if indexes:
+                return _bucket_value(indexes[-1])
+        elif buckets:
+            return _bucket_value(max(buckets))
         return 0.0 if self.count else None
 
     def count_above(self, threshold: float) -> int:
         """How many values are above `threshold` (values are known to their bucket: a bucket
         counts as above when its representative value is)."""
         above = 0
-        for i, n in self._buckets.items():
-            if _bucket_value(i) > threshold:
-                above += n
+        if self._buckets is None:
+            indexes, counts = self._columns()
+            for k in range(len(indexes) - 1, -1, -1):  # ascending: the ones above are last
+                if _bucket_value(indexes[k]) <= threshold:
+                    break
+                above += counts[k]
+        else:
+            for i, n in self._buckets.items():
+                if _bucket_value(i) > threshold:
+                    above += n
         if threshold < 0.0:
             above += self.zero_count
         return above
@@ -270,16 +400,17 @@ class FineHistogram:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FineHistogram):
             return NotImplemented
-        return (self._buckets, self.zero_count, self.count) == (
-            other._buckets,
-            other.zero_count,
-            other.count,
+        return (self.zero_count, self.count) == (other.zero_count, other.count) and (
+            self._buckets == other._buckets
+            if self._buckets is not None and other._buckets is not None
+            else dict(self._items()) == dict(other._items())
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return f"FineHistogram(count={self.count}, buckets={len(self._buckets)})"
+        held = len(self._packed) // _PACKED_ITEM if self._buckets is None else len(self._buckets)
+        return f"FineHistogram(count={self.count}, buckets={held}, packed={self.packed})"
 
 
 # -- the classic layout --------------------------------------------------------------------
@@ -455,7 +586,7 @@ class LatencySeries:
 
     def _place_pending(self) -> None:
         fine = self._fine
-        fine_buckets = fine._buckets
+        fine_buckets = fine._dict()
         for (lo, hi), count in self._pending.items():
             zero, increments = _fine_placement(lo, hi, count)  # as FineHistogram.record_range
             for i, n in increments:
@@ -472,7 +603,7 @@ class LatencySeries:
         """The native histogram's buckets, the fine buckets themselves: their indexes,
         ascending, and their counts. The indexes are sorted again only when a bucket was
         added (a series' fine histogram never loses one)."""
-        buckets = self.fine._buckets
+        buckets = self.fine._dict()
         indexes = self._native_indexes
         if len(indexes) != len(buckets):
             indexes = self._native_indexes = sorted(buckets)

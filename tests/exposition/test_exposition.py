@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
@@ -40,6 +42,7 @@ from exporter.exposition import (
     SourceCollector,
     negotiate,
     number,
+    text_content_type,
 )
 from tests.cgroups.cgroup_scenarios import FIXTURES, snapshots
 from tests.exposition.node_state import ODD_REASON, NodeState
@@ -393,6 +396,58 @@ def test_protobuf_is_served_when_preferred(accept: str, wanted: Format) -> None:
     else:
         assert answer.content_type != PROTOBUF_CONTENT_TYPE
         assert gzip.decompress(answer.body) == ex.render(wanted is Format.OPENMETRICS).encode()
+
+
+media_ranges = st.lists(
+    st.tuples(
+        st.sampled_from(["text/plain", "application/openmetrics-text", "*/*", "text/html",
+                         " application/openmetrics-text ", "Text/Plain"]),
+        st.lists(
+            st.one_of(
+                st.builds("version={}".format, st.sampled_from(
+                    ["", "0.0.4", "1.0.0", "1.0", "2", "0.9.9", "1.1.0", " 1.0.0", "x", "1.x"])),
+                st.builds("escaping={}".format, st.sampled_from(
+                    ["underscores", "allow-utf-8", "dots", "values", "bogus", ""])),
+                st.sampled_from(["charset=utf-8", "q=0.5", "version =1.0.0", "junk"]),
+            ),
+            max_size=4,
+        ),
+    ),
+    max_size=4,
+)  # fmt: skip
+
+
+@given(media_ranges)
+def test_text_negotiation_is_prometheus_clients_without_importing_it(
+    ranges: list[tuple[str, list[str]]],
+) -> None:
+    """The content type of a text scrape is decided without prometheus_client (the agent
+    does not load it for the common scrapes): the same as its `choose_encoder`, or left to
+    it where only it can tell."""
+    accept = ",".join(";".join([media, *params]) for media, params in ranges)
+    ours = text_content_type(accept)
+    try:
+        theirs: str | None = choose_encoder(accept)[1]
+    except TypeError:  # a version it cannot compare
+        theirs = None
+    assert ours is None or ours == theirs
+
+
+def test_the_agent_does_not_import_prometheus_client() -> None:
+    """prometheus_client is the tests' reference and the encoder of escaping schemes only it
+    implements: importing the agent and answering a Prometheus scrape does not load it."""
+    code = (
+        "import sys, exporter.agent\n"
+        "from exporter.exposition import Exposition\n"
+        "from exporter.process import ProcessSource\n"
+        "ex = Exposition([ProcessSource()])\n"
+        f"for accept in ({PROMETHEUS_ACCEPT!r}, '', 'text/plain;version=0.0.4'):\n"
+        "    assert b'process_cpu_seconds_total' in ex.answer(accept).body\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2])  # fmt: skip
+    assert out.stdout.strip() == "False"
 
 
 def test_escaping_schemes_only_prometheus_client_knows_are_left_to_it(node: NodeState) -> None:

@@ -22,6 +22,8 @@ from exporter.core.histogram import (
     FineHistogram,
     LatencySeries,
     _exposition_placement,
+    _fine_placement,
+    _placement,
     check_layout,
     cumulative_buckets,
     layout_for,
@@ -102,6 +104,121 @@ def test_subtracting_an_earlier_snapshot_leaves_what_came_after(
     assert later.subtract(filled(a)) == filled(b)
     with pytest.raises(ValueError, match="earlier snapshot"):
         filled(a).subtract(later)
+
+
+# -- packed histograms: closed slots of the timelines -----------------------------------------
+
+client_ranges = st.lists(
+    st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 10.0), st.integers(0, 10_000)), max_size=8
+)
+# What a slot holds: single values (probes, some in the zero bucket) and client ranges.
+contents = st.tuples(st.lists(st.one_of(latencies, st.just(0.0)), max_size=100), client_ranges)
+
+
+def built(content: tuple[list[float], list[tuple[float, float, int]]]) -> FineHistogram:
+    values, ranges = content
+    h = filled(values)
+    for a, b, n in ranges:
+        h.record_range(min(a, b), max(a, b), n)
+    return h
+
+
+def packed(h: FineHistogram) -> FineHistogram:
+    out = h.copy()
+    out.pack()
+    assert out.packed
+    return out
+
+
+@given(contents, st.lists(quantile, min_size=1, max_size=5), st.floats(-1.0, 20.0))
+def test_a_packed_histogram_reads_exactly_as_the_unpacked_one(
+    content: tuple[list[float], list[tuple[float, float, int]]],
+    qs: list[float],
+    threshold: float,
+) -> None:
+    h = built(content)
+    p = packed(h)
+    assert p == h and h == p
+    assert (p.count, p.zero_count) == (h.count, h.zero_count)
+    assert p.quantiles(qs) == h.quantiles(qs)
+    assert p.largest() == h.largest()
+    assert p.count_above(threshold) == h.count_above(threshold)
+    if h.count:
+        ranks = sorted({1, h.count, (h.count + 1) // 2, max(1, h.count * 99 // 100)})
+        assert p.at_ranks(ranks) == h.at_ranks(ranks)
+    assert p.copy() == h and p.copy().packed
+
+
+@given(st.lists(contents, min_size=1, max_size=6))
+def test_merges_over_packed_histograms_are_the_merges_over_unpacked_ones(
+    slots: list[tuple[list[float], list[tuple[float, float, int]]]],
+) -> None:
+    plain, mixed = FineHistogram(), FineHistogram()
+    for i, content in enumerate(slots):
+        h = built(content)
+        plain.merge(h)
+        mixed.merge(packed(h) if i % 2 == 0 else h)
+    assert mixed == plain
+    assert mixed.quantiles((0.5, 0.99, 1.0)) == plain.quantiles((0.5, 0.99, 1.0))
+    # Written to, a packed histogram unpacks and takes the write like any other.
+    target = packed(built(slots[0]))
+    reference = built(slots[0])
+    for h in (target, reference):
+        h.merge(plain)
+        h.record(0.01, 3)
+        h.record_range(0.002, 0.009, 40)
+    assert not target.packed and target == reference
+
+
+@given(samples, samples)
+def test_a_packed_snapshot_subtracts_like_an_unpacked_one(a: list[float], b: list[float]) -> None:
+    later, earlier = filled(a + b), filled(a)
+    assert packed(later).subtract(packed(earlier)) == later.subtract(earlier) == filled(b)
+    with pytest.raises(ValueError, match="earlier snapshot"):
+        packed(earlier).subtract(packed(later))
+
+
+@given(
+    st.floats(0.0, 10.0),
+    st.floats(1e-6, 10.0),
+    st.one_of(st.integers(1, 5000), st.integers(2**32 - 2, 2**70)),
+)
+def test_the_placement_cache_keeps_the_placements_packed_and_exact(
+    lower: float, width: float, count: int
+) -> None:
+    zero, increments = _fine_placement(lower, lower + width, count)
+    expected_zero, expected = _placement(lower, lower + width, count)
+    assert (zero, list(increments)) == (expected_zero, list(expected))
+
+
+def test_counts_beyond_32_bits_stay_unpacked_and_exact() -> None:
+    h = FineHistogram()
+    h.record(0.01, 1 << 40)
+    h.record(0.02)
+    h.pack()
+    assert not h.packed
+    assert h.count_above(0.015) == 1 and h.quantile(0.5) == pytest.approx(0.01, rel=TOLERANCE)
+
+
+def test_a_packed_histogram_takes_a_fraction_of_the_memory() -> None:
+    """A closed slot of a busy Service: ~20 buckets, counts in the hundreds."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        histograms = []
+        for k in range(200):
+            h = FineHistogram()
+            for j in range(20):
+                h.record(0.001 * (1.05**j), 300 + k + j)
+            histograms.append(h)
+        unpacked = tracemalloc.get_traced_memory()[0]
+        for h in histograms:
+            h.pack()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after < unpacked * 0.4  # the list and the objects themselves stay
 
 
 def test_memory_is_bounded_whatever_is_recorded() -> None:
