@@ -291,7 +291,10 @@ class Agent:
                 clock=monotonic,
             )
         self.otlp = OtlpReceiver(
-            self.catalog.resolve, self.router.publish, sources=self.otlp_sources
+            self.catalog.resolve,
+            self.router.publish,
+            metrics=settings.otlp_metric_names,
+            sources=self.otlp_sources,
         )
         # /metrics is rendered by the exposition from these sources; its registry holds the
         # same sources for prometheus_client's generate_latest (the reference in tests).
@@ -723,12 +726,25 @@ class Agent:
             except OSError as exc:
                 await runner.cleanup()
                 raise ListenError("--otlp-listen", self.settings.otlp_listen, exc) from exc
+        otlp_grpc = None
+        if self.settings.otlp_grpc_listen is not None:
+            # grpcio is loaded only here, when asked for (~14 MiB: docs/otlp.md, "OTLP/gRPC").
+            from exporter.otlp.grpc_receiver import GrpcReceiver  # noqa: PLC0415
+
+            try:
+                otlp_grpc = await GrpcReceiver(self.otlp).start(self.settings.otlp_grpc_listen)
+            except OSError as exc:
+                await asyncio.gather(*(r.cleanup() for r in (otlp_runner, runner) if r))
+                raise ListenError(
+                    "--otlp-grpc-listen", self.settings.otlp_grpc_listen, exc
+                ) from exc
         log.info(
             "tailwatch agent started",
             extra={
                 "node": self.settings.node_name,
                 "listen": str(self.settings.listen),
                 "otlp_listen": str(self.settings.otlp_listen or "disabled"),
+                "otlp_grpc_listen": str(self.settings.otlp_grpc_listen or "disabled"),
                 "api": connection.host,
                 "api_config": connection.source,
                 "api_tls": connection.tls,
@@ -821,5 +837,6 @@ class Agent:
                 self._peer_drain.cancel()
             # Both listeners at once, each within about SHUTDOWN_GRACE (1 s) whatever their
             # clients are doing (exporter.server).
-            await asyncio.gather(*(r.cleanup() for r in (otlp_runner, runner) if r is not None))
+            listeners = (otlp_grpc, otlp_runner, runner)
+            await asyncio.gather(*(r.cleanup() for r in listeners if r is not None))
             log.info("tailwatch agent stopped")

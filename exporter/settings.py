@@ -72,6 +72,28 @@ def parse_optional_listen(text: str) -> ListenAddress | None:
     return parse_listen(text) if text.strip() else None
 
 
+#: An OpenTelemetry instrument name: a letter, then letters, digits, `_`, `.`, `-` or `/`.
+_INSTRUMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,254}$")
+#: --otlp-metric-names' default: the current semantic conventions' client durations (the
+#: same as exporter.otlp.DEFAULT_METRICS; docs/otlp.md says why these).
+DEFAULT_OTLP_METRIC_NAMES = (
+    "http.client.request.duration,rpc.client.call.duration,db.client.operation.duration"
+)
+
+
+def parse_metric_names(text: str) -> tuple[str, ...]:
+    """Comma-separated OTLP metric names (a YAML list too), at least one, no duplicates."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise ValueError("needs at least one metric name")
+    for name in names:
+        if not _INSTRUMENT_NAME.match(name):
+            raise ValueError(f"{name!r} is not an OpenTelemetry metric name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{text!r} names a metric twice")
+    return names
+
+
 def parse_ratio(text: str) -> float:
     try:
         value = float(text.strip())
@@ -317,6 +339,20 @@ OPTIONS: tuple[Option, ...] = (
         parse_optional_listen,
         ":4318",
     ),
+    Option(
+        "otlp-grpc-listen",
+        "address of the OTLP/gRPC receiver, e.g. :4317 (empty, the default: off; it loads "
+        "grpcio, about 14 MiB more memory, only when set)",
+        parse_optional_listen,
+        "",
+    ),
+    Option(
+        "otlp-metric-names",
+        "OTLP histograms read as client latency, comma-separated (a YAML list in --config); "
+        "points of other metrics are ignored",
+        parse_metric_names,
+        DEFAULT_OTLP_METRIC_NAMES,
+    ),
     Option("sample-interval", "cgroup sampling interval", parse_positive_duration, "1s"),
     # Security (docs/security.md).
     Option(
@@ -503,6 +539,8 @@ class Settings:
     auth: str = "none"  # none or kubernetes: see exporter.auth
     auth_cache_ttl: float = 60.0
     otlp_sources: str = "local"  # local or any: see exporter.otlp.receiver
+    otlp_grpc_listen: ListenAddress | None = None  # None: no gRPC receiver, grpcio not loaded
+    otlp_metric_names: tuple[str, ...] = tuple(DEFAULT_OTLP_METRIC_NAMES.split(","))
     series_ttl: float | None = 900.0  # None: workload series never expire
     series_limit: int = 10000
     list_mode: str = "auto"  # auto, stream or list: see exporter.kube.watching
@@ -534,8 +572,13 @@ class Settings:
         return bool(self.peer_selector) and self.pod_namespace is not None
 
 
+#: Options whose value is a comma-separated list: in the YAML file, a list too.
+LIST_OPTIONS = frozenset({"otlp_metric_names", "classic_buckets"})
+
+
 def read_config_file(path: str) -> dict[str, str]:
-    """The YAML config file: a mapping of option names (dashes or underscores) to scalars."""
+    """The YAML config file: a mapping of option names (dashes or underscores) to scalars
+    (for LIST_OPTIONS, lists of scalars too, read as their comma-separated text)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -553,6 +596,11 @@ def read_config_file(path: str) -> dict[str, str]:
         attr = str(key).replace("-", "_")
         if attr not in known:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
+        if attr in LIST_OPTIONS and isinstance(value, list):
+            if not all(isinstance(v, (str, int, float)) for v in value):
+                raise ConfigError(f"config file {path}: {key} must be a list of single values")
+            values[attr] = ",".join(str(v) for v in value)  # the flag's comma-separated text
+            continue
         if isinstance(value, (dict, list)):
             raise ConfigError(f"config file {path}: {key} must be a single value")
         values[attr] = "" if value is None else str(value)

@@ -1,4 +1,5 @@
-"""OTLP/HTTP receiver of client latency histograms (docs/otlp.md): clients' own view of an
+"""OTLP receiver of client latency histograms (docs/otlp.md; OTLP/gRPC in grpc_receiver,
+imported only when --otlp-grpc-listen is set): clients' own view of an
 opted-in Service's latency, turned into per-Service deltas for the latency histograms."""
 
 from exporter.otlp.decode import DEFAULT_MAX_BODY_BYTES

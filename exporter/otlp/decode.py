@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.any_pb2 import Any
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -210,13 +212,15 @@ def decode_request(
 def _status_class() -> type[Message]:
     """google.rpc.Status, the error body OTLP/HTTP asks for, built from its descriptor in a
     private pool so the agent needs no googleapis package and cannot clash with one a
-    client library loaded. `details` (field 3) is left out: tailwatch sends none."""
+    client library loaded. `details` (field 3, repeated google.protobuf.Any) is read as
+    serialized bytes, which the wire format allows: only OTLP/gRPC sends one (RetryInfo)."""
     proto = descriptor_pb2.FileDescriptorProto(
         name="tailwatch/google_rpc_status.proto", package="google.rpc", syntax="proto3"
     )
     status = proto.message_type.add(name="Status")
     status.field.add(name="code", number=1, type=5, label=1, json_name="code")  # int32
     status.field.add(name="message", number=2, type=9, label=1, json_name="message")  # string
+    status.field.add(name="details", number=3, type=12, label=3, json_name="details")  # bytes
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     cls: type[Message] = message_factory.GetMessageClass(
@@ -227,6 +231,38 @@ def _status_class() -> type[Message]:
 
 _Status = _status_class()
 INVALID_ARGUMENT = 3  # google.rpc.Code: none of our errors is worth a retry
+
+
+_RETRY_INFO_URL = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def encode_grpc_status(code: int, message: str, retry_after: float | None = None) -> bytes:
+    """A google.rpc.Status for gRPC's `grpc-status-details-bin` trailer: with a RetryInfo
+    detail when `retry_after` is given, which is what tells an OTLP/gRPC exporter that a
+    RESOURCE_EXHAUSTED may be retried, and after how long (the OTLP spec, "Failures")."""
+    details = []
+    if retry_after is not None:
+        retry_info = encode_retry_info(retry_after)
+        details.append(Any(type_url=_RETRY_INFO_URL, value=retry_info).SerializeToString())
+    status: bytes = _Status(code=code, message=message, details=details).SerializeToString()
+    return status
+
+
+def encode_retry_info(retry_after: float) -> bytes:
+    """A serialized google.rpc.RetryInfo: its one field (1) is the delay, a Duration."""
+    delay = Duration()
+    delay.FromNanoseconds(int(retry_after * 1e9))
+    encoded: bytes = delay.SerializeToString()
+    return b"\x0a" + _varint(len(encoded)) + encoded
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 @dataclass(frozen=True)

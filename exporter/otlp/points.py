@@ -40,8 +40,14 @@ from exporter.otlp.address import (
 )
 from exporter.otlp.decode import to_wire
 
-DEFAULT_METRICS = frozenset(
-    {"http.client.request.duration", "db.client.operation.duration", "rpc.client.duration"}
+#: The client duration metrics of the current semantic conventions (docs/otlp.md, "Metrics
+#: used"). Not the deprecated `rpc.client.duration` (ms): an instrumentation migrating with
+#: OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup sends it beside `rpc.client.call.duration` for the
+#: same calls, which would count every call twice; --otlp-metric-names adds it back.
+DEFAULT_METRICS = (
+    "http.client.request.duration",
+    "rpc.client.call.duration",
+    "db.client.operation.duration",
 )
 # Seconds per unit. Semantic conventions define these metrics in "s"; a missing unit is
 # read as seconds (the SDKs drop it when the instrument was created without one).
@@ -70,6 +76,9 @@ class Outcome(StrEnum):
     UNMAPPED = "unmapped"
     MALFORMED = "malformed"
     OVER_LIMIT = "over_limit"
+    #: Points of metrics that are not tailwatch's (not in --otlp-metric-names): taken and
+    #: not used. Not rejected either: a client or Collector may send all its metrics here.
+    IGNORED = "ignored"
 
 
 @dataclass(slots=True)  # not frozen: one is made per point, and frozen ones init slower
@@ -151,7 +160,11 @@ class IngestResult:
     pieces: list[Piece] = field(default_factory=list)
     outcomes: dict[Outcome, int] = field(default_factory=lambda: dict.fromkeys(Outcome, 0))
     problems: dict[str, tuple[Outcome, int, str]] = field(default_factory=dict)
-    ignored: int = 0  # points of metrics that are not tailwatch's (not counted as outcomes)
+
+    @property
+    def ignored(self) -> int:
+        """Points of metrics that are not tailwatch's: neither accepted nor rejected."""
+        return self.outcomes[Outcome.IGNORED]
 
     @property
     def deltas(self) -> list[LatencyDelta]:
@@ -205,7 +218,9 @@ class IngestResult:
 
     @property
     def rejected(self) -> int:
-        return sum(n for outcome, n in self.outcomes.items() if outcome is not Outcome.ACCEPTED)
+        """Points refused (for `partial_success.rejected_data_points`): not the accepted
+        ones, and not the ignored ones, which were never the agent's to take."""
+        return sum(n for outcome, n in self.outcomes.items() if outcome not in _NOT_REJECTED)
 
     def reject(self, outcome: Outcome, kind: str, message: str, n: int = 1) -> None:
         self.outcomes[outcome] += n
@@ -220,6 +235,9 @@ class IngestResult:
         ]
         more = f"; and {len(parts) - limit} more kinds" if len(parts) > limit else ""
         return f"{self.rejected} data points rejected: " + "; ".join(parts[:limit]) + more
+
+
+_NOT_REJECTED = frozenset({Outcome.ACCEPTED, Outcome.IGNORED})
 
 
 class PointRejected(Exception):
@@ -551,7 +569,6 @@ class HistogramIngest:
         self.streams: OrderedDict[StreamKey, Stream] = OrderedDict()
         self.per_service: dict[ServiceRef, int] = {}
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
-        self.ignored = 0
         # Points refused by the stream cap (also in outcomes' over_limit), for
         # tailwatch_dropped_total: an int, read from the loop while the worker thread adds.
         self.stream_limit_dropped = 0
@@ -560,6 +577,11 @@ class HistogramIngest:
         self._prefixes: dict[
             tuple[bytes, tuple[str, str], str], tuple[bytes, tuple[str, str], str]
         ] = {}
+
+    @property
+    def ignored(self) -> int:
+        """Points of metrics that are not tailwatch's, in all requests."""
+        return self.outcomes[Outcome.IGNORED]
 
     def dropped(self) -> Mapping[str, int]:
         """What the stream cap refused, for tailwatch_dropped_total (docs/design.md: what a
@@ -614,7 +636,7 @@ class HistogramIngest:
                 for metric in sm.metrics:
                     kind = metric.WhichOneof("data")
                     if metric.name not in self.metrics:
-                        batch.result.ignored += _point_count(metric, kind)
+                        batch.result.outcomes[Outcome.IGNORED] += _point_count(metric, kind)
                         continue
                     if client is None:  # only for resources that carry our metrics
                         client = _Client(
@@ -624,7 +646,6 @@ class HistogramIngest:
                     self._metric(metric, kind, client, (sm.scope.name, sm.scope.version), batch)
         for outcome, n in batch.result.outcomes.items():
             self.outcomes[outcome] += n
-        self.ignored += batch.result.ignored
         return batch.result
 
     def _metric(

@@ -46,7 +46,6 @@ from exporter.otlp.points import (
     IngestLimits,
     IngestResult,
     LatencyDelta,
-    Outcome,
     Resolver,
 )
 from exporter.server import Timeouts, serve
@@ -352,7 +351,8 @@ class OtlpReceiver:
     def _count(self, reason: str) -> None:
         self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
-    def _refused(self, exc: BodyRejected) -> None:
+    def refused(self, exc: BodyRejected) -> None:
+        """A request refused as a whole: counted in tailwatch_dropped_total, logged once."""
         self._count(exc.reason)
         self._log.warning(exc.reason, "OTLP request refused (%d): %s", exc.status, exc)
 
@@ -362,15 +362,13 @@ class OtlpReceiver:
             encoding = request_encoding(request.headers.get("content-type"))
         try:
             # The source first: a stranger learns nothing else of its request.
-            self._check_source(request)
+            self.check_peer(request.peer)
             encoding = request_encoding(request.headers.get("content-type"))
             compressed = check_content_encoding(request.headers.get("content-encoding"))
             body = await self._read_body(request)
-            result = self._ingest_here(body, encoding, compressed) if not self._queued else None
-            if result is None:
-                result = await self._ingest_on_worker(body, encoding, compressed)
+            result = await self.ingest_body(body, encoding, compressed)
         except BodyRejected as exc:
-            self._refused(exc)
+            self.refused(exc)
             response = _respond(exc.status, encode_status(str(exc), encoding))
             if isinstance(exc, BodyTimeout):
                 # Closed at once: the rest of a body that stalled is not waited for.
@@ -381,20 +379,39 @@ class OtlpReceiver:
                 response.headers["Retry-After"] = RETRY_AFTER
             return response
 
+        rejected, message = self.answer(result)
+        return _respond(200, encode_response(rejected, message, encoding))
+
+    async def ingest_body(self, body: bytes, encoding: Encoding, compressed: bool) -> IngestResult:
+        """A request body decoded and ingested, on the loop when it is small and the worker
+        idle, else on the worker; raises `BodyRejected`. The HTTP and gRPC paths share it,
+        so both keep requests in the order they came and the stream state on one thread."""
+        result = self._ingest_here(body, encoding, compressed) if not self._queued else None
+        if result is None:
+            result = await self._ingest_on_worker(body, encoding, compressed)
+        return result
+
+    def answer(self, result: IngestResult) -> tuple[int, str]:
+        """(rejected_data_points, error_message) of a decoded request's answer, its problems
+        logged once per kind.
+
+        A decoded request is always a success (HTTP 200, gRPC OK), with `partial_success`
+        when points were rejected, even all of them: the OTLP spec keeps errors for requests
+        that cannot be processed, and an exporter (a Collector's above all) treats a 400
+        as permanent and drops the whole batch, the points of every other metric and
+        Service with it, and counts it as a failed export. Why points were rejected is
+        in the message (each kind of problem with its first instance) and in
+        tailwatch_otlp_datapoints_total{outcome}."""
         for kind, (outcome, _, message) in result.problems.items():
             self._log.warning(f"otlp_{kind}", "OTLP data points %s: %s", outcome.value, message)
-        if result.rejected and not result.outcomes[Outcome.ACCEPTED]:
-            # Nothing of it could be used: a plain 400 that the client's SDK logs as an
-            # error, rather than a 200 that SDKs tend to log quietly.
-            return _respond(400, encode_status(result.error_message(), encoding))
-        message = result.error_message() if result.rejected else ""
-        return _respond(200, encode_response(result.rejected, message, encoding))
+        rejected = result.rejected
+        return rejected, result.error_message() if rejected else ""
 
-    def _check_source(self, request: Request) -> None:
-        """The peer's address from the socket itself (never from a header)."""
+    def check_peer(self, address: str) -> None:
+        """Raises `UntrustedSource` or `SourcesUnknown` unless the peer may send; the address
+        is the socket's own (never a header's)."""
         if self.sources is None:
             return
-        address = request.peer
         if self.sources.allows(address):
             return
         if not self.sources.known():

@@ -1,5 +1,6 @@
-"""A real OpenTelemetry client reports a Service's latency to the agent: what it recorded is
-what /metrics shows, in the Service's layout with its SLO as an exact boundary."""
+"""A real OpenTelemetry client reports a Service's latency to the agent, over OTLP/HTTP and
+OTLP/gRPC: what it recorded is what /metrics shows, in the Service's layout with its SLO as
+an exact boundary."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GrpcExporter,
+)
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -18,10 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
 from exporter.core.services import ServiceRef
+from exporter.settings import ListenAddress
 from exporter.simulator import ApiServer
 from exporter.simulator.services import service
 from tests.agent.conftest import running_agent
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 
 @pytest.fixture
@@ -79,3 +85,43 @@ async def test_sdk_client_latency_on_metrics(api: ApiServer, otlp_agent: Agent) 
     slo_bucket = tuple(sorted((*labels, ("le", "0.05"))))
     assert samples[f"{name}_bucket", slo_bucket] == 5
     assert samples["tailwatch_otlp_datapoints_total", (("outcome", "accepted"),)] == 2
+
+
+async def test_sdk_over_grpc_to_the_agent(api: ApiServer, kubeconfig: Path, tmp_path: Path) -> None:
+    """--otlp-grpc-listen: the SDK's gRPC exporter, gzip-compressed, reaches the same
+    histograms; its other metrics are counted as ignored, not rejected."""
+    grpc_listen = ListenAddress("127.0.0.1", free_port())
+    async with running_agent(kubeconfig, tmp_path, otlp_grpc_listen=grpc_listen) as agent:
+        api.store.create("services", service("checkout", namespace="shop"))
+        await wait_for(lambda: ServiceRef("shop", "checkout") in agent.catalog.specs, "Service")
+        exporter = GrpcExporter(
+            endpoint=str(grpc_listen), insecure=True, timeout=10, compression=Compression.Gzip
+        )
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        try:
+            meter = provider.get_meter("tests")
+            histogram = meter.create_histogram(
+                "rpc.client.call.duration", unit="s",
+                explicit_bucket_boundaries_advisory=[0.01, 0.05, 0.1, 0.5, 1],
+            )  # fmt: skip
+            meter.create_counter("rpc.client.calls").add(3)  # not tailwatch's
+            for value in (0.004, 0.03, 0.2):
+                histogram.record(value, {"server.address": "checkout.shop.svc"})
+            assert await asyncio.to_thread(provider.force_flush, 10_000)
+        finally:
+            await asyncio.to_thread(provider.shutdown)
+
+        url = f"http://{agent.settings.listen}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    labels = (("namespace", "shop"), ("service", "checkout"), ("state", "steady"))
+    assert samples["tailwatch_client_request_duration_seconds_count", labels] == 3
+    outcome = "tailwatch_otlp_datapoints_total"
+    assert samples[outcome, (("outcome", "accepted"),)] == 1
+    assert samples[outcome, (("outcome", "ignored"),)] == 1

@@ -525,3 +525,28 @@ def test_no_api_configured_exits_2(tmp_path: Path, cgroup_root: str) -> None:
     assert result.returncode == 2
     assert "no API server configured" in result.stderr
     assert "pass --kubeconfig" in result.stderr
+
+
+def test_otlp_metric_names_and_grpc_listen(tmp_path: Path, cgroup_root: str) -> None:
+    """The semantic conventions' current names by default, gRPC off; a YAML list or the
+    flag's comma-separated text to change them; a name OpenTelemetry would refuse is an
+    error."""
+    env = {"NODE_NAME": "node-a"}
+    s = load_settings(flags(cgroup_root=cgroup_root), env)
+    assert s.otlp_metric_names == (
+        "http.client.request.duration", "rpc.client.call.duration", "db.client.operation.duration"
+    )  # fmt: skip
+    assert s.otlp_grpc_listen is None
+    cfg = tmp_path / "tailwatch.yaml"
+    cfg.write_text(
+        f"cgroup-root: {cgroup_root}\notlp-grpc-listen: ':4317'\n"
+        "otlp-metric-names:\n  - rpc.client.duration\n  - http.client.request.duration\n"
+    )
+    s = load_settings(flags(config=str(cfg)), env)
+    assert s.otlp_metric_names == ("rpc.client.duration", "http.client.request.duration")
+    assert s.otlp_grpc_listen == ListenAddress("", 4317)
+    flag = flags(cgroup_root=cgroup_root, otlp_metric_names=" my.client.duration , x ")
+    assert load_settings(flag, env).otlp_metric_names == ("my.client.duration", "x")
+    for bad in ("", "1st.metric", "a,a", "with space"):
+        with pytest.raises(ConfigError, match="--otlp-metric-names"):
+            load_settings(flags(cgroup_root=cgroup_root, otlp_metric_names=bad), env)

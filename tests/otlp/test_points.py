@@ -365,8 +365,9 @@ def test_wrong_metric_shapes_and_units_reject_all_their_points() -> None:
         assert outcomes(result) == {"malformed": n} and list(result.problems) == [kind]
 
 
-def test_other_metrics_are_ignored_not_counted() -> None:
-    result = make_ingest().ingest(
+def test_other_metrics_are_ignored_neither_taken_nor_rejected() -> None:
+    ingest = make_ingest()
+    result = ingest.ingest(
         request(
             metric(
                 [explicit_point(counts((1, 1)), total=0.01)], name="http.server.request.duration"
@@ -374,7 +375,19 @@ def test_other_metrics_are_ignored_not_counted() -> None:
         ),
         now=0,
     )
-    assert result.deltas == [] and outcomes(result) == {} and result.ignored == 1
+    assert result.deltas == [] and outcomes(result) == {"ignored": 1}
+    assert result.rejected == 0 and ingest.ignored == 1
+
+
+def test_the_metric_names_are_the_current_semantic_conventions_or_the_users() -> None:
+    """`rpc.client.call.duration` is read by default; the deprecated `rpc.client.duration`
+    is not (a client migrating with rpc/dup sends both for the same calls), unless named."""
+    point = [explicit_point(counts((1, 1)), total=0.01, attrs=WEB)]
+    both = request(metric(point, name="rpc.client.call.duration"),
+                   metric(point, name="rpc.client.duration"))  # fmt: skip
+    assert outcomes(make_ingest().ingest(both, now=0)) == {"accepted": 1, "ignored": 1}
+    mine = HistogramIngest(resolve, started_unix_nano=T0, metrics=["rpc.client.duration"])
+    assert outcomes(mine.ingest(both, now=0)) == {"accepted": 1, "ignored": 1}
 
 
 # -- mapping to Services ------------------------------------------------------------------
@@ -482,7 +495,7 @@ def test_the_stream_table_forgets_the_least_recently_used() -> None:
 def test_points_per_request_limit() -> None:
     ingest = make_ingest(max_points_per_request=4)
     points = [explicit_point(counts((1, 1)), total=0.01, attrs={**WEB, "i": i}) for i in range(3)]
-    result = ingest.ingest(request(metric(points), metric(points, name="rpc.client.duration")),
+    result = ingest.ingest(request(metric(points), metric(points, name="rpc.client.call.duration")),
                            now=0)  # fmt: skip
     assert outcomes(result) == {"accepted": 4, "over_limit": 2}
     assert result.problems["points_per_request"][1] == 2

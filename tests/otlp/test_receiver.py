@@ -314,9 +314,11 @@ async def test_unsupported_media_and_methods(agent: Agent) -> None:
 
 
 @pytest.mark.parametrize("encoding", ["protobuf", "json"])
-async def test_malformed_points_are_refused_with_400_and_counted(
+async def test_a_request_whose_points_are_all_rejected_is_a_partial_success(
     agent: Agent, encoding: str
 ) -> None:
+    """Not a 400: an exporter (a Collector's above all) takes a 400 as permanent and drops
+    the whole batch with it; a 200 with partial_success says which points and why."""
     points = [
         explicit_point([1, 0, 0], bounds=(0.1, math.nan), total=0.1),
         explicit_point([1, 0, 0], bounds=(-0.1, 0.1), total=0.1, attrs={"x": 1}),
@@ -328,8 +330,15 @@ async def test_malformed_points_are_refused_with_400_and_counted(
     else:
         body, headers = msg.SerializeToString(), PROTOBUF
     status, content_type, response = await post(agent, body, headers)
-    assert status == 400
-    message = status_message(content_type, response)
+    assert status == 200
+    parsed = ExportMetricsServiceResponse()
+    if encoding == "json":
+        json_format.Parse(response, parsed)
+    else:
+        parsed.ParseFromString(response)
+    assert content_type == headers["Content-Type"]
+    assert parsed.partial_success.rejected_data_points == 3
+    message = parsed.partial_success.error_message
     assert message.startswith("3 data points rejected: 2 malformed (bound ")
     assert "1 malformed (2 bucket_counts for 2 explicit_bounds" in message
     assert 'tailwatch_otlp_datapoints_total{outcome="malformed"} 3.0' in agent.exposition()
@@ -357,13 +366,17 @@ async def test_partial_success(agent: Agent) -> None:
         assert f'tailwatch_otlp_datapoints_total{{outcome="{outcome}"}} {n}.0' in exposition
 
 
-async def test_only_unknown_metrics_is_a_success_that_counts_nothing(agent: Agent) -> None:
+async def test_only_unknown_metrics_is_a_plain_success_counted_as_ignored(agent: Agent) -> None:
+    """A client or Collector may send all its metrics: the others are not rejected (no
+    partial_success for the sender to warn about), and are counted as ignored."""
     other = metric([explicit_point([1, 0, 0], bounds=(0.1, 1), total=0.05)],
                    name="http.server.request.duration")  # fmt: skip
     status, _, body = await post(agent, request(other).SerializeToString())
     assert status == 200 and body == b""
-    assert sum(agent.receiver.outcomes().values()) == 0
-    assert agent.receiver.ingest.ignored == 1
+    assert agent.receiver.outcomes() == {
+        "accepted": 0, "unmapped": 0, "malformed": 0, "over_limit": 0, "ignored": 1
+    }  # fmt: skip
+    assert 'tailwatch_otlp_datapoints_total{outcome="ignored"} 1.0' in agent.exposition()
 
 
 async def test_points_over_the_request_limit_are_rejected_as_partial_success() -> None:
