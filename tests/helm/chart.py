@@ -4,7 +4,8 @@
 reviewer asks about (every optional object on, with endpoint auth and a cert-manager
 certificate; hostPort; host network; auth with an existing certificate Secret; TLS without
 auth; custom scheduling and resources; the OTLP receiver off with a user-managed
-ServiceAccount).
+ServiceAccount; a kube-prometheus-stack user's PodMonitor, rule options, extra flags and
+volumes, renamed release and job).
 """
 
 from __future__ import annotations
@@ -94,9 +95,47 @@ EVERYTHING_ON: Values = {
     },
 }
 
+# What a kube-prometheus-stack user sets: a PodMonitor with the prometheus-community knobs,
+# the rules customised, a renamed release name and job, flags and volumes of their own, a
+# surge update, and the global registry and pull secrets of a parent chart.
+ECOSYSTEM: Values = {
+    "nameOverride": "latency",
+    "global": {"imageRegistry": "mirror.example", "imagePullSecrets": ["mirror-credentials"]},
+    "imagePullSecrets": ["registry-credentials", {"name": "mirror-credentials"}],
+    "prometheus": {"job": "node-latency"},
+    "podMonitor": {
+        "enabled": True,
+        "additionalLabels": {"release": "kube-prometheus-stack"},
+        "podTargetLabels": ["topology.kubernetes.io/zone"],
+        "sampleLimit": 20000,
+        "targetLimit": 1000,
+        "labelLimit": 40,
+        "labelNameLengthLimit": 128,
+        "labelValueLengthLimit": 1024,
+        "interval": "10s",
+        "scrapeTimeout": "5s",
+        "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}],
+    },
+    "prometheusRule": {
+        "enabled": True,
+        "additionalRuleLabels": {"team": "sre"},
+        "additionalRuleAnnotations": {"dashboard": "tailwatch"},
+        "disabled": {"TailwatchRolloutStuck": True},
+        "runbookUrl": "https://runbooks.example/tailwatch",
+    },
+    "dashboards": {"enabled": True},
+    # The flag wins over the config file: the agent runs with a spike ratio of 6.
+    "config": {"spike-ratio": 3},
+    "extraArgs": ["--spike-ratio=6", "--log-level=debug"],
+    "extraVolumes": [{"name": "ca-bundle", "emptyDir": {}}],
+    "extraVolumeMounts": [{"name": "ca-bundle", "mountPath": "/etc/ca-bundle", "readOnly": True}],
+    "updateStrategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": "10%"}},
+}
+
 VALUE_SETS: dict[str, Values] = {
     "defaults": {},
     "everything-on": EVERYTHING_ON,
+    "ecosystem": ECOSYSTEM,
     "host-network": {"hostNetwork": True, "otlp": {"hostPort": {"enabled": True}}},
     "auth": {
         "auth": {"enabled": True},

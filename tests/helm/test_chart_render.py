@@ -45,7 +45,7 @@ from tests.helm.chart import (
 
 # Objects of prometheus-operator's and cert-manager's CRDs: kubernetes-validate has no schema
 # for them, so their structure is checked by the tests below.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Certificate"}
 READ = {"get", "list", "watch"}
 # docs/design.md, *Kubernetes contract*, as (API group, resource, verb).
 WATCH_RULES = {
@@ -134,6 +134,10 @@ def test_the_kinds_each_value_set_renders(value_set: str, manifests: list[Manife
             + ["ConfigMap"] * len(list(DASHBOARDS_DIR.glob("*.json")))
         ),
         "auth": [*base, "ServiceAccount", "ServiceMonitor", *scraping],
+        "ecosystem": sorted(
+            [*base, "ServiceAccount", "PodMonitor", "PrometheusRule"]
+            + ["ConfigMap"] * len(list(DASHBOARDS_DIR.glob("*.json")))
+        ),
         "otlp-off-external-account": ["ConfigMap", "DaemonSet", "Service"],
     }.get(value_set, sorted([*base, "ServiceAccount"]))
     assert kinds == sorted(expected)
@@ -729,7 +733,8 @@ def test_every_object_has_the_app_kubernetes_io_labels(
 ) -> None:
     for manifest in manifests:
         labels = manifest["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "tailwatch"
+        name = VALUE_SETS[value_set].get("nameOverride", "tailwatch")
+        assert labels["app.kubernetes.io/name"] == name
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/version"] == __version__
         assert labels["app.kubernetes.io/managed-by"] == "Helm"

@@ -527,6 +527,8 @@ DEFAULT_CORRELATION = {
                 "confidence": 0.99,
             },
         ),
+        # extraArgs: --spike-ratio=6 beats the ConfigMap's 3.
+        ("ecosystem", "127.0.0.1", {**DEFAULT_CORRELATION, "spike_ratio": 6.0}),
     ],
 )
 async def test_agent_runs_from_the_rendered_container(

@@ -66,9 +66,10 @@ app.kubernetes.io/component: agent
 {{- end }}
 {{- end }}
 
+{{/* global.imageRegistry wins over image.registry, as in prometheus-community's charts. */}}
 {{- define "tailwatch.image" -}}
 {{- $repository := .Values.image.repository }}
-{{- with .Values.image.registry }}
+{{- with (.Values.global).imageRegistry | default .Values.image.registry }}
 {{- $repository = printf "%s/%s" . $repository }}
 {{- end }}
 {{- if .Values.image.digest }}
@@ -76,6 +77,44 @@ app.kubernetes.io/component: agent
 {{- else }}
 {{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+{{- end }}
+
+{{/* imagePullSecrets then global.imagePullSecrets, each a name or a {name: ...} object, as
+     a list of {name: ...} without repeats (YAML; empty when there are none). */}}
+{{- define "tailwatch.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat (.Values.imagePullSecrets | default list) ((.Values.global).imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range $name := uniq $names }}
+- name: {{ $name }}
+{{- end }}
+{{- end }}
+
+{{/* The `job` of the agents' series: the value the monitor's jobLabel label carries, and the
+     matcher of every rule and dashboard the chart installs. Never derived from the release
+     or chart name, so renaming either breaks no rule. */}}
+{{- define "tailwatch.job" -}}
+{{- .Values.prometheus.job }}
+{{- end }}
+
+{{/* The generated rules and dashboards select job="tailwatch" (the mixin's default job
+     selector); the chart rewrites that matcher to prometheus.job in the text it installs,
+     in both of the spellings the files use (YAML, and JSON with escaped quotes).
+     Call with (dict "ctx" $ "text" $content). */}}
+{{- define "tailwatch.withJob" -}}
+{{- $job := include "tailwatch.job" .ctx }}
+{{- .text | replace "job=\"tailwatch\"" (printf "job=\"%s\"" $job) | replace "job=\\\"tailwatch\\\"" (printf "job=\\\"%s\\\"" $job) }}
+{{- end }}
+
+{{/* The label named by jobLabel with the job as its value, for the Service
+     (serviceMonitor.jobLabel) or the agent pods (podMonitor.jobLabel). */}}
+{{- define "tailwatch.jobLabels" -}}
+{{- toYaml (dict .jobLabel (include "tailwatch.job" .ctx)) }}
 {{- end }}
 
 {{/* The address the OTLP receiver binds (--otlp-listen); empty when it is off. */}}
@@ -124,7 +163,86 @@ app.kubernetes.io/component: agent
 {{/* The scraper ServiceAccount (serviceMonitor.bearerToken.source=scraper), and its token
      Secret: rendered only when the ServiceMonitor presents a token, i.e. with auth on. */}}
 {{- define "tailwatch.scraperEnabled" -}}
-{{- if and .Values.auth.enabled .Values.serviceMonitor.enabled (eq .Values.serviceMonitor.bearerToken.source "scraper") }}true{{ end }}
+{{- $monitor := include "tailwatch.monitor" . }}
+{{- if and .Values.auth.enabled $monitor (eq (get .Values $monitor).bearerToken.source "scraper") }}true{{ end }}
+{{- end }}
+
+{{/* The values key of the prometheus-operator monitor the chart renders: serviceMonitor,
+     podMonitor, or empty for none. */}}
+{{- define "tailwatch.monitor" -}}
+{{- if .Values.serviceMonitor.enabled }}serviceMonitor{{ else if .Values.podMonitor.enabled }}podMonitor{{ end }}
+{{- end }}
+
+{{/* The one scrape endpoint of the ServiceMonitor or PodMonitor (without its port), from
+     that monitor's values: scheme and TLS, the token with auth, honorLabels, intervals and
+     relabelings. Call with (dict "ctx" $ "m" $values "kind" "ServiceMonitor"). */}}
+{{- define "tailwatch.scrapeEndpoint" -}}
+{{- $ctx := .ctx }}
+{{- $m := .m }}
+{{- $tlsSecret := include "tailwatch.tlsSecretName" $ctx }}
+{{- $scheme := $m.scheme | default (ternary "https" "http" (ne $tlsSecret "")) }}
+path: /metrics
+scheme: {{ $scheme }}
+{{- if eq $scheme "https" }}
+{{- if $m.tlsConfig }}
+tlsConfig:
+  {{- toYaml $m.tlsConfig | nindent 2 }}
+{{- else if $tlsSecret }}
+tlsConfig:
+  # The CA that signed the agents' certificate (cert-manager writes it next to the
+  # certificate) and the name the certificate carries: Prometheus dials pod IPs, so
+  # it verifies against the Service's name instead of skipping verification.
+  ca:
+    secret:
+      name: {{ $tlsSecret }}
+      key: ca.crt
+  serverName: {{ include "tailwatch.serviceDnsName" $ctx }}
+{{- end }}
+{{- end }}
+{{- if $ctx.Values.auth.enabled }}
+{{- $token := $m.bearerToken }}
+{{- if eq $token.source "prometheusServiceAccount" }}
+# Prometheus's own ServiceAccount token, re-read as the kubelet rotates it.
+bearerTokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token
+{{- else }}
+authorization:
+  type: Bearer
+  credentials:
+    {{- if eq $token.source "scraper" }}
+    name: {{ include "tailwatch.scraperName" $ctx }}-token
+    key: token
+    {{- else }}
+    name: {{ $token.secret.name }}
+    key: {{ $token.secret.key }}
+    {{- end }}
+{{- end }}
+{{- end }}
+# The agent's namespace/pod/container/service labels are those of the workloads it
+# watches: keep them, instead of Prometheus renaming them exported_*.
+honorLabels: true
+interval: {{ $m.interval }}
+scrapeTimeout: {{ $m.scrapeTimeout }}
+relabelings:
+  # Each agent speaks for one node: name it, as the rules and dashboards expect.
+  - action: replace
+    sourceLabels: [__meta_kubernetes_pod_node_name]
+    targetLabel: node
+  {{- with $m.relabelings }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with $m.metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The monitor's spec-level limits and copied labels, each only when set. */}}
+{{- define "tailwatch.monitorLimits" -}}
+{{- range $key := list "targetLabels" "podTargetLabels" "sampleLimit" "targetLimit" "labelLimit" "labelNameLengthLimit" "labelValueLengthLimit" }}
+{{- with get $.m $key }}
+{{ $key }}: {{ toJson . }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "tailwatch.scraperName" -}}
@@ -133,6 +251,31 @@ app.kubernetes.io/component: agent
 
 {{- define "tailwatch.metricsReaderName" -}}
 {{- printf "%s-metrics-reader" (include "tailwatch.fullname" .) }}
+{{- end }}
+
+{{/* The DaemonSet's updateStrategy: the `updateStrategy` object as given, with the older
+     updateStrategy.maxUnavailable moved into rollingUpdate, a maxSurge of 0 left out (the
+     API's default) and no rollingUpdate for OnDelete. */}}
+{{- define "tailwatch.updateStrategy" -}}
+{{- $given := .Values.updateStrategy }}
+{{- $type := $given.type | default "RollingUpdate" }}
+{{- $strategy := dict "type" $type }}
+{{- if eq $type "RollingUpdate" }}
+{{- $rolling := deepCopy ($given.rollingUpdate | default dict) }}
+{{- if hasKey $given "maxUnavailable" }}
+{{- $_ := set $rolling "maxUnavailable" $given.maxUnavailable }}
+{{- end }}
+{{- if eq (toString (get $rolling "maxSurge" | default 0)) "0" }}
+{{- $_ := unset $rolling "maxSurge" }}
+{{- end }}
+{{- $_ := set $strategy "rollingUpdate" $rolling }}
+{{- end }}
+{{- /* type first, as the API server writes it back. */}}
+type: {{ $type }}
+{{- with $strategy.rollingUpdate }}
+rollingUpdate:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Combinations of values the schema cannot refuse, refused with what to set instead. */}}
@@ -149,7 +292,43 @@ app.kubernetes.io/component: agent
 {{- if and .Values.auth.enabled (not (include "tailwatch.tlsSecretName" .)) }}
 {{- fail "auth.enabled needs a certificate: the agent accepts bearer tokens over TLS only. Set tls.existingSecret (a kubernetes.io/tls Secret naming <fullname>.<namespace>.svc) or tls.certManager.enabled=true with tls.certManager.issuerRef.name" }}
 {{- end }}
-{{- if and .Values.auth.enabled .Values.serviceMonitor.enabled (eq .Values.serviceMonitor.bearerToken.source "secret") (not .Values.serviceMonitor.bearerToken.secret.name) }}
-{{- fail "serviceMonitor.bearerToken.source=secret needs serviceMonitor.bearerToken.secret.name: the Secret holding Prometheus's bearer token" }}
+{{- if and .Values.serviceMonitor.enabled .Values.podMonitor.enabled }}
+{{- fail "serviceMonitor.enabled and podMonitor.enabled would scrape every agent twice: set only one" }}
+{{- end }}
+{{- range $key := list "serviceMonitor" "podMonitor" }}
+{{- $m := get $.Values $key }}
+{{- if and $.Values.auth.enabled $m.enabled (eq $m.bearerToken.source "secret") (not $m.bearerToken.secret.name) }}
+{{- fail (printf "%s.bearerToken.source=secret needs %s.bearerToken.secret.name: the Secret holding Prometheus's bearer token" $key $key) }}
+{{- end }}
+{{- if and $m.enabled $m.namespace (ne $m.namespace $.Release.Namespace) }}
+{{- $chartTls := and (include "tailwatch.tlsSecretName" $) (not $m.tlsConfig) (ne $m.scheme "http") }}
+{{- $scraper := and $.Values.auth.enabled (eq $m.bearerToken.source "scraper") }}
+{{- if or $chartTls $scraper }}
+{{- fail (printf "%s.namespace=%s: Prometheus reads the Secrets a monitor names from the monitor's namespace, and the chart's certificate and scraper token are in %s. Keep the release namespace, or set %s.tlsConfig and %s.bearerToken.source=secret with Secrets in %s" $key $m.namespace $.Release.Namespace $key $key $m.namespace) }}
+{{- end }}
+{{- end }}
+{{- /* A jobLabel the chart already sets for its own purpose keeps the chart's value. */}}
+{{- $own := fromYaml (include "tailwatch.labelsFor" (dict "ctx" $ "component" "agent")) }}
+{{- if and (hasKey $own $m.jobLabel) (ne (get $own $m.jobLabel) (include "tailwatch.job" $)) }}
+{{- fail (printf "%s.jobLabel=%s gives job=%q, but the rules and dashboards select job=%q (prometheus.job): leave %s.jobLabel at tailwatch.io/job, or set prometheus.job=%s" $key $m.jobLabel (get $own $m.jobLabel) (include "tailwatch.job" $) $key (get $own $m.jobLabel)) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.podMonitor.enabled .Values.auth.enabled (eq .Values.podMonitor.bearerToken.source "prometheusServiceAccount") }}
+{{- fail "podMonitor.bearerToken.source=prometheusServiceAccount: a PodMonitor has no bearerTokenFile. Use scraper or secret" }}
+{{- end }}
+{{- $strategy := include "tailwatch.updateStrategy" . | fromYaml }}
+{{- with $strategy.rollingUpdate }}
+{{- /* The API server takes exactly one of the two non-zero. */}}
+{{- $unavailable := ne (toString (.maxUnavailable | default 0) | trimSuffix "%") "0" }}
+{{- $surge := ne (toString (.maxSurge | default 0) | trimSuffix "%") "0" }}
+{{- if and $unavailable $surge }}
+{{- fail "updateStrategy.rollingUpdate: with maxSurge set maxUnavailable to 0 (the API server takes one of the two)" }}
+{{- end }}
+{{- if not (or $unavailable $surge) }}
+{{- fail "updateStrategy.rollingUpdate: maxUnavailable and maxSurge are both 0, so no agent could ever be replaced" }}
+{{- end }}
+{{- if and $surge (or $.Values.hostNetwork (and $.Values.otlp.enabled $.Values.otlp.hostPort.enabled)) }}
+{{- fail "updateStrategy.rollingUpdate.maxSurge with hostNetwork or otlp.hostPort: the new agent could not bind the ports the old one holds on its node. Use maxUnavailable" }}
+{{- end }}
 {{- end }}
 {{- end }}
