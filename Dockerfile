@@ -42,7 +42,9 @@ LABEL org.opencontainers.image.title="tailwatch" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 COPY --from=build /opt/tailwatch /opt/tailwatch
+# TAILWATCH_REVISION: the commit on tailwatch_build_info{revision}.
 ENV PATH=/opt/tailwatch/bin:$PATH \
+    TAILWATCH_REVISION=${REVISION} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # nobody:nogroup, as docs/design.md (*Security posture*) and the chart's securityContext

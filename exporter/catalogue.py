@@ -96,6 +96,10 @@ class MetricSource(Protocol):
 
 # -- the catalogue ------------------------------------------------------------------------------
 
+#: `workload_type` is `workload_kind` lower-cased as kubernetes-mixin's
+#: namespace_workload_pod:kube_pod_owner:relabel has it (exporter/core/events.py,
+#: `workload_type`), so its recording rules join with ours; it comes after the families'
+#: other labels, so a series' label values are the workload key and the type at the end.
 WORKLOAD = ("namespace", "workload_kind", "workload")
 CONTAINER = ("namespace", "pod", "container")
 SERVICE = ("namespace", "service")
@@ -105,7 +109,7 @@ POD_EVENTS = Family(
     "tailwatch_pod_events_total",
     Kind.COUNTER,
     "Node-local pod lifecycle events seen by this agent.",
-    (*WORKLOAD, "event", "reason"),
+    (*WORKLOAD, "event", "reason", "workload_type"),
 )
 CONTAINER_RESTARTS = Family(
     "tailwatch_container_restarts_total",
@@ -117,21 +121,21 @@ POD_STARTUP = Family(
     "tailwatch_pod_startup_seconds",
     Kind.HISTOGRAM,
     "Time from a pod's scheduling to its first Ready, by the API's timestamps.",
-    WORKLOAD,
+    (*WORKLOAD, "workload_type"),
     (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
 POD_TERMINATION = Family(
     "tailwatch_pod_termination_seconds",
     Kind.HISTOGRAM,
     "Time from a pod's deletion request to the pod being gone.",
-    WORKLOAD,
+    (*WORKLOAD, "workload_type"),
     (1, 2, 5, 10, 20, 30, 45, 60, 120, 300, 600),
 )
 POD_INFO = Family(
     "tailwatch_pod_info",
     Kind.GAUGE,
     "Pods on this node (value 1), with their workload and revision.",
-    ("namespace", "pod", "workload_kind", "workload", "revision"),
+    ("namespace", "pod", "workload_kind", "workload", "revision", "workload_type"),
 )
 
 # This agent's own Node (the node watch and exporter/core/nodes.py).
@@ -175,7 +179,8 @@ OTLP_DATAPOINTS = Family(
     "tailwatch_otlp_datapoints_total",
     Kind.COUNTER,
     "OTLP histogram data points of client duration metrics received, by outcome: accepted, "
-    "unmapped (no opted-in Service), malformed, over_limit.",
+    "unmapped (no opted-in Service), malformed, over_limit; and ignored, the points of "
+    "other metrics.",
     ("outcome",),
 )
 
@@ -245,13 +250,31 @@ MEMORY_LIMIT = Family(
     "Memory limit of the container's cgroup (absent when it has none).",
     CONTAINER,
 )
-PRESSURE = Family(
-    "tailwatch_container_pressure_stalled_seconds_total",
-    Kind.COUNTER,
-    "PSI: time some (kind=some) or all (kind=full) of the container's tasks were stalled "
-    "on a resource (cgroup v2 and the hybrid layout's unified tree).",
-    (*CONTAINER, "resource", "kind"),
-)
+
+
+def _pressure(resource: str, stall: str, full: bool) -> Family:
+    who = "all" if full else "some"
+    return Family(
+        f"tailwatch_container_pressure_{resource}_{stall}_seconds_total",
+        Kind.COUNTER,
+        f"PSI {'full' if full else 'some'}: time {who} of the container's tasks were stalled "
+        f"on {resource} (cgroup v2 and the hybrid layout's unified tree), as the kubelet's "
+        f"container_pressure_{resource}_{stall}_seconds_total.",
+        CONTAINER,
+    )
+
+
+#: PSI, named as the kubelet and cAdvisor name it: `waiting` is the kernel's "some" line
+#: (some tasks stalled), `stalled` its "full" line (all of them). A kernel without the
+#: cpu.pressure "full" line (before 5.13) has no cpu stalled series rather than a 0.
+PRESSURE_WAITING = {r: _pressure(r, "waiting", False) for r in ("cpu", "memory", "io")}
+PRESSURE_STALLED = {r: _pressure(r, "stalled", True) for r in ("cpu", "memory", "io")}
+#: (resource, full?) -> family, in the order /metrics shows them.
+PRESSURE: dict[tuple[str, bool], Family] = {
+    **{(r, False): f for r, f in PRESSURE_WAITING.items()},
+    **{(r, True): f for r, f in PRESSURE_STALLED.items()},
+}
+
 OOM_KILLS = Family(
     "tailwatch_container_oom_kills_total",
     Kind.COUNTER,
@@ -280,10 +303,10 @@ WATCH_RESTARTS = Family(
     "inactivity_timeout, ...).",
     ("resource", "reason"),
 )
-WATCH_LAST_EVENT_AGE = Family(
-    "tailwatch_watch_last_event_age_seconds",
+WATCH_LAST_EVENT = Family(
+    "tailwatch_watch_last_event_timestamp_seconds",
     Kind.GAUGE,
-    "Seconds since the last list, event or bookmark of each watch.",
+    "When each watch last had a list, event or bookmark (unix seconds; its age is time() - this).",
     ("resource",),
 )
 DROPPED = Family(
@@ -293,7 +316,11 @@ DROPPED = Family(
     ("reason",),
 )
 BUILD_INFO = Family(
-    "tailwatch_build_info", Kind.GAUGE, "Build information (value 1).", ("version", "python")
+    "tailwatch_build_info",
+    Kind.GAUGE,
+    "Build information (value 1): the version, the git commit it was built from (revision, "
+    "unknown when not said) and the Python version.",
+    ("version", "revision", "python"),
 )
 
 # Episodes (the correlation core).
@@ -346,20 +373,20 @@ ROLLOUT_DURATION = Family(
     Kind.HISTOGRAM,
     "Time from a rollout's start (the first endpoint or pod of the new revision) to every "
     "endpoint of the workload running the new revision and ready.",
-    WORKLOAD,
+    (*WORKLOAD, "workload_type"),
     (5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600),
 )
 ROLLOUT_IN_PROGRESS = Family(
     "tailwatch_rollout_in_progress",
     Kind.GAUGE,
     "1 while a rollout of the workload is in progress, 0 for a while after it ended.",
-    WORKLOAD,
+    (*WORKLOAD, "workload_type"),
 )
 ROLLOUT_STUCK = Family(
     "tailwatch_rollout_stuck",
     Kind.GAUGE,
     "1 while a rollout of the workload has made no progress for --rollout-stuck, else 0.",
-    WORKLOAD,
+    (*WORKLOAD, "workload_type"),
 )
 
 # The agent's own process: the standard families of Prometheus' client libraries, named,
@@ -400,7 +427,7 @@ FAMILIES: tuple[Family, ...] = (
     SERVICE_ENDPOINTS,
     WATCH_EVENTS,
     WATCH_RESTARTS,
-    WATCH_LAST_EVENT_AGE,
+    WATCH_LAST_EVENT,
     DROPPED,
     BUILD_INFO,
     CLIENT_DURATION,
@@ -411,7 +438,7 @@ FAMILIES: tuple[Family, ...] = (
     CPU_PERIODS,
     MEMORY_WORKING_SET,
     MEMORY_LIMIT,
-    PRESSURE,
+    *PRESSURE.values(),
     OOM_KILLS,
     COLLECTOR_DURATION,
     OTLP_DATAPOINTS,

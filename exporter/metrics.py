@@ -14,6 +14,7 @@ a workload expire --series-ttl after its last pod left the node. Both cost O(1) 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from collections import OrderedDict
@@ -44,7 +45,7 @@ from exporter.catalogue import (
     SERVICE_ENDPOINTS,
     SERVICE_SLO,
     WATCH_EVENTS,
-    WATCH_LAST_EVENT_AGE,
+    WATCH_LAST_EVENT,
     WATCH_RESTARTS,
     Family,
     FamilySnapshot,
@@ -54,7 +55,7 @@ from exporter.core.buckets import FixedBuckets
 from exporter.core.correlation import Correlator
 from exporter.core.endpoints import EndpointCounts, EndpointEvent
 from exporter.core.episodes import ChangeKind, EpisodeChange
-from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.events import LifecycleEvent, PodEventKind, workload_type
 from exporter.core.histogram import (
     DEFAULT_CLASSIC_LAYOUT,
     LatencySeries,
@@ -75,6 +76,9 @@ DEFAULT_SERIES_LIMIT = 10_000
 #: The tailwatch_dropped_total reasons of this module.
 SERIES_LIMIT = "series_limit"
 INTERNAL_ERROR = "internal_error"
+#: The environment variable with the git commit the agent was built from (the image's
+#: REVISION build argument), for tailwatch_build_info's `revision`.
+REVISION_ENV = "TAILWATCH_REVISION"
 #: The most workloads `AgentMetrics.expire` drops in one call (~5 ms of the event loop on a
 #: 2-core machine); the others go at the next tick, a second later.
 EXPIRE_BATCH = 1000
@@ -246,7 +250,8 @@ class AgentMetrics:
         if event.kind is PodEventKind.OOM_KILL:
             return  # exported by the cgroup collector as tailwatch_container_oom_kills_total
         workload = (event.namespace, event.workload.kind, event.workload.name)
-        key = (*workload, event.kind.value, event.reason)
+        wtype = event.workload.type
+        key = (*workload, event.kind.value, event.reason, wtype)
         if self.limit.add(POD_EVENTS, self.pod_events, key, event.count):
             self._workload_events.setdefault(workload, set()).add(key)
         if event.kind is PodEventKind.CONTAINER_RESTART:
@@ -260,7 +265,7 @@ class AgentMetrics:
                 table, family = self.termination, POD_TERMINATION
             else:
                 return
-            self.limit.observe(family, table, workload, event.duration_seconds)
+            self.limit.observe(family, table, (*workload, wtype), event.duration_seconds)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         """Drop the per-pod series of a pod that left the node."""
@@ -298,8 +303,9 @@ class AgentMetrics:
         times. A later event of it starts them again from 0 (a counter reset)."""
         for key in self._workload_events.pop(workload, ()):
             del self.pod_events[key]
-        self.startup.pop(workload, None)
-        self.termination.pop(workload, None)
+        typed = (*workload, workload_type(workload[1]))
+        self.startup.pop(typed, None)
+        self.termination.pop(typed, None)
 
 
 class ClientLatency:
@@ -365,6 +371,8 @@ class AgentSource:
         endpoints: Callable[[], Mapping[ServiceRef, EndpointCounts]] = dict,
         extra_dropped: Iterable[Callable[[], Mapping[str, int]]] = (),
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        revision: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.pods = pods
@@ -372,13 +380,17 @@ class AgentSource:
         self.endpoints = endpoints
         self.extra_dropped = list(extra_dropped)
         self.clock = clock
-        self._build: list[Series] = [((__version__, platform.python_version()), 1)]
+        self.wall_clock = wall_clock
+        if revision is None:
+            revision = os.environ.get(REVISION_ENV, "").strip() or "unknown"
+        self._build: list[Series] = [((__version__, revision, platform.python_version()), 1)]
 
     def snapshot(self) -> Iterable[FamilySnapshot]:
         m = self.metrics
         info: list[Series] = [
-            ((p.namespace, p.name, p.workload.kind, p.workload.name, p.revision), 1)
+            ((p.namespace, p.name, w.kind, w.name, p.revision, w.type), 1)
             for p in self.pods()
+            for w in (p.workload,)
         ]
         counts: list[Series] = []
         for ref, c in self.endpoints().items():
@@ -389,16 +401,21 @@ class AgentSource:
             ]
         events: dict[tuple[str, ...], float] = {}
         restarts: dict[tuple[str, ...], float] = {}
-        age: list[Series] = []
+        last_event: list[Series] = []
         dropped: dict[tuple[str, ...], float] = {(r,): n for r, n in m.dropped.items()}
+        # The watches keep monotonic times (a wall clock step must not fake a silent
+        # watch); the family is a timestamp, as kube-state-metrics' are, so one wall clock
+        # reading turns them into unix seconds.
         now = self.clock()
+        wall = self.wall_clock()
         for health in self.watches():
             for etype, n in health.events.items():
                 events[(health.resource, etype)] = n
             for reason, n in health.restarts.items():
                 restarts[(health.resource, reason)] = n
             if health.last_event_at is not None:
-                age.append(((health.resource,), max(0.0, now - health.last_event_at)))
+                ago = max(0.0, now - health.last_event_at)
+                last_event.append(((health.resource,), wall - ago))
             for reason, n in health.dropped.items():
                 dropped[(reason,)] = dropped.get((reason,), 0) + n
         for source in self.extra_dropped:
@@ -415,7 +432,7 @@ class AgentSource:
             FamilySnapshot(SERVICE_ENDPOINTS, counts),
             FamilySnapshot(WATCH_EVENTS, events.items()),
             FamilySnapshot(WATCH_RESTARTS, restarts.items()),
-            FamilySnapshot(WATCH_LAST_EVENT_AGE, age),
+            FamilySnapshot(WATCH_LAST_EVENT, last_event),
             FamilySnapshot(DROPPED, dropped.items()),
             FamilySnapshot(BUILD_INFO, self._build),
         )
@@ -514,9 +531,10 @@ class RolloutMetrics:
             self._expiry.pop(key, None)
         elif change.kind in (RolloutChangeKind.FINISHED, RolloutChangeKind.ABANDONED):
             duration = change.rollout.duration_seconds
+            typed = (*key, workload_type(key[1]))
             if duration is not None:
-                self.limit.observe(ROLLOUT_DURATION, self.durations, key, duration)
-            if self.ttl is not None and key in self.durations:
+                self.limit.observe(ROLLOUT_DURATION, self.durations, typed, duration)
+            if self.ttl is not None and typed in self.durations:
                 self._expiry[key] = self.clock() + self.ttl
                 self._expiry.move_to_end(key)
 
@@ -529,7 +547,7 @@ class RolloutMetrics:
             if due > now:
                 break
             del self._expiry[key]
-            self.durations.pop(key, None)
+            self.durations.pop((*key, workload_type(key[1])), None)
             expired += 1
         return expired
 
@@ -548,9 +566,9 @@ class RolloutSource:
         self.gauges = gauges
 
     def snapshot(self) -> Iterable[FamilySnapshot]:
-        gauges = self.gauges()
+        gauges = [((*key, workload_type(key[1])), v) for key, v in self.gauges().items()]
         return (
             FamilySnapshot(ROLLOUT_DURATION, self.metrics.durations.items()),
-            FamilySnapshot(ROLLOUT_IN_PROGRESS, [(key, v[0]) for key, v in gauges.items()]),
-            FamilySnapshot(ROLLOUT_STUCK, [(key, v[1]) for key, v in gauges.items()]),
+            FamilySnapshot(ROLLOUT_IN_PROGRESS, [(key, v[0]) for key, v in gauges]),
+            FamilySnapshot(ROLLOUT_STUCK, [(key, v[1]) for key, v in gauges]),
         )

@@ -64,12 +64,15 @@ class _Pass:
             if v is not None:
                 yield key, v
 
-    def pressure(self) -> Iterator[Series]:
+    def pressure(self, resource: str, full: bool) -> Iterator[Series]:
+        """One PSI family's series: `resource`'s "full" totals (the kubelet's `stalled`)
+        or its "some" totals (`waiting`); a container without the line has no series."""
         for key, s in zip(self.keys, self.samples, strict=True):
             for p in s.pressure:
-                if p.full_seconds is not None:
-                    yield (*key, p.resource, "full"), p.full_seconds
-                yield (*key, p.resource, "some"), p.some_seconds
+                if p.resource == resource:
+                    v = p.full_seconds if full else p.some_seconds
+                    if v is not None:
+                        yield key, v
 
 
 def _key(s: CgroupSample) -> tuple[str, str, str]:
@@ -95,7 +98,10 @@ class CgroupSource:
         if sorted_pass.of is not latest:  # the scrape and the sampler's thread may both make it
             sorted_pass = self._pass = _Pass.of_pass(latest)
         out = [FamilySnapshot(f, sorted_pass.values(value), latest) for f, value in _PER_CONTAINER]
-        out.append(FamilySnapshot(PRESSURE, sorted_pass.pressure(), latest))
+        out += [
+            FamilySnapshot(f, sorted_pass.pressure(resource, full), latest)
+            for (resource, full), f in PRESSURE.items()
+        ]
         out.append(FamilySnapshot(OOM_KILLS, sorted_pass.values(_oom_kills), latest))
         if self.include_duration:
             durations = self.sampler.durations

@@ -24,12 +24,40 @@ class PodEventKind(StrEnum):
     OOM_KILL = "oom_kill"
 
 
+#: `workload_type` of the kinds kubernetes-mixin's namespace_workload_pod:kube_pod_owner:relabel
+#: names: a pod without a controller is its "barepod", a static pod (owned by its Node) its
+#: "staticpod"; any other kind is lower-cased.
+_WORKLOAD_TYPES = {
+    "Deployment": "deployment",
+    "ReplicaSet": "replicaset",
+    "StatefulSet": "statefulset",
+    "DaemonSet": "daemonset",
+    "Job": "job",
+    "CronJob": "cronjob",
+    "Pod": "barepod",
+    "Node": "staticpod",
+}
+
+
+def workload_type(kind: str) -> str:
+    """The `workload_type` label of a workload kind (`Deployment` -> `deployment`), beside
+    `workload_kind` on every workload family, so a query can join our series with
+    kubernetes-mixin's recording rules on (namespace, workload, workload_type)."""
+    known = _WORKLOAD_TYPES.get(kind)
+    return known if known is not None else kind.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """The controller a pod belongs to (docs/lifecycle.md); kind "Pod" when it has none."""
 
     kind: str
     name: str
+
+    @property
+    def type(self) -> str:
+        """kubernetes-mixin's `workload_type` of the kind (`workload_type`)."""
+        return workload_type(self.kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,10 @@
 """The alerting rules. Each alert has a `severity`, a `summary`, a `description` and a
 `runbook_url` pointing at its section of docs/runbooks.md (`ALERTS` lists every name, and a
 test checks that each one has its runbook entry).
+
+A summary names what fires and where, never a value: Alertmanager's grouped notification
+takes its headline from the summaries, and one that changes with every evaluation
+(`$value`) makes a new headline each time. Values go to the description.
 """
 
 from __future__ import annotations
@@ -117,8 +121,8 @@ class _Alerts:
                 f"and on ({ns_svc})\n"
                 f"max by ({ns_svc}) ({disrupted}) == 1",
                 "warning",
-                f"A disruption raised the p99 latency of {SERVICE} "
-                f'{{{{ $value | printf "%.1f" }}}}x.',
+                f"A disruption raised the p99 latency of {SERVICE} above "
+                f"{_number(t.disruption_p99_ratio)}x its baseline.",
                 f"{SERVICE} has an open episode (a lifecycle disruption or a latency spike) "
                 f'and the p99 latency of its address is {{{{ $value | printf "%.1f" }}}}x its '
                 f"steady p99 of the {duration(w.baseline)} before the last "
@@ -161,7 +165,7 @@ class _Alerts:
             # their max is the workload's, so one stuck rollout is one alert.
             self.alert(
                 "TailwatchRolloutStuck",
-                f"max by ({q.by('namespace', 'workload_kind', 'workload')}) "
+                f"max by ({q.by('namespace', 'workload_kind', 'workload', 'workload_type')}) "
                 f"({q.raw('tailwatch_rollout_stuck')}) == 1",
                 "warning",
                 f"The rollout of {WORKLOAD} is stuck.",
@@ -197,7 +201,7 @@ class _Alerts:
                 f"sum by ({keys}) (\n  {indent(increase_with_new_series(restarts, rwin))}\n)"
                 f" >= {t.restart_loop_restarts}",
                 "warning",
-                f'{CONTAINER} restarted {{{{ $value | printf "%.0f" }}}} times in {rwin}.',
+                f"{CONTAINER} is restarting in a loop.",
                 f"The container {CONTAINER} on {{{{ $labels.{q.node} }}}} restarted "
                 f'{{{{ $value | printf "%.0f" }}}} times in the last {rwin} (threshold '
                 f"{t.restart_loop_restarts}).",
@@ -229,8 +233,8 @@ class _Alerts:
                 f'{r.cpu_share}{{container=~"{sidecars}"}} > {_number(t.sidecar_cpu_share)}\n'
                 f"and on ({q.by('namespace', 'pod')})\n{degraded_pods}",
                 "warning",
-                f"The sidecar {CONTAINER} takes {{{{ $value | humanizePercentage }}}} of its "
-                "pod's CPU while latency is degraded.",
+                f"The sidecar {CONTAINER} takes over {_number(t.sidecar_cpu_share * 100)}% of "
+                "its pod's CPU while latency is degraded.",
                 f"The sidecar container {CONTAINER} used {{{{ $value | humanizePercentage }}}} of "
                 f"its pod's CPU over {duration(w.resources)} (threshold "
                 f"{_number(t.sidecar_cpu_share * 100)}%) while the p99 of a Service the pod "
@@ -261,8 +265,8 @@ class _Alerts:
             ),
             self.alert(
                 "TailwatchWatchStale",
-                f"max by ({q.by(q.node, 'instance', 'resource')}) "
-                f"({q.raw('tailwatch_watch_last_event_age_seconds')}) > "
+                f"time() - max by ({q.by(q.node, 'instance', 'resource')}) "
+                f"({q.raw('tailwatch_watch_last_event_timestamp_seconds')}) > "
                 f"{_number(t.watch_stale_seconds)}",
                 "warning",
                 f"The {{{{ $labels.resource }}}} watch of {AGENT} is stale.",

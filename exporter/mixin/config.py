@@ -3,27 +3,72 @@ runbook base URL, dashboard UIDs and the histogram form the rules read. Dashboar
 recording rules and alerts are all built from a `MixinConfig`, so a change here changes all
 three together (the kubernetes-mixin `_config` model).
 
-Every duration is a number of seconds in a field made with `duration()` (a window) or
-`pending()` (an alert's `for`), so that `MixinConfig.scaled()` can shrink them all at once
-for the end-to-end test profile; `from_mapping()` applies user overrides (YAML) on top of
-the defaults.
+Every duration is a number of seconds in a field made with `duration()` (a window),
+`pending()` (an alert's `for`) or `seconds()` (a threshold that is a time), so that
+`MixinConfig.scaled()` can shrink the windows and `for`s at once for the end-to-end test
+profile; `from_mapping()` applies user overrides (YAML) on top of the defaults, reading every
+duration in Prometheus' own notation (`90s`, `1h30m`, `1d`, `3d`: `parse_duration`), as the
+rules and Prometheus' configuration write them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.core.sidecars import CONTAINER_PATTERN as SIDECAR_CONTAINER_PATTERN
-from exporter.core.units import parse_duration
 
 
 class MixinConfigError(ValueError):
     """An override that does not fit the config; the message names the key."""
+
+
+#: Prometheus' duration units, in the only order its grammar allows them.
+_PROMETHEUS_UNITS = (
+    ("y", 365 * 86_400.0),
+    ("w", 7 * 86_400.0),
+    ("d", 86_400.0),
+    ("h", 3_600.0),
+    ("m", 60.0),
+    ("s", 1.0),
+    ("ms", 0.001),
+)
+_PROMETHEUS_DURATION = re.compile(
+    "".join(rf"(?:(?P<{'ms_' if u == 'ms' else u}>\d+){u})?" for u, _ in _PROMETHEUS_UNITS)
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Prometheus duration (`1d`, `3d`, `90s`, `1h30m`, `500ms`, `0`): whole
+    numbers, each unit of y, w, d, h, m, s, ms at most once and in that order, as
+    Prometheus parses `for:`, `[range]` and its configuration; or a plain number of seconds.
+    Anything else raises ValueError saying what a duration looks like: a window the rules
+    would write differently from what the user meant must not pass silently."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(seconds):
+            return seconds
+    match = _PROMETHEUS_DURATION.fullmatch(text)
+    if not text or match is None or not any(match.groups()):
+        raise ValueError(
+            f"{text!r} is not a duration: Prometheus durations are whole numbers with the "
+            "units y, w, d, h, m, s, ms in that order (e.g. 90s, 1h30m, 1d, 3d) or a number "
+            "of seconds"
+        )
+    return sum(
+        int(n) * size
+        for n, (_, size) in zip(match.groups(), _PROMETHEUS_UNITS, strict=True)
+        if n is not None
+    )
 
 
 def duration(default: float) -> Any:
@@ -35,6 +80,13 @@ def duration(default: float) -> Any:
 def pending(default: float) -> Any:
     """A dataclass field holding an alert's `for` in seconds, scaled by `MixinConfig.scaled()`."""
     return field(default=default, metadata={"duration": "pending"})
+
+
+def seconds(default: float) -> Any:
+    """A dataclass field holding a threshold that is a time, in seconds: read as a duration,
+    not scaled (it compares with what the agents measure, which the profile does not
+    compress)."""
+    return field(default=default, metadata={"duration": "threshold"})
 
 
 @dataclass(frozen=True)
@@ -127,11 +179,11 @@ class Thresholds:
     sidecar_for: float = pending(300)
     agent_down_for: float = pending(300)
     #: A healthy watch sees an event or a bookmark at least every ~60 s.
-    watch_stale_seconds: float = 180
+    watch_stale_seconds: float = seconds(180)
     watch_stale_for: float = pending(120)
     probe_failure_ratio: float = 0.05
     probe_failures_for: float = pending(300)
-    prober_lag_p99_seconds: float = 0.05
+    prober_lag_p99_seconds: float = seconds(0.05)
     prober_lag_for: float = pending(600)
 
 
@@ -150,6 +202,13 @@ class Dashboards:
     #: `tailwatch.io/sidecars` annotation and native sidecars are not in the metrics' labels:
     #: only the agent sees them.
     sidecar_containers: str = SIDECAR_CONTAINER_PATTERN
+    #: The resolution of the annotation queries (episodes, rollouts, pod and endpoint
+    #: events): fine enough to mark an episode shorter than a minute.
+    annotation_step: float = seconds(10)
+    #: kubernetes-mixin's "Compute Resources / Pod" and "Compute Resources / Node (Pods)"
+    #: dashboards, which the panels with pod or node labels link to.
+    kubernetes_pod_uid: str = "6581e46e4e5c7ba40a07646395ef7b23"
+    kubernetes_node_uid: str = "200ac8fdbfbb74b39aff88118e4d1c2c"
 
 
 @dataclass(frozen=True)
@@ -220,7 +279,8 @@ def _scale(obj: Any, factor: float, min_window: float) -> Any:
 def from_mapping(overrides: Mapping[str, Any], base: MixinConfig | None = None) -> MixinConfig:
     """`base` (the defaults) with `overrides` applied, e.g. from a YAML file:
     `{"selectors": {"job": 'job="tw"'}, "windows": {"latency": "2m"}}`. Durations may be
-    written as `2m` or as seconds; unknown keys and wrong types raise `MixinConfigError`."""
+    written as Prometheus durations (`2m`, `1d`, `1h30m`) or as seconds; unknown keys, wrong
+    types and malformed durations raise `MixinConfigError`."""
     try:
         return typing.cast(MixinConfig, _apply(base or MixinConfig(), overrides, ""))
     except (TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from exporter.catalogue import PRESSURE_WAITING
 from exporter.mixin.config import MixinConfig
 
 _UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1))
@@ -150,3 +151,15 @@ def increase_with_new_series(series: str, window: str) -> str:
     """
     new = f"({series} unless {series} offset {window})"
     return f"(\n  increase({series}[{window}])\n  unless {new}\n)\nor\n{new}"
+
+
+def psi_waiting_rate(raw: Callable[..., str], window: str, *matchers: str) -> str:
+    """The share of time some task of each container waited, with a `resource` label
+    (cpu, memory, io): the three PSI "some" families (the kubelet's `waiting`), one rate
+    each, labelled and joined, so a panel can show them by resource. `raw(metric, *matchers)`
+    makes each selector (the job matchers and the dashboard's)."""
+    return "\nor\n".join(
+        f"label_replace(rate({raw(family.name, *matchers)}[{window}]), "
+        f'"resource", "{resource}", "", "")'
+        for resource, family in PRESSURE_WAITING.items()
+    )

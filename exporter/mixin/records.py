@@ -235,7 +235,9 @@ class _Builder:
     def cluster(self) -> Group:
         q, r = self.q, self.r
         window = duration(self.config.windows.reschedule)
-        pod_keys = ("namespace", "workload_kind", "workload", "pod")
+        # workload_type rides along, so the records join kubernetes-mixin's on it.
+        workload = ("namespace", "workload_kind", "workload", "workload_type")
+        pod_keys = (*workload, "pod")
         statefulset_pods = q.raw("tailwatch_pod_info", 'workload_kind="StatefulSet"')
         revisioned_pods = q.raw("tailwatch_pod_info", 'revision!=""')
         rules = [
@@ -251,8 +253,8 @@ class _Builder:
             # More than one revision of a workload running anywhere: a rollout in progress.
             _record(
                 r.workload_revisions,
-                f"count by ({q.by('namespace', 'workload_kind', 'workload')}) (\n"
-                f"  group by ({q.by('namespace', 'workload_kind', 'workload', 'revision')}) (\n"
+                f"count by ({q.by(*workload)}) (\n"
+                f"  group by ({q.by(*workload, 'revision')}) (\n"
                 f"    {revisioned_pods}\n"
                 "  )\n)",
             ),

@@ -161,7 +161,7 @@ def test_a_new_pod_of_the_workload_keeps_its_series() -> None:
     node.event("ADDED", again)
     node.clock.advance(120)
     node.metrics.expire()
-    key = ("default", "Deployment", "web", "scheduled", "")
+    key = ("default", "Deployment", "web", "scheduled", "", "deployment")
     assert node.metrics.pod_events[key] == 2
     # Its last pod leaves: the series go the TTL after that, not before.
     node.event("DELETED", again)
@@ -243,7 +243,8 @@ async def test_the_agent_drops_finished_cronjob_series(
         await wait_for(
             lambda: (
                 not any(k[1] == "Job" for k in agent.metrics.pod_events)
-                and not agent.metrics.startup.keys() - {("default", "Deployment", "api")}
+                and not agent.metrics.startup.keys()
+                - {("default", "Deployment", "api", "deployment")}
             ),
             "the Job series to expire",
             timeout=30,
@@ -257,6 +258,6 @@ async def test_the_agent_drops_finished_cronjob_series(
         assert 'workload_kind="Job"' not in text
         assert (
             'tailwatch_pod_events_total{event="ready",namespace="default",reason="",'
-            'workload="api",workload_kind="Deployment"} 1.0' in text
+            'workload="api",workload_kind="Deployment",workload_type="deployment"} 1.0' in text
         )
         assert 'reason="internal_error"' not in text

@@ -95,7 +95,8 @@ def test_v1_only_containers_on_a_hybrid_host_export_cpu_and_memory(
     text = Exposition([CgroupSource(sampler)]).render()
     assert 'tailwatch_container_cpu_throttled_periods_total{container="app"' in text
     assert 'tailwatch_container_memory_working_set_bytes{container="app"' in text
-    assert "tailwatch_container_pressure_stalled_seconds_total{" not in text
+    # v1 has no PSI: none of the six families has a series.
+    assert "_waiting_seconds_total{" not in text and "_stalled_seconds_total{" not in text
     sampler.close()
 
 

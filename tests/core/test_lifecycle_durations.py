@@ -135,7 +135,7 @@ def test_a_pod_seen_late_reports_its_true_startup_once(agent: Agent) -> None:
     # Seen again by relist or watch: nothing more.
     assert agent.sync([late], now=T + 200) == []
     assert agent.apply("MODIFIED", late, T + 201) == []
-    assert metrics.startup[("default", "Deployment", "api")].count == 1
+    assert metrics.startup[("default", "Deployment", "api", "deployment")].count == 1
 
 
 def test_a_pod_that_became_ready_in_a_gap_reports_the_apis_startup(agent: Agent) -> None:
@@ -383,5 +383,5 @@ async def test_the_agent_reports_the_apis_durations(
         # First seen already terminating: from the deletion request, not 30 s of grace.
         termination = by_pod[("old", E.DELETED)].duration_seconds
         assert termination is not None and 0 <= termination <= took + 1
-        assert set(agent.metrics.startup) == {("default", "Deployment", "web")}
-        assert set(agent.metrics.termination) == {("default", "Deployment", "old")}
+        assert set(agent.metrics.startup) == {("default", "Deployment", "web", "deployment")}
+        assert set(agent.metrics.termination) == {("default", "Deployment", "old", "deployment")}

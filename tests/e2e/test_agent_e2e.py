@@ -43,6 +43,9 @@ def series(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], flo
 
 
 def key(**labels: str) -> tuple[tuple[str, str], ...]:
+    """A series' labels; a workload's have its workload_type beside its workload_kind."""
+    if "workload_kind" in labels:
+        labels["workload_type"] = labels["workload_kind"].lower()
     return tuple(sorted(labels.items()))
 
 

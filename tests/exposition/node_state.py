@@ -41,6 +41,7 @@ from exporter.process import ProcessSource
 
 T0 = 1_790_000_000.0  # wall clock of the state (2026-09-21)
 MONOTONIC = 5_000.0  # the agent's monotonic clock at the scrape
+WALL = T0 + 60.0  # the wall clock at the scrape
 SLO = 0.05
 # A termination reason needing every escape of the exposition format.
 ODD_REASON = 'Error: exit "1" in C:\\app\nretrying'
@@ -122,6 +123,7 @@ class NodeState:
                 endpoints=self.endpoint_counts,
                 extra_dropped=[self.sampler.dropped, lambda: {"otlp_body_too_large": 1}],
                 clock=lambda: MONOTONIC,
+                wall_clock=lambda: WALL,
             ),
             ClientLatencySource(self.client),
             self.cgroup_source,

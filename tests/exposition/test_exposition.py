@@ -102,8 +102,8 @@ def assert_same_as_prometheus_client(exposition: Exposition) -> None:
 
 def normalized(text: str) -> str:
     """The golden file must not change with the Python or tailwatch version."""
-    return re.sub(r"tailwatch_build_info\{[^}]*\}", 'tailwatch_build_info{python="X",version="X"}',
-                  text)  # fmt: skip
+    return re.sub(r"tailwatch_build_info\{[^}]*\}",
+                  'tailwatch_build_info{python="X",revision="X",version="X"}', text)  # fmt: skip
 
 
 def test_golden_exposition(node: NodeState) -> None:

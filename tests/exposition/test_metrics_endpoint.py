@@ -31,7 +31,8 @@ from tests.exposition.prometheus_proto import delimited
 from tests.exposition.test_exposition import PROMETHEUS_ACCEPT, PROTOBUF_ACCEPT, families
 
 LAYOUT = TreeLayout(version="v2", driver="systemd", runtime="containerd")
-AGE = "tailwatch_watch_last_event_age_seconds"  # moves with the clock between two renders
+#: Made of two clocks read at each render: may differ in the last digits between two.
+AGE = "tailwatch_watch_last_event_timestamp_seconds"
 #: The process' own CPU, memory and descriptors move between two renders too.
 PROCESS = "process_"
 

@@ -66,9 +66,9 @@ def test_a_family_at_the_limit_gets_no_new_label_sets(caplog: pytest.LogCaptureF
             metrics.record(event(f"job-{i}", PodEventKind.READY, duration_seconds=1.0 + round_))
     # The first LIMIT workloads have their series, counting every update.
     assert sorted(k[2] for k in metrics.pod_events) == ["job-0", "job-0", "job-1"]
-    assert metrics.pod_events[("default", "Job", "job-0", "scheduled", "")] == 2
+    assert metrics.pod_events[("default", "Job", "job-0", "scheduled", "", "job")] == 2
     assert sorted(k[2] for k in metrics.startup) == ["job-0", "job-1", "job-2"]
-    assert metrics.startup[("default", "Job", "job-2")].count == 2
+    assert metrics.startup[("default", "Job", "job-2", "job")].count == 2
     # Refused: 7 pod event updates per round, 2 startup observations per round.
     refused = 2 * 7 + 2 * 2
     assert metrics.dropped == {"series_limit": refused}
@@ -83,7 +83,7 @@ def test_a_family_at_the_limit_gets_no_new_label_sets(caplog: pytest.LogCaptureF
     # Series that go (a workload's TTL, a pod's) make room for new label sets.
     metrics.forget_workload(("default", "Job", "job-0"))
     metrics.record(event("job-4"))
-    assert ("default", "Job", "job-4", "scheduled", "") in metrics.pod_events
+    assert ("default", "Job", "job-4", "scheduled", "", "job") in metrics.pod_events
 
 
 def test_restart_series_are_limited_too() -> None:

@@ -17,9 +17,15 @@ def _in_range(series: str) -> str:
     return increase_with_new_series(series, "$__range")
 
 
-def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+def episode_table(
+    q: PromQL,
+    matchers: tuple[str, ...],
+    keys: tuple[str, ...],
+    links: tuple[dict[str, Any], ...] = (),
+) -> Any:
     """Per `keys` (e.g. namespace, service, cause): episodes closed in range, their worst
-    impact, the worst p99 ratio (upper bound of the highest bucket hit) and recovery p90.
+    impact, the worst p99 ratio (upper bound of the highest bucket hit) and recovery p90;
+    `links` are data links on each row.
 
     Every agent that has latency for a Service (the k probing its address, those hosting its
     endpoints) reports its episodes, so counts take the max across agents, not the sum."""
@@ -53,6 +59,7 @@ def episode_table(q: PromQL, matchers: tuple[str, ...], keys: tuple[str, ...]) -
             "Value #D": ("Recovery p90", "s"),
         },
         mappings={"Value #B": impact_words},
+        links=links,
     )
 
 

@@ -9,11 +9,10 @@ from typing import Any
 from exporter.mixin.config import MixinConfig
 from exporter.mixin.dashboards import panels as p
 from exporter.mixin.dashboards.episodes import quantile_in_range
-from exporter.mixin.promql import PromQL, increase_with_new_series, indent
+from exporter.mixin.promql import PromQL, increase_with_new_series, indent, psi_waiting_rate
 
 CONTAINER_LEGEND = "{{namespace}}/{{pod}}/{{container}}"
 TOP = 10
-SOME = 'kind="some"'
 #: The agent's own budget at the reference node (docs/design.md, *Reference load and
 #: budgets*), drawn on its cost panels. The project's promise, not a setting of the mixin:
 #: the line shows whether the agent keeps it on this node.
@@ -39,6 +38,8 @@ def build(config: MixinConfig) -> Any:
 
     def events(metric: str, *matchers: str) -> str:
         return indent(increase_with_new_series(raw(metric, *matchers), "$__rate_interval"))
+
+    pod = [p.pod_link(config)]
 
     grid.row("Lifecycle on the node")
     grid.add(
@@ -73,6 +74,7 @@ def build(config: MixinConfig) -> Any:
             ),
             "short",
             bars=True,
+            links=pod,
         ),
         12,
     )
@@ -81,14 +83,14 @@ def build(config: MixinConfig) -> Any:
             "Pods on the node",
             "Pods on the node by workload kind.",
             p.targets(
-                (f"count by (workload_kind) ({raw('tailwatch_pod_info')})", "{{workload_kind}}")
+                (f"count by (workload_type) ({raw('tailwatch_pod_info')})", "{{workload_type}}")
             ),
             "short",
             stacked=True,
         ),
         8,
     )
-    workload = ("namespace", "workload_kind", "workload")
+    workload = ("namespace", "workload_kind", "workload", "workload_type")
     grid.add(
         p.table(
             "Pod startup and termination (time range)",
@@ -123,6 +125,7 @@ def build(config: MixinConfig) -> Any:
             ),
             "percentunit",
             thresholds=((config.thresholds.throttling_ratio, "red"),),
+            links=pod,
         ),
         12,
     )
@@ -138,21 +141,24 @@ def build(config: MixinConfig) -> Any:
                 )
             ),
             "suffix: cores",
+            links=pod,
         ),
         12,
     )
     grid.add(
         p.timeseries(
             f"Pressure stall, PSI some (top {TOP})",
-            "Share of time at least one task of the container stalled, by resource (cgroup v2).",
+            "Share of time at least one task of the container waited, by resource (cgroup v2 "
+            "PSI some: the kubelet's container_pressure_*_waiting_seconds_total).",
             p.targets(
                 (
-                    f"topk({TOP}, sum by ({keys}, resource) "
-                    f"({rate('tailwatch_container_pressure_stalled_seconds_total', SOME)}))",
+                    f"topk({TOP}, sum by ({keys}, resource) (\n"
+                    f"  {indent(psi_waiting_rate(q.raw, '$__rate_interval', node))}\n))",
                     CONTAINER_LEGEND + " {{resource}}",
                 )
             ),
             "percentunit",
+            links=pod,
         ),
         12,
     )
@@ -169,6 +175,7 @@ def build(config: MixinConfig) -> Any:
                 )
             ),
             "percentunit",
+            links=pod,
         ),
         12,
     )
@@ -211,12 +218,14 @@ def build(config: MixinConfig) -> Any:
     )
 
     grid.row("The agent")
-    age = raw("tailwatch_watch_last_event_age_seconds")
+    last_event = raw("tailwatch_watch_last_event_timestamp_seconds")
+    age = f"time() - max by (resource) ({last_event})"
     grid.add(
         p.timeseries(
             "Watch staleness",
-            "Seconds since each watch's last list, event or bookmark; healthy under ~60 s.",
-            p.targets((f"max by (resource) ({age})", "{{resource}}")),
+            "Seconds since each watch's last list, event or bookmark (now minus "
+            "tailwatch_watch_last_event_timestamp_seconds); healthy under ~60 s.",
+            p.targets((age, "{{resource}}")),
             "s",
             thresholds=((config.thresholds.watch_stale_seconds, "red"),),
         ),
@@ -231,7 +240,7 @@ def build(config: MixinConfig) -> Any:
                 (
                     "sum by (resource, reason) (\n  "
                     f"{events('tailwatch_watch_restarts_total')}\n)\n"
-                    f"or on ()\nmax by (resource) ({age}) * 0",
+                    f"or on ()\nmax by (resource) ({last_event}) * 0",
                     "{{resource}} {{reason}}",
                 )
             ),
@@ -288,7 +297,7 @@ def build(config: MixinConfig) -> Any:
             p.targets(
                 (
                     f"sum by (reason) ({rate('tailwatch_dropped_total')})\n"
-                    f"or on ()\nmax({age}) * 0",
+                    f"or on ()\nmax({last_event}) * 0",
                     "{{reason}}",
                 )
             ),
@@ -324,6 +333,7 @@ def build(config: MixinConfig) -> Any:
         variables=[
             p.variable("node", "Node", f"label_values({q.raw('up')}, {q.node})"),
         ],
+        links=[p.node_link(config, "${node}")],
         annotations=[
             p.annotation(
                 "Pod events",

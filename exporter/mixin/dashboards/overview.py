@@ -26,13 +26,16 @@ SVC = 'service=~"$service"'
 SERVICE_LEGEND = "{{namespace}}/{{service}}"
 
 
-def _service_link(config: MixinConfig) -> dict[str, Any]:
+def service_link(config: MixinConfig, field: str = p.FIELD_LABEL) -> dict[str, Any]:
+    """A data link to the Service dashboard of the series' (or, with
+    `field="${__data.fields.%s}"`, the table row's) namespace and service."""
     uid = config.dashboards.service_uid
-    return {
-        "title": "Service dashboard for ${__field.labels.namespace}/${__field.labels.service}",
-        "url": f"/d/{uid}?${{__url_time_range}}&var-datasource=${{datasource}}"
-        "&var-namespace=${__field.labels.namespace}&var-service=${__field.labels.service}",
-    }
+    namespace, service = field % "namespace", field % "service"
+    return p.data_link(
+        f"Service dashboard for {namespace}/{service}",
+        f"/d/{uid}?${{__url_time_range}}&var-datasource=${{datasource}}"
+        f"&var-namespace={namespace}&var-service={service}",
+    )
 
 
 def build(config: MixinConfig) -> Any:
@@ -41,7 +44,7 @@ def build(config: MixinConfig) -> Any:
     t = config.thresholds
     slo = config.slo
     grid = p.Grid()
-    link = [_service_link(config)]
+    link = [service_link(config)]
 
     grid.row("Tail latency of each Service's address, steady vs disrupted")
     for quantile, name in (("0.5", "p50"), ("0.99", "p99"), ("0.999", "p99.9")):
@@ -159,7 +162,8 @@ def build(config: MixinConfig) -> Any:
 
     grid.row("Episodes")
     keys = ("namespace", "service", "cause")
-    grid.add(episode_table(q, (NS, SVC), keys), 16, 9)
+    row_link = service_link(config, "${__data.fields.%s}")
+    grid.add(episode_table(q, (NS, SVC), keys, (row_link,)), 16, 9)
     grid.add(not_recovered_stat(q, (NS, SVC)), 8, 9)
     grid.add(
         p.stat(
@@ -210,6 +214,7 @@ def build(config: MixinConfig) -> Any:
             p.targets((q.rec(r.pod_nodes, 'namespace=~"$namespace"'), "{{namespace}}/{{pod}}")),
             "short",
             thresholds=((2, "red"),),
+            links=[p.pod_link(config)],
         ),
         12,
     )
@@ -300,7 +305,7 @@ def episode_annotation(q: PromQL, matchers: tuple[str, ...]) -> dict[str, Any]:
 def rollouts_in_progress(q: PromQL, *matchers: str) -> str:
     """The workloads with a rollout in progress: the max over the agents that follow each
     (every agent that reports a Service behind it), so a rollout is one series, not k."""
-    keys = q.by("namespace", "workload_kind", "workload")
+    keys = q.by("namespace", "workload_kind", "workload", "workload_type")
     return f"max by ({keys}) ({q.raw('tailwatch_rollout_in_progress', *matchers)}) == 1"
 
 

@@ -11,13 +11,52 @@ import attr
 from grafanalib import core as g
 
 from exporter.mixin.config import MixinConfig
-from exporter.mixin.promql import PromQL
+from exporter.mixin.promql import PromQL, duration
 
 #: Every panel, query, variable and annotation reads from the `$datasource` variable.
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 #: Grafana 10's dashboard schema; older Grafanas still load it, newer ones migrate it.
 SCHEMA_VERSION = 39
 GRID_WIDTH = 24
+#: Where a data link puts a series' label: Grafana resolves `${__field.labels.<name>}` per
+#: series in a panel's data links (fieldConfig), never in its header links.
+FIELD_LABEL = "${__field.labels.%s}"
+
+
+def data_link(title: str, url: str) -> dict[str, Any]:
+    """A data link: offered on each series (a click on its line or legend), with that
+    series' labels in the URL."""
+    return {"title": title, "url": url, "targetBlank": False}
+
+
+def _kubernetes_mixin_url(config: MixinConfig, uid: str, slug: str, params: str) -> str:
+    """A kubernetes-mixin dashboard's URL with our data source (and cluster) and `params`."""
+    cluster = "&var-cluster=${cluster}" if PromQL(config, dashboard=True).cluster else ""
+    return f"/d/{uid}/{slug}?${{datasource:queryparam}}{cluster}&{params}"
+
+
+def pod_link(config: MixinConfig) -> dict[str, Any]:
+    """A data link to kubernetes-mixin's "Kubernetes / Compute Resources / Pod" dashboard
+    for the series' pod (its requests, limits and usage next to what tailwatch saw), over
+    the same time range."""
+    namespace, pod = FIELD_LABEL % "namespace", FIELD_LABEL % "pod"
+    url = _kubernetes_mixin_url(
+        config,
+        config.dashboards.kubernetes_pod_uid,
+        "k8s-resources-pod",
+        f"var-namespace={namespace}&var-pod={pod}",
+    )
+    return data_link(f"Pod resources of {namespace}/{pod}", f"{url}&${{__url_time_range}}")
+
+
+def node_link(config: MixinConfig, node: str) -> dict[str, Any]:
+    """A link to kubernetes-mixin's "Kubernetes / Compute Resources / Node (Pods)"
+    dashboard of `node` (a variable such as `${node}`), for `dashboard(links=...)`, which
+    keeps the time range."""
+    url = _kubernetes_mixin_url(
+        config, config.dashboards.kubernetes_node_uid, "k8s-resources-node", f"var-node={node}"
+    )
+    return {"title": "Node resources (kubernetes-mixin)", "url": url}
 
 
 def _threshold_steps(thresholds: Sequence[tuple[float, str]]) -> list[dict[str, Any]]:
@@ -90,7 +129,7 @@ def timeseries(
         tooltipMode="multi",
         tooltipSort="desc",
         showPoints="never",
-        links=list(links),
+        extraJson={"fieldConfig": {"defaults": {"links": list(links)}}} if links else None,
     )
 
 
@@ -127,9 +166,11 @@ def table(
     columns: dict[str, tuple[str, str]],
     mappings: dict[str, list[dict[str, Any]]] | None = None,
     hidden: Sequence[str] = ("Time",),
+    links: Sequence[dict[str, Any]] = (),
 ) -> Any:
     """A table of instant queries merged on their labels. `columns` renames each query's
-    value column (`Value #A`, ...) and sets its unit: {"Value #A": ("Episodes", "short")}."""
+    value column (`Value #A`, ...) and sets its unit: {"Value #A": ("Episodes", "short")}.
+    `links` are data links on every cell, with the row's labels as `${__data.fields.<label>}`."""
     overrides = [
         {
             "matcher": {"id": "byName", "options": column},
@@ -161,6 +202,7 @@ def table(
         overrides=overrides,
         transformations=transformations,
         filterable=True,
+        extraJson={"fieldConfig": {"defaults": {"links": list(links)}}} if links else None,
     )
 
 
@@ -245,7 +287,9 @@ def common_variables(config: MixinConfig) -> list[Any]:
 
 
 def annotation(name: str, expr: str, title: str, tags: str, color: str) -> dict[str, Any]:
-    """A Prometheus annotation query: each step with a value marks the time panels."""
+    """A Prometheus annotation query: each step with a value marks the time panels. Its
+    `step` is set by `dashboard()` from the config (Grafana's default is 60 s, which misses
+    an episode or a burst of events shorter than a minute)."""
     return {
         "datasource": DATASOURCE,
         "enable": True,
@@ -270,8 +314,11 @@ def dashboard(
     grid: Grid,
     variables: list[Any],
     annotations: list[dict[str, Any]],
+    links: Sequence[dict[str, Any]] = (),
 ) -> Any:
+    """`links`: extra dashboard links (title, url) beside the tailwatch dropdown."""
     d = config.dashboards
+    step = duration(d.annotation_step)
     return g.Dashboard(
         title=title,
         uid=uid,
@@ -284,7 +331,7 @@ def dashboard(
         graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
         panels=grid.panels,
         templating=g.Templating(list=[*common_variables(config), *variables]),
-        annotations=g.Annotations(list=annotations),
+        annotations=g.Annotations(list=[{**a, "step": step} for a in annotations]),
         links=[
             g.DashboardLink(
                 title="tailwatch",
@@ -292,6 +339,10 @@ def dashboard(
                 asDropdown=True,
                 includeVars=True,
                 keepTime=True,
-            )
+            ),
+            *(
+                g.DashboardLink(title=link["title"], uri=link["url"], type="link", keepTime=True)
+                for link in links
+            ),
         ],
     ).auto_panel_ids()

@@ -13,7 +13,13 @@ from exporter.mixin.dashboards.overview import (
     rollout_annotation,
     rollouts_in_progress,
 )
-from exporter.mixin.promql import PromQL, duration, increase_with_new_series, indent
+from exporter.mixin.promql import (
+    PromQL,
+    duration,
+    increase_with_new_series,
+    indent,
+    psi_waiting_rate,
+)
 from exporter.mixin.records import QUANTILES, Records
 
 NS = 'namespace="$namespace"'
@@ -38,6 +44,8 @@ def build(config: MixinConfig) -> Any:
 
     def rate(metric: str, *matchers: str) -> str:
         return f"rate({q.raw(metric, NS, *matchers)}[$__rate_interval])"
+
+    pod = [p.pod_link(config)]
 
     grid.row("Latency by target and state")
     for quantile, name in zip(QUANTILES, ("p50", "p99", "p99.9"), strict=True):
@@ -203,6 +211,7 @@ def build(config: MixinConfig) -> Any:
             "CPU used by each container of the pods behind the Service (1 s cgroup samples).",
             p.targets((of_service(cpu), CONTAINER_LEGEND)),
             "suffix: cores",
+            links=pod,
         ),
         12,
     )
@@ -217,6 +226,7 @@ def build(config: MixinConfig) -> Any:
             p.targets((of_service(throttled), CONTAINER_LEGEND)),
             "percentunit",
             thresholds=((t.throttling_ratio, "red"),),
+            links=pod,
         ),
         12,
     )
@@ -240,6 +250,7 @@ def build(config: MixinConfig) -> Any:
                 ),
             ),
             "bytes",
+            links=pod,
         ),
         8,
     )
@@ -247,10 +258,11 @@ def build(config: MixinConfig) -> Any:
     grid.add(
         p.timeseries(
             "Pressure stall (PSI some)",
-            "Share of time at least one task of the container stalled on CPU, memory or IO "
-            "(cgroup v2).",
+            "Share of time at least one task of the container waited on CPU, memory or IO "
+            '(cgroup v2 PSI "some": the kubelet\'s container_pressure_*_waiting_seconds_total).',
             p.targets((of_service(pressure), CONTAINER_LEGEND + " {{resource}}")),
             "percentunit",
+            links=pod,
         ),
         8,
     )
@@ -269,6 +281,7 @@ def build(config: MixinConfig) -> Any:
             p.targets((of_service(sidecar_cpu), CONTAINER_LEGEND)),
             "percentunit",
             thresholds=((t.sidecar_cpu_share, "red"),),
+            links=pod,
         ),
         8,
     )
@@ -319,8 +332,8 @@ def disrupted_by_cause(q: PromQL) -> str:
 
 
 def psi_rate(q: PromQL, *matchers: str) -> str:
-    series = q.raw("tailwatch_container_pressure_stalled_seconds_total", *matchers, 'kind="some"')
-    return f"rate({series}[$__rate_interval])"
+    """PSI "some" (the kubelet's `waiting`) of each container, by resource."""
+    return psi_waiting_rate(q.raw, "$__rate_interval", *matchers)
 
 
 def sidecar_matcher(pattern: str) -> str:
@@ -346,7 +359,7 @@ def workload_events(q: PromQL, r: Records) -> str:
 def workload_rollouts(q: PromQL, r: Records) -> str:
     """Rollouts in progress of the workloads whose pods back the Service (their pods on
     the agents' nodes, joined with the endpoints the agents probe)."""
-    keys = q.by("namespace", "workload_kind", "workload")
+    keys = q.by("namespace", "workload_kind", "workload", "workload_type")
     backing = (
         f"group by ({keys}) (\n"
         f"  {q.raw('tailwatch_pod_info', NS)}\n"
