@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := prometheus
+# Debian's chromium renders the HTML report in the tests (tests/chromium.py).
+APT_PACKAGES := prometheus chromium
 # The prober accuracy and cost benchmarks compare against Debian's blackbox exporter.
 BENCH_APT_PACKAGES := prometheus prometheus-blackbox-exporter
 
@@ -23,9 +24,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tailwatch demo
 
-# Debian's prometheus package gives promtool and a real Prometheus server to the tests.
+# Debian's prometheus package gives promtool and a real Prometheus server to the tests;
+# chromium draws the HTML report headless.
 system-deps:
-	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && \
+	  command -v chromium >/dev/null 2>&1 || \
 	  $(MAKE) --no-print-directory _apt PKGS="$(APT_PACKAGES)"
 
 _apt:

@@ -165,6 +165,13 @@ def _add_episodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     episodes.add_argument("-o", "--output", choices=("table", "json"), default="table")
     episodes.add_argument(
+        "--html",
+        default=None,
+        metavar="FILE",
+        help="also write the episodes as a page of timelines, one per Service (bands, events, "
+        "recoveries), to FILE",
+    )
+    episodes.add_argument(
         "--agents-namespace",
         type=_flag_type(parse_optional_namespace),
         default=None,
@@ -214,6 +221,7 @@ def _run_episodes(args: argparse.Namespace) -> int:
             port=args.port,
             timeout=args.timeout,
             concurrency=args.concurrency,
+            html=args.html,
         )
     )
 

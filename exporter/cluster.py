@@ -83,6 +83,7 @@ class EpisodesOptions:
     port: int | None = None  # None: the pod's port named metrics/http, else DEFAULT_PORT
     timeout: float = DEFAULT_TIMEOUT
     concurrency: int = DEFAULT_CONCURRENCY
+    html: str | None = None  # also write the timelines page there (docs/cli.md, *HTML*)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ class AgentResult:
     pod: AgentPod
     episodes: AgentEpisodes | None = None
     error: str = ""
+    # (namespace, service, its events) of each of its episodes: the markers of --html.
+    events: list[tuple[str, str, list[Any]]] = field(default_factory=list)
     asked: bool = True  # False: the pod was not running and ready
 
     @property
@@ -311,6 +314,10 @@ async def ask_agent(api: ApiSession, pod: AgentPod, timeout: float) -> AgentResu
         result.error = f"the answer to {EPISODES_PATH} is not an episodes document"
         return result
     result.episodes = read_agent(doc, node=pod.node)
+    for episode in [*(doc.get("open") or []), *(doc.get("recent") or [])]:
+        if isinstance(episode, Mapping) and isinstance(episode.get("events"), list):
+            key = (str(episode.get("namespace")), str(episode.get("service")))
+            result.events.append((*key, episode["events"]))
     return result
 
 
@@ -457,6 +464,70 @@ def render_table(gathered: Gathered, records: Sequence[ClusterEpisode], console:
         console.print(f"{unreadable} episodes could not be read and were left out.")
 
 
+def html_page(gathered: Gathered, records: Sequence[ClusterEpisode]) -> str:
+    """The records as a page of timelines, one per Service (docs/cli.md, *HTML*): each
+    episode a band, the agents' events in it as markers, its recovery; no latency lines,
+    which the episode records do not hold."""
+    from exporter.report import (  # noqa: PLC0415 (only --html needs it)
+        Band,
+        Report,
+        ServiceTimeline,
+        TimeAxis,
+        markers_of,
+        recovery_words,
+        render_html,
+    )
+
+    now = gathered.at
+    start = min((r.opened_at for r in records), default=now - 3600)
+    end = max([now, *(r.recovered_at or r.closed_at or now for r in records)])
+    start -= max(1.0, (end - start) * 0.03)
+    axis = TimeAxis(start)
+    timelines: dict[tuple[str, str], ServiceTimeline] = {}
+    for r in records:
+        timeline = timelines.setdefault(
+            (r.namespace, r.service), ServiceTimeline(f"{r.namespace}/{r.service}")
+        )
+        ident = f"{r.namespace}/{r.service} {_when(r.opened_at)}"
+        timeline.bands.append(Band(r.opened_at, r.closed_at, r.cause, r.status, ident,
+                                   r.recovered_at))  # fmt: skip
+        ratio = "" if r.p99_ratio is None else f", p99 {r.p99_ratio:.1f}x its baseline"
+        timeline.headlines.append(
+            f"{_when(r.opened_at)} {r.cause}{ratio}, impact {r.impact or '-'}, "
+            f"{recovery_words(r.status, r.recovery_seconds, axis)}; seen by "
+            f"{len(r.nodes)} node{'s' if len(r.nodes) != 1 else ''}"
+        )
+    for agent in gathered.answered:
+        for namespace, service, events in agent.events:
+            known = timelines.get((namespace, service))
+            if known is not None:
+                known.markers.extend(markers_of(e for e in events if isinstance(e, Mapping)))
+    for timeline in timelines.values():
+        # The agents whose views merged into one record saw some events alike: once each.
+        unique = {(m.kind, m.text, round(m.at, 1)): m for m in timeline.markers}
+        timeline.markers = sorted(unique.values(), key=lambda m: m.at)
+    answered = len(gathered.answered)
+    return render_html(
+        Report(
+            title="tailwatch episodes: the cluster's episodes per Service",
+            subtitle=f"{len(records)} episodes from {answered} of {len(gathered.agents)} "
+            f"agents, gathered {_when(now)} UTC.",
+            axis=axis,
+            start=start,
+            end=end,
+            services=sorted(timelines.values(), key=lambda t: t.name),
+            notes=[
+                "Bands: each episode from its opening to its close, its cause on it; the "
+                "green stretch after one is the wait until latency recovered. Markers: the "
+                "lifecycle events the agents tied to it (hover for each one's pod and node).",
+                "The episode records hold no latency over time: for the p50 and p99 lines, "
+                "run `tailwatch demo`, or graph tailwatch's metrics in Prometheus.",
+            ],
+            latency_note="no latency lines: the episode records do not hold latency over time",
+        )
+    )
+
+
 def resolve_kubeconfig(flag: str | None, environ: Mapping[str, str]) -> str | None:
     """As kubectl: --kubeconfig, else the first file of $KUBECONFIG that exists, else
     ~/.kube/config if it exists, else None (in-cluster, when run in a pod)."""
@@ -500,6 +571,13 @@ def run_episodes(
         out.write("\n")
     else:
         render_table(gathered, records, Console(file=out, soft_wrap=False))
+    if options.html and gathered.answered:
+        try:
+            Path(options.html).write_text(html_page(gathered, records))
+        except OSError as exc:
+            print(f"tailwatch: error: cannot write {options.html}: {exc}", file=err)
+            return EXIT_FAILED
+        print(f"timelines written to {options.html}", file=err)
     if gathered.answered:
         return EXIT_OK
     asked = [a for a in gathered.agents if a.asked]

@@ -51,12 +51,14 @@ from exporter.agent import Agent
 from exporter.core.endpoints import EndpointEvent
 from exporter.core.episodes import EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind
+from exporter.core.histogram import FineHistogram
 from exporter.core.nodes import NodeEvent
 from exporter.core.quantiles import DEFAULT_CONFIDENCE, quantile_name, samples_needed
 from exporter.core.services import MIN_INTERVAL, ServiceRef
 from exporter.core.tails import TAIL_Q
 from exporter.kube.config import load_connection
 from exporter.logs import configure_logging
+from exporter.report import Point, Report, TimeAxis, render_html, timelines_of_episodes
 from exporter.server import ListenError
 from exporter.settings import ListenAddress, Settings, check_settings, parse_listen
 from exporter.simulator import ApiServer
@@ -105,6 +107,9 @@ WARMUP_TIMEOUT = 120.0
 REPORT_NAME = "tailwatch-demo-report.json"
 #: After the script, up to this many scenario seconds for the last episodes to settle.
 TAIL_SECONDS = 60.0
+#: Scenario seconds each point of the HTML report's latency lines sums up: at the fastest
+#: speed, still a dozen probes and the client's requests of them.
+POINT_SECONDS = 5.0
 
 log = logging.getLogger("tailwatch.demo")
 
@@ -287,6 +292,99 @@ class LiveView:
                 e.subject, e.detail,
             )  # fmt: skip
         return Group(header, events, episode_table(self.episodes(), self.clock, live=True))
+
+
+class LatencyRecorder:
+    """Each shop Service's headline latency over time, for the HTML report: p50 and p99 per
+    POINT_SECONDS of scenario time, read from the in-process agent's fine tracks. Those
+    keep only the last minute or so (what the agent's decisions need), so they are read
+    as the demo runs, every slot once it is closed. The agent keeps no more for it: this is
+    the demo's own memory."""
+
+    def __init__(self, agent: Agent, speed: float) -> None:
+        self.agent = agent
+        self.width = POINT_SECONDS / speed  # real seconds a point sums up
+        self.points: dict[str, list[Point]] = {f"{NAMESPACE}/{s.name}": [] for s in SHOP}
+        self._read: dict[str, int] = {}  # the newest fine slot read, per Service
+        self._bucket: dict[str, tuple[int, FineHistogram]] = {}
+
+    def poll(self) -> None:
+        now = self.agent.clock()
+        for s in SHOP:
+            name = f"{NAMESPACE}/{s.name}"
+            view = self.agent.correlator.services.get(ServiceRef(NAMESPACE, s.name))
+            source = None if view is None else view.latency.primary()
+            if view is None or source is None:
+                continue
+            fine = view.latency.timelines[source].fine
+            current = math.floor(now / fine.width)  # still written: read once it closes
+            read = self._read.get(name, -1)
+            for slot in fine:
+                if read < slot.index < current:
+                    self._add(name, math.floor(slot.start / self.width), slot.histogram)
+                    read = slot.index
+            self._read[name] = read
+
+    def _add(self, name: str, bucket: int, histogram: FineHistogram) -> None:
+        held = self._bucket.get(name)
+        if held is not None and held[0] != bucket:
+            self._close(name)
+            held = None
+        if held is None:
+            held = self._bucket[name] = (bucket, FineHistogram())
+        held[1].merge(histogram)
+
+    def _close(self, name: str) -> None:
+        bucket, histogram = self._bucket.pop(name)
+        if histogram.count:
+            p50, p99 = histogram.quantiles([0.5, TAIL_Q])
+            at = (bucket + 0.5) * self.width
+            self.points[name].append(Point(at, p50, p99, histogram.count))
+
+    def finish(self) -> dict[str, list[Point]]:
+        self.poll()
+        for name in list(self._bucket):
+            self._close(name)
+        return self.points
+
+    async def run(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(min(1.0, self.width))
+
+
+def html_report(
+    report: dict[str, Any], points: dict[str, list[Point]], clock: ScenarioClock
+) -> str:
+    """The report as a page: a timeline per shop Service (docs/demo.md, *The picture*)."""
+    demo = report["tailwatch_demo"]
+    finished = _parse_iso(demo["finished_at"]) or time.time()
+    axis = TimeAxis(clock.t0_wall, clock.speed, "offset")
+    services = [f"{NAMESPACE}/{s.name}" for s in SHOP]
+    missed = [m for m in report["disruptions"] if m["started_at"] and not m["episode"]]
+    notes = [
+        f"The agent on {demo['agent_node']}, seed {demo['seed']}, speed x{clock.speed:g}. "
+        "Times are scenario seconds from the start of the script (the agent's durations "
+        "multiplied by the speed).",
+        f"Lines: the p50 and p99 of each Service's headline latency (its probes of the "
+        f"Service address) per {POINT_SECONDS:g} scenario seconds. Bands: episodes, open to "
+        "close; the green stretch after one is the wait until latency really recovered.",
+    ]
+    if missed:
+        notes.append("Not detected: " + ", ".join(m["kind"] for m in missed) + ".")
+    return render_html(
+        Report(
+            title="tailwatch demo: latency, episodes and lifecycle events per Service",
+            subtitle=f"{len(report['disruptions'])} disruptions played, "
+            f"{len(_all_episodes(report['episodes']))} episodes found; "
+            f"{NAMESPACE}/{UNAFFECTED} was never touched.",
+            axis=axis,
+            start=clock.t0_wall,
+            end=max(finished, clock.t0_wall + 1e-3),
+            services=timelines_of_episodes(report["episodes"], services, axis, points),
+            notes=notes,
+        )
+    )
 
 
 def episodes_of(agent: Agent) -> dict[str, Any]:
@@ -697,6 +795,8 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
                 service_name="shop-frontend",
             )
             background.append(asyncio.create_task(client.run(), name="client"))
+            recorder = LatencyRecorder(agent, speed)
+            background.append(asyncio.create_task(recorder.run(), name="latency"))
             console.print(
                 f"[bold]tailwatch demo[/] (seed {options.seed}, speed x{speed:g}): a shop on "
                 f"{len(NODES)} simulated nodes, API at {api.url}; the agent watches "
@@ -797,7 +897,11 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
                 warmup=warmup,
             )
             path = options.report or default_report_path()
+            # Beside the JSON: same name, .html (a --report FILE.html is not overwritten).
+            page = path.with_suffix(".html" if path.suffix != ".html" else ".timelines.html")
+            report["tailwatch_demo"]["html_report"] = str(page)
             path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+            page.write_text(html_report(report, recorder.finish(), clock))
             console.print()
             console.print(episode_table(doc, clock))
             console.print(disruption_table(report))
@@ -814,6 +918,7 @@ async def run(options: DemoOptions, console: Console) -> dict[str, Any]:
                 f"report written to [bold]{path}[/]"
                 + ("" if options.report else " (default location; --report FILE to change)")
             )
+            console.print(f"timelines of every Service: [bold]{page}[/] (open it in a browser)")
             if options.hold:
                 console.print(
                     f"[bold]holding[/]: the agent keeps serving http://{settings.listen}/metrics "

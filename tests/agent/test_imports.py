@@ -47,6 +47,9 @@ NOT_FOR_THE_AGENT = {
     "exporter.demo": "`tailwatch demo`",
     "exporter.simulator": "the demo and the tests",
     "exporter.cluster": "`tailwatch episodes`",
+    "exporter.report": "`tailwatch demo` and `tailwatch episodes --html`",
+    "grpc": "--otlp-grpc-listen only, imported when it is set (~14 MiB resident)",
+    "exporter.otlp.grpc_receiver": "--otlp-grpc-listen only",
 }
 
 

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from exporter.cli import main
 from exporter.demo import BASELINE_PROBES, MAX_SPEED, DemoOptions, run
+from tests.chromium import measured
 from tests.conftest import free_port
 
 # The whole run: the warm-up (about 30 s: 299 probes of each Service, one every 100 ms),
@@ -218,6 +219,28 @@ def test_the_report_is_written_and_printed(demo_run: tuple[dict[str, Any], Path,
     assert report["tailwatch_demo"]["seed"] == 9
     assert f"report written to {path}" in printed
     assert "what was injected, and what the agent reported" in printed
+
+
+def test_the_timelines_page_is_written_beside_the_report(
+    demo_run: tuple[dict[str, Any], Path, str], tmp_path: Path
+) -> None:
+    """One SVG per shop Service, as Chromium renders it: a band per episode of that
+    Service, its p50 and p99 lines, and the lifecycle events of its episodes as markers,
+    an OOM kill among db's."""
+    report, path, printed = demo_run
+    page = path.with_suffix(".html")
+    assert report["tailwatch_demo"]["html_report"] == str(page)
+    assert f"timelines of every Service: {page}" in printed
+    drawn = {svg["service"]: svg for svg in measured(page, tmp_path)}
+    assert list(drawn) == ["shop/checkout", "shop/db", "shop/recommend", "shop/cart"]
+    doc = report["episodes"]
+    for name, svg in drawn.items():
+        episodes = [e for e in [*doc["open"], *doc["recent"]] if e["id"].startswith(name + "/")]
+        assert len(svg["bands"]) == len(episodes), (name, svg["bands"], episodes)
+        assert len(svg["lines"]) == 2, name  # p50 and p99, read from the agent as it ran
+    kinds = {kind for kind, _ in drawn["shop/db"]["markers"]}
+    assert {"oom_kill", "restart", "ready"} <= kinds, kinds
+    assert "rollout" in {kind for kind, _ in drawn["shop/checkout"]["markers"]}
 
 
 def test_a_warmup_past_its_deadline_is_said_and_the_demo_goes_on(tmp_path: Path) -> None:
