@@ -45,7 +45,7 @@ async def test_each_change_is_counted_once_through_faults(
     cluster.restart("default", "p0", "app", "Error")
 
     def bare(event: str, reason: str = "", pod: str = "") -> tuple[str, ...]:
-        return ("default", "Pod", pod, event, reason)
+        return ("default", "Pod", pod, event, reason, "barepod")  # workload_type last
 
     expected = {
         bare("scheduled", pod="p0"): 1, bare("scheduled", pod="p1"): 1,
