@@ -234,6 +234,8 @@ def headline(episode: Mapping[str, Any], axis: TimeAxis) -> str:
 
 def recovery_words(status: str, seconds: object, axis: TimeAxis) -> str:
     if status == "recovered" and isinstance(seconds, int | float):
+        if seconds <= 0:  # latency was back within tolerance before the episode closed
+            return "recovered by the close"
         return f"recovered {axis.duration(seconds)} after the close"
     return {
         "open": "still open",

@@ -24,6 +24,7 @@ from exporter.report import (
     ServiceTimeline,
     TimeAxis,
     latency_scale,
+    recovery_words,
     render_html,
     time_ticks,
     timelines_of_episodes,
@@ -233,3 +234,9 @@ def test_a_stall_of_seconds_puts_latency_on_a_log_axis() -> None:
     assert scale.y(0.010) == PLOT_BOTTOM and scale.y(5.0) == PLOT_TOP
     assert scale.y(0.1) == pytest.approx((PLOT_TOP + PLOT_BOTTOM) / 2, abs=PLOT_HEIGHT * 0.15)
     assert not latency_scale([0.010, 0.080]).log
+
+
+def test_an_episode_whose_latency_was_back_before_it_closed_reads_recovered_by_the_close() -> None:
+    axis = TimeAxis(T0)
+    assert recovery_words("recovered", 0.0, axis) == "recovered by the close"
+    assert recovery_words("recovered", 12.0, axis) == "recovered 12s after the close"
