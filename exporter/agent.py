@@ -517,7 +517,7 @@ class Agent:
         return spec.slo if spec is not None else None
 
     def _on_client_delta(self, delta: LatencyDelta) -> None:
-        self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds)
+        self.client_latency.record(delta.service, delta.buckets, delta.sum_seconds, delta.exemplars)
         if delta.service not in self._client_services:
             self._client_services.add(delta.service)
             self._services_changed({delta.service})

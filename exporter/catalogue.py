@@ -54,7 +54,9 @@ class HistogramValue(Protocol):
     `native_buckets()`, the indexes (ascending) and counts of the non-empty buckets of
     schema `NATIVE_SCHEMA` with `NATIVE_ZERO_THRESHOLD` (exporter/core/histogram.py).
     `version` changes whenever any of them does, so an encoder may keep what it made of an
-    unchanged series."""
+    unchanged series. A value may also have `exemplars` (the client latency series,
+    `ExemplarSeries` in exporter/core/histogram.py: the latest per classic bucket), which
+    the encoders write where the format has them (OpenMetrics, protobuf)."""
 
     @property
     def bounds(self) -> tuple[float, ...]: ...

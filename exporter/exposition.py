@@ -2,7 +2,9 @@
 rendered by its kind, straight from the sources' snapshots, in three formats: the
 Prometheus text format 0.0.4, OpenMetrics 1.0.0 and the Prometheus protobuf format
 (delimited `io.prometheus.client.MetricFamily` messages) whose histograms are native
-histograms.
+histograms. A histogram series with exemplars (client latency) has them on its bucket
+lines in OpenMetrics and in its native histogram in protobuf; the two text formats share
+every other line.
 
 What is kept between two answers: per series, its sample lines (which hold its label
 strings: no copy of them is kept apart) and its protobuf message, encoded again only when
@@ -28,7 +30,7 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -41,7 +43,9 @@ from exporter.catalogue import Family, FamilySnapshot, HistogramValue, Kind, Met
 from exporter.core.histogram import (
     NATIVE_SCHEMA,
     NATIVE_ZERO_THRESHOLD,
+    Exemplar,
     cumulative_buckets,
+    exemplars_by_bucket,
     le_values,
 )
 
@@ -142,11 +146,27 @@ def family_head(name: str, kind: str, documentation: str) -> FamilyHead:
     )
 
 
+def exemplar_text(exemplar: Exemplar) -> str:
+    """` # {span_id="…",trace_id="…"} value timestamp`: an OpenMetrics exemplar as
+    prometheus_client writes one (labels sorted, the timestamp in seconds with nine
+    decimals, as its `Timestamp`). Ids are hex: nothing to escape, and the label set is 63
+    characters at most (OpenMetrics allows 128)."""
+    span = f'span_id="{exemplar.span_id}",' if exemplar.span_id else ""
+    seconds, nanos = divmod(exemplar.time_unix_nano, 10**9)
+    return (
+        f' # {{{span}trace_id="{exemplar.trace_id}"}} {number(exemplar.value)} '
+        f"{seconds}.{nanos:09d}"
+    )
+
+
 class HistogramLines:
     """The sample lines of one histogram series (buckets, count, sum) with its label
-    strings built once, rendered again only when its version (e.g. count and sum) moves."""
+    strings built once, rendered again only when its version (e.g. count and sum) moves.
+    `om_text` is the same lines in OpenMetrics, each bucket's exemplar on its line: the
+    same object as `text` for a series without exemplars."""
 
-    __slots__ = ("_count_prefix", "_prefixes", "_sum_prefix", "_version", "bounds", "text")
+    __slots__ = ("_count_prefix", "_prefixes", "_sum_prefix", "_version", "bounds", "om_text",
+                 "text")  # fmt: skip
 
     def __init__(self, name: str, labels: Sequence[tuple[str, str]], bounds: tuple[float, ...]):
         self.bounds = bounds
@@ -157,7 +177,7 @@ class HistogramLines:
         self._count_prefix = f"{name}_count{plain} "
         self._sum_prefix = f"{name}_sum{plain} "
         self._version: Hashable = _NEVER
-        self.text = ""
+        self.text = self.om_text = ""
 
     def render(self, h: HistogramValue) -> str:
         """The lines of `h` (whose bounds are these), rendered again only when its version
@@ -184,8 +204,17 @@ class HistogramLines:
             parts += [f"{p}{_count(c)}\n" for p, c in middle]
         if top < len(prefixes):
             parts.append(f"{count_text}\n".join(prefixes[top:]) + f"{count_text}\n")
-        parts.append(f"{self._count_prefix}{count_text}\n{self._sum_prefix}{number(total)}\n")
+        tail = f"{self._count_prefix}{count_text}\n{self._sum_prefix}{number(total)}\n"
+        parts.append(tail)
         self.text = "".join(parts)
+        exemplars = exemplars_by_bucket(h)
+        if exemplars is None:
+            self.om_text = self.text
+        else:  # rare (client latency with trace ids): every line written apart
+            lines = [f"{p}{_count(c)}" for p, c in zip(prefixes, cumulative, strict=True)]
+            for bucket, exemplar in exemplars.items():
+                lines[bucket] += exemplar_text(exemplar)
+            self.om_text = "\n".join(lines) + "\n" + tail
         self._version = version
         return self.text
 
@@ -362,6 +391,32 @@ class NativeHistogram:
         return True
 
 
+_EXEMPLARS_FIELD = b"\x82\x01"  # Histogram.exemplars (16, length-delimited)
+
+
+def _exemplar_message(exemplar: Exemplar) -> bytes:
+    """An io.prometheus.client.Exemplar: its label pairs (sorted by name), value and
+    timestamp (a google.protobuf.Timestamp, zero fields left out as proto3 writes them)."""
+    names = ("span_id", "trace_id") if exemplar.span_id else ("trace_id",)
+    values = (exemplar.span_id, exemplar.trace_id) if exemplar.span_id else (exemplar.trace_id,)
+    seconds, nanos = divmod(exemplar.time_unix_nano, 10**9)
+    timestamp = (b"\x08" + _varint(seconds) if seconds else b"") + (
+        b"\x10" + _varint(nanos) if nanos else b""
+    )
+    return _label_pairs(names, values) + b"\x11" + _F64(exemplar.value) + _field(3, timestamp)
+
+
+def exemplar_fields(exemplars: Mapping[int, Exemplar]) -> bytes:
+    """The Histogram.exemplars fields (16) of a native histogram, in bucket order: the
+    protobuf exposition has no classic buckets whose Bucket.exemplar could hold them.
+    Prometheus reads them with native histograms (these carry the timestamp it requires)."""
+    out = []
+    for _, exemplar in sorted(exemplars.items()):
+        message = _exemplar_message(exemplar)
+        out.append(_EXEMPLARS_FIELD + _varint(len(message)) + message)
+    return b"".join(out)
+
+
 def native_histogram(h: HistogramValue) -> bytes:
     """The Histogram message of `h` as a native histogram (see `NativeHistogram`)."""
     return NativeHistogram().encode(h)
@@ -425,23 +480,29 @@ class _ScalarLines:
         if changed:  # else the same series with the same lines: the same object as before
             self.text = "".join(parts)
 
+    @property
+    def om_text(self) -> str:
+        """The lines in OpenMetrics: the same (no exemplars on counters and gauges)."""
+        return self.text
+
 
 class _HistogramLines:
     """The sample lines of a histogram family (classic buckets); a series is rendered again
-    only when its version changed."""
+    only when its version changed. `om_text` is `text` unless a series has exemplars."""
 
-    __slots__ = ("_cache", "_labelnames", "_name", "text")
+    __slots__ = ("_cache", "_labelnames", "_name", "om_text", "text")
 
     def __init__(self, family: Family) -> None:
         self._name = family.name
         self._labelnames = family.labels
         self._cache: dict[tuple[str, ...], HistogramLines] = {}
-        self.text = ""
+        self.text = self.om_text = ""
 
     def render(self, series: list[_AnySeries]) -> None:
         cache = self._cache
         changed = len(series) != len(cache)
-        parts = []
+        parts: list[str] = []
+        om_parts: list[str] | None = None  # made at the first series with exemplars
         for key, h in series:
             lines = cache.get(key)
             bounds = h.bounds
@@ -452,11 +513,16 @@ class _HistogramLines:
             before = lines.text
             text = lines.render(h)
             changed = changed or text is not before
+            if lines.om_text is not text and om_parts is None:
+                om_parts = parts.copy()
             parts.append(text)
+            if om_parts is not None:
+                om_parts.append(lines.om_text)
         if len(cache) != len(series):  # series are gone
             self._cache = {key: cache[key] for key, _ in series}
-        if changed:
+        if changed:  # an exemplar that changed changed its series' version, so its text
             self.text = "".join(parts)
+            self.om_text = self.text if om_parts is None else "".join(om_parts)
 
 
 class _ScalarProtobuf:
@@ -525,6 +591,9 @@ class _HistogramProtobuf:
             if not _same_version(version, cached[1]):
                 cached[1] = version
                 histogram = cached[3].encode(h)
+                exemplars = exemplars_by_bucket(h)
+                if exemplars is not None:
+                    histogram += exemplar_fields(exemplars)
                 labels = cached[0]
                 size = _varint(len(histogram))
                 message = b"".join((b"\x22", _varint(len(labels) + 1 + len(size) + len(histogram)),
@@ -541,8 +610,8 @@ class _HistogramProtobuf:
 
 class _FamilyEncoder:
     """One family in every format: the text formats' sample lines (shared by text and
-    OpenMetrics, between their heads) and the delimited protobuf message, each kept while
-    the family's snapshot version is the same."""
+    OpenMetrics, between their heads, unless a series has exemplars) and the delimited
+    protobuf message, each kept while the family's snapshot version is the same."""
 
     __slots__ = ("_lines", "_lines_version", "_protobuf", "_protobuf_version", "family",
                  "head", "message")  # fmt: skip
@@ -561,6 +630,11 @@ class _FamilyEncoder:
     @property
     def lines(self) -> str:
         return self._lines.text
+
+    @property
+    def om_lines(self) -> str:
+        """The lines in OpenMetrics: `lines`, but for a histogram's exemplars."""
+        return self._lines.om_text
 
     def update(self, snapshot: FamilySnapshot, lines: bool, protobuf: bool) -> None:
         version = snapshot.version
@@ -604,7 +678,14 @@ def metric_family(snapshot: FamilySnapshot) -> Metric:
     if family.kind is Kind.HISTOGRAM:
         histogram = HistogramMetricFamily(family.name, family.help, labels=labels)
         for key, h in series:
-            histogram.add_metric(list(key), cumulative_buckets(h.bounds, h.bucket_counts), h.sum)
+            buckets: list[Any] = cumulative_buckets(h.bounds, h.bucket_counts)
+            exemplars = exemplars_by_bucket(h)
+            if exemplars is not None:
+                buckets = [
+                    (le, n, _client_exemplar(exemplars[b])) if b in exemplars else (le, n)
+                    for b, (le, n) in enumerate(buckets)
+                ]
+            histogram.add_metric(list(key), buckets, h.sum)
         return histogram
     metric: CounterMetricFamily | GaugeMetricFamily
     if family.kind is Kind.COUNTER:
@@ -614,6 +695,18 @@ def metric_family(snapshot: FamilySnapshot) -> Metric:
     for key, value in series:
         metric.add_metric(list(key), value)
     return metric
+
+
+def _client_exemplar(exemplar: Exemplar) -> Any:
+    """An exemplar as prometheus_client's Exemplar."""
+    from prometheus_client.samples import Exemplar as ClientExemplar  # noqa: PLC0415
+    from prometheus_client.samples import Timestamp  # noqa: PLC0415
+
+    labels = {"trace_id": exemplar.trace_id}
+    if exemplar.span_id:
+        labels["span_id"] = exemplar.span_id
+    seconds, nanos = divmod(exemplar.time_unix_nano, 10**9)
+    return ClientExemplar(labels, exemplar.value, Timestamp(seconds, nanos))
 
 
 class SourceCollector:
@@ -947,8 +1040,10 @@ class Exposition:
         parts: list[str] = []
         openmetrics = format is Format.OPENMETRICS
         for f in families:
-            parts.append(f.head.openmetrics if openmetrics else f.head.text)
-            parts.append(f.lines)
+            if openmetrics:
+                parts += (f.head.openmetrics, f.om_lines)
+            else:
+                parts += (f.head.text, f.lines)
         if openmetrics:
             parts.append(OPENMETRICS_EOF)
         return parts

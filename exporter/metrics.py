@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 
 from exporter import __version__
@@ -58,7 +58,8 @@ from exporter.core.episodes import ChangeKind, EpisodeChange
 from exporter.core.events import LifecycleEvent, PodEventKind, workload_type
 from exporter.core.histogram import (
     DEFAULT_CLASSIC_LAYOUT,
-    LatencySeries,
+    Exemplar,
+    ExemplarSeries,
     le_string,
 )
 from exporter.core.lifecycle import WorkloadKey
@@ -323,22 +324,26 @@ class ClientLatency:
         self.state_of = state_of
         self.classic_layout = classic_layout
         self.limit = limit or SeriesLimit(None, lambda reason: None)
-        self.series: dict[tuple[str, str, str], LatencySeries] = {}
+        self.series: dict[tuple[str, str, str], ExemplarSeries] = {}
 
     def record(
         self,
         service: ServiceRef,
         buckets: Iterable[tuple[float, float, int]],
         sum_seconds: float,
+        exemplars: Sequence[Exemplar] = (),
     ) -> None:
+        """A client delta; its exemplars (trace ids) kept per classic bucket, the latest."""
         key = (service.namespace, service.name, self.state_of(service.namespace, service.name))
         series = self.series.get(key)
         if series is None:
             if not self.limit.room(CLIENT_DURATION, len(self.series)):
                 return
             slo = self.slo_of(service)
-            series = self.series[key] = LatencySeries.of_service(slo, self.classic_layout)
+            series = self.series[key] = ExemplarSeries.of_service(slo, self.classic_layout)
         series.record_ranges(buckets, sum_seconds)
+        if exemplars:
+            series.add_exemplars(exemplars)
 
     def forget(self, service: ServiceRef) -> None:
         for key in [k for k in self.series if k[:2] == (service.namespace, service.name)]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import bisect
 import math
 import struct
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from itertools import accumulate
+from typing import NamedTuple, Self
 
 # -- the fine histogram ------------------------------------------------------------------
 
@@ -561,7 +562,7 @@ class LatencySeries:
     @classmethod
     def of_service(
         cls, slo: float | None, base: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT
-    ) -> LatencySeries:
+    ) -> Self:
         """A series of a Service with this SLO: the classic layout `base` plus the SLO."""
         return cls(layout_for(slo, base), slo)
 
@@ -671,3 +672,60 @@ class LatencySeries:
 
     def quantile(self, q: float) -> float | None:
         return self.fine.quantile(q)
+
+
+# -- exemplars ---------------------------------------------------------------------------
+
+
+class Exemplar(NamedTuple):
+    """One recorded value with the trace it was measured in: what links a latency bucket to
+    a trace (OpenMetrics exemplars; docs/otlp.md, *Exemplars*). Ids are lower-case hex."""
+
+    value: float  # seconds
+    trace_id: str
+    span_id: str  # '' when the client sent none
+    time_unix_nano: int
+
+
+class ExemplarSeries(LatencySeries):
+    """A latency series that also keeps, per classic bucket, the latest exemplar whose value
+    falls in it (by the exemplar's time): the client latency series, whose clients send
+    exemplars with their OTLP points. Nothing is allocated until the first exemplar, and
+    the exemplars go with the series."""
+
+    __slots__ = ("_exemplar_changes", "exemplars")
+
+    def __init__(
+        self, bounds: tuple[float, ...] = DEFAULT_CLASSIC_LAYOUT, slo: float | None = None
+    ) -> None:
+        super().__init__(bounds, slo)
+        #: classic bucket index (len(bounds): +Inf) -> its latest exemplar; None until one.
+        self.exemplars: dict[int, Exemplar] | None = None
+        self._exemplar_changes = 0
+
+    @property
+    def version(self) -> Hashable:
+        """Changes whenever a value is recorded or an exemplar replaced."""
+        return (self.count, self.sum, self._exemplar_changes)
+
+    def add_exemplars(self, exemplars: Iterable[Exemplar]) -> None:
+        """Keep each exemplar that is the latest of its bucket (a tie goes to the newer
+        call: a cumulative stream's point repeats its exemplars, unchanged)."""
+        kept = self.exemplars
+        bounds = self.bounds
+        for exemplar in exemplars:
+            if kept is None:
+                kept = self.exemplars = {}
+            bucket = bisect.bisect_left(bounds, exemplar.value)  # le is inclusive
+            held = kept.get(bucket)
+            if held is None or (
+                exemplar.time_unix_nano >= held.time_unix_nano and exemplar != held
+            ):
+                kept[bucket] = exemplar
+                self._exemplar_changes += 1
+
+
+def exemplars_by_bucket(h: object) -> Mapping[int, Exemplar] | None:
+    """The exemplars of a histogram value by classic bucket index, None for a value that
+    keeps none (every series but `ExemplarSeries`), or has none yet."""
+    return getattr(h, "exemplars", None) or None

@@ -7,9 +7,13 @@ exemplars of data points stay serialized (see `wire_request_class`).
 
 from __future__ import annotations
 
+import base64
+import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any as AnyJson
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.any_pb2 import Any
@@ -198,7 +202,12 @@ def decode_request(
             # as objects, so it is read into OTLP's own classes first (it is 350 times
             # dearer than protobuf already: docs/otlp.md asks clients for protobuf).
             parsed = ExportMetricsServiceRequest()
-            json_format.Parse(body, parsed, ignore_unknown_fields=True)
+            if b"exemplars" in body:
+                # OTLP/JSON writes trace and span ids as hex, not as proto3 JSON's base64.
+                js = hex_ids_as_base64(json.loads(body))
+                json_format.ParseDict(js, parsed, ignore_unknown_fields=True)
+            else:
+                json_format.Parse(body, parsed, ignore_unknown_fields=True)
             request.ParseFromString(parsed.SerializeToString())
     except Exception as exc:  # the parsers raise more than DecodeError (RecursionError, ...)
         kind = "protobuf" if encoding is Encoding.PROTOBUF else "OTLP/JSON"
@@ -206,6 +215,45 @@ def decode_request(
         raise MalformedBody(
             f"body is not a valid {kind} ExportMetricsServiceRequest: {detail}"
         ) from None
+    return request
+
+
+_DATA_KINDS = ("histogram", "exponentialHistogram", "exponential_histogram", "sum", "gauge")
+_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id")
+
+
+def _objects(parent: AnyJson, *keys: str) -> Iterator[dict[str, AnyJson]]:
+    """The objects in the list under `keys` (lowerCamelCase or the proto field name: a
+    receiver reads both) of a JSON object; none for anything else."""
+    if isinstance(parent, dict):
+        for key in keys:
+            items = parent.get(key)
+            if isinstance(items, list):
+                yield from (item for item in items if isinstance(item, dict))
+
+
+def hex_ids_as_base64(request: AnyJson) -> AnyJson:
+    """An OTLP/JSON ExportMetricsServiceRequest with its exemplars' trace and span ids
+    rewritten from the hex the OTLP/JSON spec writes them in to the base64 that proto3's
+    JSON mapping (json_format) reads bytes as; changed in place. An id that is not hex
+    is dropped, so its exemplar is skipped like one without a trace id: a client that
+    wrote base64 loses its exemplars, not its request."""
+    for rm in _objects(request, "resourceMetrics", "resource_metrics"):
+        for sm in _objects(rm, "scopeMetrics", "scope_metrics"):
+            for metric in _objects(sm, "metrics"):
+                for kind in _DATA_KINDS:
+                    for point in _objects(metric.get(kind), "dataPoints", "data_points"):
+                        for exemplar in _objects(point, "exemplars"):
+                            for key in _ID_KEYS:
+                                text = exemplar.get(key)
+                                if not isinstance(text, str):
+                                    continue
+                                try:
+                                    ids = bytes.fromhex(text)
+                                except ValueError:
+                                    del exemplar[key]
+                                    continue
+                                exemplar[key] = base64.b64encode(ids).decode()
     return request
 
 

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import cast
+from typing import Any, cast
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -28,7 +28,9 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     HistogramDataPoint,
     Metric,
 )
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Exemplar as OtlpExemplar
 
+from exporter.core.histogram import Exemplar
 from exporter.core.services import ServiceRef
 from exporter.otlp.address import (
     ADDRESS_KEYS,
@@ -56,6 +58,11 @@ MIN_SCALE, MAX_SCALE = -10, 20  # what OTLP exponential histograms use in practi
 MAX_EXPONENTIAL_BUCKETS = 4096  # SDK default is 160; anything far past it is an attack
 MAX_ADDRESS_LENGTH = 260  # a DNS name has at most 253 characters, plus a port
 MAX_EXPONENT = 1000  # |index * 2**-scale|: base**index stays a finite, non-zero double
+#: Exemplars read of one point, the rest ignored: an SDK keeps one per bucket (16 by default
+#: for explicit buckets), and only the latest per exposition bucket is kept anyway.
+MAX_EXEMPLARS_PER_POINT = 64
+_NO_TRACE = bytes(16)
+_NO_SPAN = bytes(8)
 _DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _NO_RECORDED_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
@@ -90,6 +97,8 @@ class LatencyDelta:
     buckets: tuple[Bucket, ...]  # non-empty buckets only, ascending
     sum_seconds: float
     count: int
+    #: The points' exemplars that carry a trace id, values in seconds (most points: none).
+    exemplars: tuple[Exemplar, ...] = ()
 
 
 def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
@@ -97,18 +106,23 @@ def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
     request (methods, routes, status codes, client pods) usually share their buckets, and
     the agent records a delta into two histograms on the event loop; merged, it records
     once per Service instead of once per stream. Same-edged buckets add up exactly; sums
-    and counts add."""
-    merged: dict[tuple[ServiceRef, str], tuple[dict[tuple[float, float], int], list[float]]] = {}
+    and counts add; exemplars are all kept, in order."""
+    merged: dict[
+        tuple[ServiceRef, str],
+        tuple[dict[tuple[float, float], int], list[float], list[Exemplar]],
+    ] = {}
     for delta in deltas:
         entry = merged.get((delta.service, delta.metric))
         if entry is None:
-            entry = merged[(delta.service, delta.metric)] = ({}, [0.0, 0])
-        buckets, totals = entry
+            entry = merged[(delta.service, delta.metric)] = ({}, [0.0, 0], [])
+        buckets, totals, exemplars = entry
         for low, high, n in delta.buckets:
             edges = (low, high)
             buckets[edges] = buckets.get(edges, 0) + n
         totals[0] += delta.sum_seconds
         totals[1] += delta.count
+        if delta.exemplars:
+            exemplars += delta.exemplars
     return [
         LatencyDelta(
             service,
@@ -116,8 +130,9 @@ def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
             tuple((low, high, n) for (low, high), n in sorted(buckets.items())),
             totals[0],
             int(totals[1]),
+            tuple(exemplars),
         )
-        for (service, metric), (buckets, totals) in merged.items()
+        for (service, metric), (buckets, totals, exemplars) in merged.items()
     ]
 
 
@@ -125,7 +140,7 @@ def merge_deltas(deltas: Iterable[LatencyDelta]) -> list[LatencyDelta]:
 class Piece:
     """What one point counted, as it came: its distribution in the client's unit, the unit
     in seconds, its min and max in seconds (None unless both came and agree), its sum in
-    seconds and its count. Bucketed only when a delta is made of it."""
+    seconds and its count, and its exemplars. Bucketed only when a delta is made of it."""
 
     service: ServiceRef
     metric: str
@@ -135,11 +150,12 @@ class Piece:
     high: float | None
     total: float
     count: int
+    exemplars: tuple[Exemplar, ...] = ()
 
     def delta(self) -> LatencyDelta:
         return LatencyDelta(
             self.service, self.metric, buckets_of(self.dist, self.seconds, self.low, self.high),
-            self.total, self.count,
+            self.total, self.count, self.exemplars,
         )  # fmt: skip
 
 
@@ -197,6 +213,7 @@ class IngestResult:
             bounds, seconds, counts = dist.bounds, first.seconds, dist.counts
             low, high = first.low, first.high
             total, count = first.total, first.count
+            exemplars = first.exemplars
             for p in itertools.islice(pieces, 1, None):
                 other = p.dist
                 if (
@@ -211,9 +228,11 @@ class IngestResult:
                 high = None if high is None or p.high is None else max(high, p.high)
                 total += p.total
                 count += p.count
+                if p.exemplars:
+                    exemplars += p.exemplars
             else:
                 buckets = buckets_of(Explicit(bounds, counts), seconds, low, high)
-                out.append(LatencyDelta(service, metric, buckets, total, count))
+                out.append(LatencyDelta(service, metric, buckets, total, count, exemplars))
         return out
 
     @property
@@ -785,6 +804,10 @@ class HistogramIngest:
             previous = None if stream is None else stream.dist
             dist = check_explicit(cast("HistogramDataPoint", dp), self._checked_bounds, previous)
         total = _check_sum(dp)
+        # Exemplars are read only for the points that carry some (most carry none), before
+        # the stream changes: a point whose exemplars are not valid is rejected whole.
+        raw_exemplars = dp.exemplars
+        exemplars = parse_exemplars(raw_exemplars, shape.seconds, end) if raw_exemplars else ()
         target = target_of(_parse_attributes(raw)) if stream is None else stream.target
         service = self._service(target, client, batch)
         if stream is not None and stream.service is not service and stream.service != service:
@@ -823,7 +846,7 @@ class HistogramIngest:
             return None
         low, high = _min_max(dp, shape.seconds)
         return Piece(service, shape.metric, dist, shape.seconds, low, high,
-                     total * shape.seconds, count)  # fmt: skip
+                     total * shape.seconds, count, exemplars)  # fmt: skip
 
     def _cumulative_delta(
         self,
@@ -865,6 +888,33 @@ def _parse_attributes(raw: Sequence[bytes]) -> list[KeyValue]:
         return [KeyValue.FromString(kv) for kv in raw]
     except DecodeError as exc:
         raise _malformed("bad_attributes", f"point attributes are not valid: {exc}") from None
+
+
+def parse_exemplars(raw: Iterable[Any], seconds: float, time: int) -> tuple[Exemplar, ...]:
+    """A point's exemplars (serialized OTLP `Exemplar`s) with a trace id, their values in
+    seconds (`seconds` per unit) and their time, or the point's `time` when they have none;
+    raises `PointRejected` (malformed) for bytes that are no Exemplar. An exemplar without a
+    (valid, 16-byte) trace id links to nothing and is skipped, as is one without a value or
+    whose value is no duration; the first MAX_EXEMPLARS_PER_POINT are read."""
+    out = []
+    for data in itertools.islice(raw, MAX_EXEMPLARS_PER_POINT):
+        try:
+            exemplar = OtlpExemplar.FromString(data)
+        except DecodeError as exc:
+            raise _malformed("bad_exemplars", f"point exemplars are not valid: {exc}") from None
+        trace = exemplar.trace_id
+        if len(trace) != 16 or trace == _NO_TRACE:
+            continue
+        kind = exemplar.WhichOneof("value")
+        if kind is None:
+            continue
+        value = (exemplar.as_double if kind == "as_double" else exemplar.as_int) * seconds
+        if not (math.isfinite(value) and value >= 0):
+            continue
+        span = exemplar.span_id
+        span_id = span.hex() if len(span) == 8 and span != _NO_SPAN else ""
+        out.append(Exemplar(value, trace.hex(), span_id, exemplar.time_unix_nano or time))
+    return tuple(out)
 
 
 def target_of(attributes: Iterable[KeyValue]) -> Target:

@@ -1,6 +1,6 @@
 """A real OpenTelemetry client reports a Service's latency to the agent, over OTLP/HTTP and
 OTLP/gRPC: what it recorded is what /metrics shows, in the Service's layout with its SLO as
-an exact boundary."""
+an exact boundary; a value recorded in a sampled span is an exemplar with its trace id."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.agent import Agent
@@ -125,3 +130,51 @@ async def test_sdk_over_grpc_to_the_agent(api: ApiServer, kubeconfig: Path, tmp_
     outcome = "tailwatch_otlp_datapoints_total"
     assert samples[outcome, (("outcome", "accepted"),)] == 1
     assert samples[outcome, (("outcome", "ignored"),)] == 1
+
+
+async def test_sdk_exemplars_link_a_bucket_to_the_trace(api: ApiServer, otlp_agent: Agent) -> None:
+    """The SDK's default exemplar filter (trace_based) keeps a measurement made in a sampled
+    span as an exemplar: the agent writes it in OpenMetrics on the bucket of its value, with
+    the span's trace and span ids; a measurement outside any span has none."""
+    api.store.create("services", service("checkout", namespace="shop"))
+    await wait_for(lambda: ServiceRef("shop", "checkout") in otlp_agent.catalog.specs, "Service")
+    tracer = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False).get_tracer("tests")
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=f"http://{otlp_agent.settings.otlp_listen}/v1/metrics",
+                           timeout=10),
+        export_interval_millis=math.inf,
+    )  # fmt: skip
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    try:
+        histogram = provider.get_meter("tests").create_histogram(
+            "http.client.request.duration", unit="s",
+            explicit_bucket_boundaries_advisory=[0.01, 0.05, 0.1, 0.5, 1],
+        )  # fmt: skip
+        attributes = {"server.address": "checkout.shop.svc", "server.port": 8080}
+        with tracer.start_as_current_span("GET /cart") as span:
+            histogram.record(0.0731, attributes)
+            context = span.get_span_context()
+        histogram.record(0.3, attributes)  # in no span: no exemplar
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+    finally:
+        await asyncio.to_thread(provider.shutdown)
+
+    url = f"http://{otlp_agent.settings.listen}/metrics"
+    accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=accept) as resp:
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = await resp.text()
+    family = next(
+        f for f in parse_openmetrics(text) if f.name == "tailwatch_client_request_duration_seconds"
+    )
+    exemplars = {s.labels["le"]: s.exemplar for s in family.samples if s.exemplar}
+    assert list(exemplars) == ["0.1"]  # the agent's layout: 0.0731 is in (0.07, 0.1]
+    exemplar = exemplars["0.1"]
+    assert exemplar.labels == {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+    assert exemplar.value == pytest.approx(0.0731)
+    assert exemplar.timestamp is not None
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert "trace_id" not in await resp.text()  # the text format 0.0.4 has none

@@ -4,9 +4,10 @@ of the agent's protobuf exposition, with no protoc and no generated code.
 
 Only what the agent writes and Prometheus reads is declared, with the numbers and types of
 the real file: MetricFamily, Metric, LabelPair, Gauge, Counter, Histogram (classic bucket
-and native fields), BucketSpan. Repeated scalars are unpacked, as proto2 declares them
-without [packed=true]: re-serializing a parsed message gives the bytes client_golang would
-write.
+and native fields, exemplars), BucketSpan, Exemplar, and google.protobuf.Timestamp's two
+fields (declared here as `Timestamp`: the wire format knows numbers, not names). Repeated
+scalars are unpacked, as proto2 declares them without [packed=true]: re-serializing a parsed
+message gives the bytes client_golang would write.
 """
 
 from __future__ import annotations
@@ -31,9 +32,19 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
     "Gauge": [("value", 1, OPTIONAL, _F.TYPE_DOUBLE, "")],
     "Counter": [("value", 1, OPTIONAL, _F.TYPE_DOUBLE, "")],
     "Untyped": [("value", 1, OPTIONAL, _F.TYPE_DOUBLE, "")],
+    "Timestamp": [
+        ("seconds", 1, OPTIONAL, _F.TYPE_INT64, ""),
+        ("nanos", 2, OPTIONAL, _F.TYPE_INT32, ""),
+    ],
+    "Exemplar": [
+        ("label", 1, REPEATED, _F.TYPE_MESSAGE, "LabelPair"),
+        ("value", 2, OPTIONAL, _F.TYPE_DOUBLE, ""),
+        ("timestamp", 3, OPTIONAL, _F.TYPE_MESSAGE, "Timestamp"),
+    ],
     "Bucket": [
         ("cumulative_count", 1, OPTIONAL, _F.TYPE_UINT64, ""),
         ("upper_bound", 2, OPTIONAL, _F.TYPE_DOUBLE, ""),
+        ("exemplar", 3, OPTIONAL, _F.TYPE_MESSAGE, "Exemplar"),
         ("cumulative_count_float", 4, OPTIONAL, _F.TYPE_DOUBLE, ""),
     ],
     "BucketSpan": [
@@ -55,6 +66,7 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
         ("positive_span", 12, REPEATED, _F.TYPE_MESSAGE, "BucketSpan"),
         ("positive_delta", 13, REPEATED, _F.TYPE_SINT64, ""),
         ("positive_count", 14, REPEATED, _F.TYPE_DOUBLE, ""),
+        ("exemplars", 16, REPEATED, _F.TYPE_MESSAGE, "Exemplar"),
     ],
     "Metric": [
         ("label", 1, REPEATED, _F.TYPE_MESSAGE, "LabelPair"),

@@ -98,6 +98,13 @@ class Prometheus:
         active: list[dict[str, Any]] = self._get("/api/v1/targets")["activeTargets"]
         return active
 
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        """/api/v1/query_exemplars (needs `features=("exemplar-storage",)`)."""
+        found: list[dict[str, Any]] = self._get(
+            "/api/v1/query_exemplars", query=expr, start=f"{start:.3f}", end=f"{end:.3f}"
+        )
+        return found
+
 
 #: The flag that makes Prometheus 2.40+ ask targets for protobuf and store native histograms.
 NATIVE_HISTOGRAMS = "--enable-feature=native-histograms"
@@ -110,10 +117,12 @@ def running_prometheus(
     rule_files: tuple[Path, ...] = (),
     *,
     native_histograms: bool = False,
+    features: tuple[str, ...] = (),
     ready: bool = True,
 ) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port with `config` (rule_files added), storage in
-    `directory`, with native histograms on if asked; stopped (SIGTERM, then waited for) on
+    `directory`, with native histograms on if asked and the other `features`
+    (--enable-feature) given; stopped (SIGTERM, then waited for) on
     exit. With `ready=False` it is yielded as soon as started: the caller waits for
     `Prometheus.ready()` (to start several at once)."""
     binary = shutil.which("prometheus")
@@ -132,6 +141,7 @@ def running_prometheus(
                 f"--web.listen-address=127.0.0.1:{port}",
                 "--log.level=warn",
                 *([NATIVE_HISTOGRAMS] if native_histograms else []),
+                *(f"--enable-feature={feature}" for feature in features),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
