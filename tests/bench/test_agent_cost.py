@@ -214,7 +214,10 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     assert set(load.otlp_status) == {200}, load.otlp_status
     assert probes > 0 and points > 0 and bb["scrapes"] > 0
     assert agent_failed == 0
-    assert bb["failed"] == 0, after.driver["failures"]
+    # blackbox_exporter is the yardstick, not the subject: on a machine busy enough to delay
+    # a few of its probes past its 0.5 s timeout (8 of 157,050 in one busy hour) the
+    # comparison still holds; more than one in a thousand means the run does not count.
+    assert bb["failed"] <= bb["scrapes"] / 1000, after.driver["failures"]
 
 
 def rss_report(rss_at: list[tuple[float, float]], window_start: float) -> str:
