@@ -170,7 +170,7 @@ class _PodDir:
     containers: dict[str, ContainerDir]
 
 
-def _subdirs(path: Path) -> Iterator[str]:
+def _subdirs(path: str) -> Iterator[str]:
     """Names of the subdirectories of `path`; nothing if it vanished meanwhile."""
     try:
         with os.scandir(path) as entries:
@@ -195,6 +195,11 @@ class KubepodsTree:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Paths under the root are joined as strings: pathlib interns every part of a path
+        # it parses, and a full rescan's ~300 pod and container names, interned and dropped
+        # again each time, fill the interpreter's table of interned strings with deleted
+        # entries until it is reallocated at twice its size (+0.5 MiB, for nothing).
+        self._root = os.fspath(root)
         self._pods: dict[str, _PodDir] = {}
         self._by_id: dict[str, ContainerDir] = {}
         self._scanned = False
@@ -213,7 +218,7 @@ class KubepodsTree:
 
     def _list(self, rel: str) -> list[str]:
         self.listings += 1
-        return list(_subdirs(self.root / rel if rel else self.root))
+        return list(_subdirs(f"{self._root}/{rel}" if rel else self._root))
 
     def _kubepods_dirs(self) -> list[str]:
         found: list[str] = []
@@ -296,7 +301,7 @@ class KubepodsTree:
         pod = self._pods.get(uid)
         if pod is None:
             return False
-        if not (self.root / pod.relpath).is_dir():
+        if not os.path.isdir(f"{self._root}/{pod.relpath}"):
             self._set_pod(uid, None)
             return False
         self._set_pod(uid, _PodDir(pod.relpath, pod.qos, self._list_pod(uid, pod.relpath, pod.qos)))
