@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter.kube.events import parse_time
+
 # -- the layout (tests compute the expected positions from these) --------------------------
 
 #: The SVG's size and its plot area, in CSS pixels.
@@ -163,15 +165,6 @@ def plot_x(start: float, end: float, at: float) -> float:
 
 
 # -- from episode documents ----------------------------------------------------------------
-
-
-def parse_time(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def marker_kind(source: str, event: str) -> str:
