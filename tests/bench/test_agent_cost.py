@@ -24,6 +24,7 @@ docs/performance.md records them.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -177,6 +178,11 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     scrape_ms = [s.seconds * 1e3 for s in in_window if s.status == 200]
     points = delta("tailwatch_otlp_datapoints_total", outcome="accepted")
     rss_line = rss_report(rss_at, before.at - load.started)
+    # What the exposition holds at the end: an episode adds the Services' disrupted and
+    # recovering series, so RSS that rose with them is not growth.
+    whole_run = metric_totals(final_body)
+    exposed = gzip.decompress(final_body).splitlines()
+    series = sum(1 for line in exposed if line and not line.startswith(b"#"))
     print(
         f"\ncost: {WARMUP_SECONDS:g} s warm-up, then {window:.0f} s measured, both in one run; "
         f"the machine's {os.cpu_count()} cores were {busy * 100:.0f}% busy over the window "
@@ -197,8 +203,9 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
         f"| OTLP data points accepted in the window | {points:.0f} "
         f"({points / window:.0f}/s) | |\n"
         f"| probes failed over the whole run, warm-up included | "
-        f"{metric_totals(final_body)('tailwatch_probe_failures_total'):.0f} | "
-        f"{final['failed']} |"
+        f"{whole_run('tailwatch_probe_failures_total'):.0f} | {final['failed']} |\n"
+        f"| episodes closed over the whole run; samples in the last scrape | "
+        f"{whole_run('tailwatch_episodes_total'):.0f}; {series} | |"
     )
     if points / window < 0.95 * OTLP_POINTS_PER_SECOND:
         print(
