@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from exporter import __version__, eventloop
+from exporter import __version__, eventloop, malloc
 from exporter.settings import OPTIONS, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -300,6 +300,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tailwatch") -> int:
     configure_logging(settings.log_level)
     from exporter.server import ListenError  # noqa: PLC0415
 
+    malloc.pin_mmap_threshold()
     try:
         eventloop.run(_run_agent(settings, connection))
     except ListenError as exc:
