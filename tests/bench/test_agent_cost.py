@@ -178,6 +178,11 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     scrape_ms = [s.seconds * 1e3 for s in in_window if s.status == 200]
     points = delta("tailwatch_otlp_datapoints_total", outcome="accepted")
     rss_line = rss_report(rss_at, before.at - load.started)
+    # The series behind the summary, to plot or fit again: RSS every 5 s, and every scrape.
+    (tmp_path / "rss.csv").write_text("".join(f"{t:.1f},{r:.2f}\n" for t, r in rss_at))
+    (tmp_path / "scrapes.csv").write_text(
+        "".join(f"{s.at:.1f},{s.seconds:.4f},{s.status},{s.bytes}\n" for s in load.scrapes)
+    )
     # What the exposition holds at the end: an episode adds the Services' disrupted and
     # recovering series, so RSS that rose with them is not growth.
     whole_run = metric_totals(final_body)
@@ -212,6 +217,7 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
             f"the load fell behind ({points / window:.0f} OTLP points/s, not "
             f"{OTLP_POINTS_PER_SECOND}): the machine is too busy for this run to count"
         )
+    print(f"RSS and scrapes over the run: {tmp_path / 'rss.csv'}, {tmp_path / 'scrapes.csv'}")
     if PROFILE:
         print(profile_note)
     # Correctness over the measured window: every probe of both and every OTLP export
