@@ -1,4 +1,4 @@
-"""glibc's malloc, pinned so that the agent's RSS stays flat.
+"""glibc's malloc, pinned so that large short-lived blocks go back to the kernel.
 
 glibc serves a request of at least its mmap threshold (128 KiB at start) with its own
 mmap, returned to the kernel when freed. But the threshold is dynamic: freeing such a block
@@ -23,16 +23,21 @@ MMAP_THRESHOLD = 128 * 1024
 _M_MMAP_THRESHOLD = -3
 
 
+def glibc() -> bool:
+    """Whether this process runs on glibc."""
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (AttributeError, ValueError, OSError):  # no confstr, or not glibc
+        return False
+
+
 def pin_mmap_threshold() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD; True if it was set here."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get(
         "GLIBC_TUNABLES", ""
     ):
         return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-    except (ValueError, OSError):  # not glibc, or no confstr
+    if not glibc():
         return False
     import ctypes  # noqa: PLC0415 (0.6 MiB, only where it is used)
 
