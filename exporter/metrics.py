@@ -354,10 +354,12 @@ class ClientLatencySource:
     """tailwatch_client_request_duration_seconds and tailwatch_client_request_slow_total
     from `ClientLatency`, at scrape time."""
 
-    def __init__(self, latency: ClientLatency) -> None:
+    def __init__(self, latency: ClientLatency, before: Callable[[], None] = lambda: None) -> None:
         self.latency = latency
+        self.before = before  # records what the agent holds (deltas come merged per tick)
 
     def snapshot(self) -> Iterable[FamilySnapshot]:
+        self.before()
         series = self.latency.series
         slow = [(key, s.slow_count) for key, s in series.items() if s.slo is not None]
         return (FamilySnapshot(CLIENT_DURATION, series.items()), FamilySnapshot(CLIENT_SLOW, slow))

@@ -10,6 +10,7 @@ from exporter.otlp.points import (
     LatencyDelta,
     Outcome,
     Resolver,
+    merge_deltas,
 )
 from exporter.otlp.receiver import OtlpReceiver, ReceiverLimits, Sink
 from exporter.otlp.source import OtlpSource
@@ -26,4 +27,5 @@ __all__ = [
     "ReceiverLimits",
     "Resolver",
     "Sink",
+    "merge_deltas",
 ]

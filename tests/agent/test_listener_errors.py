@@ -121,7 +121,7 @@ def test_a_failing_otlp_sink_is_counted_and_the_receiver_goes_on(
         agent.otlp.sink(delta)
     assert agent.metrics.dropped == {"internal_error": 2}
     assert 'tailwatch_dropped_total{reason="internal_error"} 2.0' in agent.exposition.render()
-    [record] = error_records(caplog, "event handler Agent._on_client_delta failed")
+    [record] = error_records(caplog, "recording the client latency failed")
     assert record.exc_info is not None and record.exc_info[0] is Bug
 
 
