@@ -1,5 +1,5 @@
 """Client deltas are held and recorded merged, a tick's worth at a time: what a user sees of
-them is what recording each on arrival showed (docs/otlp.md, "Temporality")."""
+them is what recording each on arrival showed (docs/otlp.md, "Cost")."""
 
 from __future__ import annotations
 
