@@ -27,6 +27,7 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -186,8 +187,11 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     # What the exposition holds at the end: an episode adds the Services' disrupted and
     # recovering series, so RSS that rose with them is not growth.
     whole_run = metric_totals(final_body)
-    exposed = gzip.decompress(final_body).splitlines()
+    text = gzip.decompress(final_body)
+    (tmp_path / "final-metrics.txt").write_bytes(text)  # what the episodes were, and more
+    exposed = text.splitlines()
     series = sum(1 for line in exposed if line and not line.startswith(b"#"))
+    causes = episode_causes(exposed)
     print(
         f"\ncost: {WARMUP_SECONDS:g} s warm-up, then {window:.0f} s measured, both in one run; "
         f"the machine's {os.cpu_count()} cores were {busy * 100:.0f}% busy over the window "
@@ -210,14 +214,17 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
         f"| probes failed over the whole run, warm-up included | "
         f"{whole_run('tailwatch_probe_failures_total'):.0f} | {final['failed']} |\n"
         f"| episodes closed over the whole run; samples in the last scrape | "
-        f"{whole_run('tailwatch_episodes_total'):.0f}; {series} | |"
+        f"{whole_run('tailwatch_episodes_total'):.0f}{causes}; {series} | |"
     )
     if points / window < 0.95 * OTLP_POINTS_PER_SECOND:
         print(
             f"the load fell behind ({points / window:.0f} OTLP points/s, not "
             f"{OTLP_POINTS_PER_SECOND}): the machine is too busy for this run to count"
         )
-    print(f"RSS and scrapes over the run: {tmp_path / 'rss.csv'}, {tmp_path / 'scrapes.csv'}")
+    print(
+        f"RSS, scrapes and the last scrape: {tmp_path / 'rss.csv'}, {tmp_path / 'scrapes.csv'}, "
+        f"{tmp_path / 'final-metrics.txt'}"
+    )
     if PROFILE:
         print(profile_note)
     # Correctness over the measured window: every probe of both and every OTLP export
@@ -284,3 +291,22 @@ async def finish_profile(spy: asyncio.subprocess.Process, out: Path, cpu_share: 
     summary = summarize(raw.read_text(), PROFILE_RATE, COST_SECONDS, cpu_share)
     (out / "summary.txt").write_text(summary)
     return f"profile: {raw} and {out / 'summary.txt'}\n{summary}"
+
+
+_EPISODE_LINE = re.compile(
+    rb'^tailwatch_episodes_total\{.*cause="([^"]*)".*impact="([^"]*)".*\} (\S+)'
+)
+
+
+def episode_causes(lines: list[bytes]) -> str:
+    """The closed episodes by cause and impact, as " (unexplained/none 3, ...)": a quiet
+    run's episodes are its own latency spikes, and each adds series."""
+    counts: dict[str, float] = {}
+    for line in lines:
+        match = _EPISODE_LINE.match(line)
+        if match and float(match[3]):
+            key = f"{match[1].decode()}/{match[2].decode()}"
+            counts[key] = counts.get(key, 0) + float(match[3])
+    if not counts:
+        return ""
+    return " (" + ", ".join(f"{k} {n:.0f}" for k, n in sorted(counts.items())) + ")"
