@@ -25,6 +25,7 @@ from exporter.core.attribution import (
     ContainerReading,
     NeighbourWindow,
     PodKey,
+    Pressure,
     PressureReading,
     ResourceTracker,
     node_pressure_between,
@@ -322,6 +323,12 @@ class Correlator:
         headline = episode.headline()
         threshold = episode.slow_threshold(s.recovery_threshold_factor, headline)
         episode.impact = impact_of(episode, threshold, s.severe_ratio)
+        # Closed, it keeps its answer, not what it was measured from: no container delta is
+        # read again (the cause reads the attribution from now on), and the during
+        # histograms are never written again. Up to `max_recent` closed episodes are held.
+        episode.pressure = Pressure()
+        for impact in episode.latency.values():
+            impact.during.pack()
         if threshold is None or headline is None:
             episode.status = Status.NO_BASELINE
         else:

@@ -91,6 +91,30 @@ def test_sidecar_cpu_burst_is_resource_pressure_attributed_to_the_sidecar() -> N
     assert "strongest pressure: checkout-a/proxy" in episode.summary()
 
 
+def test_a_closed_episode_keeps_its_answer_not_its_samples() -> None:
+    """Up to --max-recent closed episodes are held for /episodes: each keeps its attribution
+    and tails, not the container deltas and histogram buckets they were measured from."""
+    w, node = world()
+    burst = {("checkout-a", "app"): 0.4, ("checkout-a", "proxy"): 1.0, ("checkout-b", "app"): 0.4}
+    for _ in range(40):
+        w.run(1, 0.060)
+        w.observe(node.advance(burst, throttled={("checkout-a", "proxy"): 0.6}), SIDECARS)
+    (episode,) = w.c.open_episodes()
+    assert len(episode.pressure.deltas) >= 3 * 30  # three containers, a pass a second
+    for _ in range(120):
+        w.run(1)
+        w.observe(node.advance(STEADY_CPU), SIDECARS)
+    (closed,) = w.closed()
+    assert closed is episode and not episode.pressure.deltas
+    assert all(impact.during.packed for impact in episode.latency.values())
+    answer = episode.as_json()
+    assert answer["attribution"][0]["container"] == "proxy"
+    assert episode.impact is not None and episode.impact.value != "unknown"
+    # Packed histograms read the same (tests/latency): the tails are still there.
+    assert answer["latency"]["during"]["samples"] == 80  # 40 s of 2 probes a second
+    assert answer["latency"]["during"]["p99"] == pytest.approx(0.060, rel=0.02)
+
+
 def test_spike_without_pressure_is_unexplained() -> None:
     w, node = world()
     for _ in range(40):
