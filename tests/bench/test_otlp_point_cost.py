@@ -23,9 +23,13 @@ import time
 
 import pytest
 
+from exporter.core.episodes import Source
+from exporter.core.rules import CorrelationSettings
 from exporter.core.services import ServiceRef
+from exporter.core.tails import ServiceLatency
+from exporter.metrics import ClientLatency
 from exporter.otlp.decode import Encoding, decode_request
-from exporter.otlp.points import HistogramIngest
+from exporter.otlp.points import HistogramIngest, LatencyDelta, merge_deltas
 from tests.bench.reference_load import OTLP_CLIENTS, STREAMS, otlp_body
 from tests.otlp.builders import SEMCONV_BOUNDS
 
@@ -100,3 +104,41 @@ def test_ingest_cost_per_point_at_the_reference_load() -> None:
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(8)
     print("\ncProfile of one pass of ingest + merge (profiled, so slower), by own time:")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
+def test_recording_client_deltas_per_request_and_per_tick() -> None:
+    """What the event loop pays to record a second of the reference load's client deltas:
+    each request's deltas on arrival (one per Service a request: 200 a second), against
+    the agent's way, held and merged per Service at the tick (20 a second): the client
+    latency series and the correlator's pending ranges, as `Agent._record_client_deltas`
+    feeds them. Side by side in one process, alternating, best of 7."""
+    bodies = reference_bodies()
+    ingest = HistogramIngest(resolve, started_unix_nano=1)
+    seconds: list[list[LatencyDelta]] = []
+    for i, body in enumerate(bodies):
+        merged = ingest.ingest(decode_request(body, Encoding.PROTOBUF, compressed=True), i)
+        if i >= OTLP_CLIENTS:  # the first export of each client only sets the baselines
+            if (i - OTLP_CLIENTS) % OTLP_CLIENTS == 0:
+                seconds.append([])
+            seconds[-1] += merged.merged()
+
+    def record(per_tick: bool) -> float:
+        latency = ClientLatency(slo_of=lambda ref: 0.05)
+        pending = ServiceLatency(CorrelationSettings())
+        start = time.process_time()
+        for held in seconds:
+            for delta in merge_deltas(held) if per_tick else held:
+                latency.record(delta.service, delta.buckets, delta.sum_seconds)
+                pending.add_ranges(Source.CLIENT, delta.buckets)
+        return (time.process_time() - start) / len(seconds)
+
+    spent: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(7):
+        for per_tick in (i % 2 == 0, i % 2 == 1):
+            spent[per_tick].append(record(per_tick))
+    arrival, tick = min(spent[False]), min(spent[True])
+    print(f"\n| recording a second of client deltas ({len(seconds[0])} per second) | ms CPU |")
+    print("| --- | --- |")
+    print(f"| each request's, on arrival | {arrival * 1e3:.2f} |")
+    print(f"| merged per Service at the tick | {tick * 1e3:.2f} ({tick / arrival:.2f}) |")
+    assert tick < arrival
