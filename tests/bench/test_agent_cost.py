@@ -27,12 +27,12 @@ import asyncio
 import gzip
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exporter.core.episodes import Cause, Impact
 from tests.bench.profile_summary import summarize
 from tests.bench.reference_load import (
     OTLP_POINTS_PER_SECOND,
@@ -191,7 +192,7 @@ async def test_agent_cost_against_blackbox_exporter(tmp_path: Path) -> None:
     (tmp_path / "final-metrics.txt").write_bytes(text)  # what the episodes were, and more
     exposed = text.splitlines()
     series = sum(1 for line in exposed if line and not line.startswith(b"#"))
-    causes = episode_causes(exposed)
+    causes = episode_causes(whole_run)
     print(
         f"\ncost: {WARMUP_SECONDS:g} s warm-up, then {window:.0f} s measured, both in one run; "
         f"the machine's {os.cpu_count()} cores were {busy * 100:.0f}% busy over the window "
@@ -293,20 +294,16 @@ async def finish_profile(spy: asyncio.subprocess.Process, out: Path, cpu_share: 
     return f"profile: {raw} and {out / 'summary.txt'}\n{summary}"
 
 
-_EPISODE_LINE = re.compile(
-    rb'^tailwatch_episodes_total\{.*cause="([^"]*)".*impact="([^"]*)".*\} (\S+)'
-)
-
-
-def episode_causes(lines: list[bytes]) -> str:
-    """The closed episodes by cause and impact, as " (unexplained/none 3, ...)": a quiet
-    run's episodes are its own latency spikes, and each adds series."""
-    counts: dict[str, float] = {}
-    for line in lines:
-        match = _EPISODE_LINE.match(line)
-        if match and float(match[3]):
-            key = f"{match[1].decode()}/{match[2].decode()}"
-            counts[key] = counts.get(key, 0) + float(match[3])
+def episode_causes(whole_run: Callable[..., float]) -> str:
+    """The closed episodes by cause and impact, as " (unexplained/none 3, ...)", from the
+    last scrape's totals: a quiet run's episodes are its own latency spikes, and each adds
+    series."""
+    counts = {
+        f"{cause}/{impact}": n
+        for cause in Cause
+        for impact in Impact
+        if (n := whole_run("tailwatch_episodes_total", cause=cause.value, impact=impact.value))
+    }
     if not counts:
         return ""
     return " (" + ", ".join(f"{k} {n:.0f}" for k, n in sorted(counts.items())) + ")"
